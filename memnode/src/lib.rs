@@ -1,0 +1,17 @@
+//! Ebb's memory node: a capacity-bounded store of page regions, the server that exposes it, and the
+//! client transports a runtime uses to reach it.
+//!
+//! - [`proto`] — the wire protocol, the single source of truth for both ends.
+//! - [`store`] — regions of pages owned by client identities.
+//! - [`server`] — the TCP server (`memnode` binary).
+//! - [`client`] — the [`client::Transport`] seam with `local` and `tcp` backends.
+
+pub mod client;
+mod net;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+pub use client::{connect, LocalTransport, TcpConfig, TcpTransport, Transport, TransportError};
+pub use proto::PAGE_SIZE;
+pub use store::{parse_size, RegionId, Store};

@@ -1,0 +1,10 @@
+//! Ebb's compute-host runtime: WebAssembly functions whose linear memory is paged to a memnode.
+//!
+//! - [`pager`] — paged linear memory: wasmtime `MemoryCreator`, userfaultfd fault handlers, page
+//!   table, offload.
+//! - [`exec`] — the wasmtime engine on paged memory and instances of command modules.
+//! - [`cli`] — the `runtime` command line (the binary is a thin wrapper).
+
+pub mod cli;
+pub mod exec;
+pub mod pager;

@@ -1,0 +1,615 @@
+//! Paged linear memory: wasm memories whose pages can live on a memnode and come back on touch.
+//!
+//! ```text
+//!   wasmtime ──MemoryCreator──► PagedMemory ──owns──► Arc<MemoryState>
+//!                                                       │ reservation (PROT_NONE + RW prefix)
+//!                                                       │ userfaultfd (MISSING mode, whole reservation)
+//!                                                       │ PageTable: Zero | Resident | Remote
+//!                                                       │ memnode region (allocated at first offload)
+//!   Pager ── epoll over every memory's uffd (one-shot) ──► N handler threads
+//!            a fault on a Zero page   → UFFDIO_ZEROPAGE
+//!            a fault on a Remote page → one batched read of the page + up to `readaround`
+//!                                       following Remote pages → one UFFDIO_COPY
+//! ```
+//!
+//! Each memory's uffd is armed one-shot in a shared epoll set, so at most one handler thread
+//! serves a given memory at a time (its faults come from one guest thread anyway) while different
+//! memories are served in parallel. Page-table entries are therefore changed only by that thread,
+//! or by the memory's owner while the instance is idle ([`MemoryHandle::offload`]).
+//!
+//! A fetch that fails (memnode gone, timeout, bad checksum) never installs the remote bytes: the
+//! faulting thread is released with a zero page, the memory is *poisoned* — every later fault on it
+//! is answered with zeros at once and [`MemoryHandle::poisoned`] reports the error — and the
+//! pager's interrupt hook fires so the executor can stop the guest; the call then ends in an error.
+
+mod sys;
+mod table;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+
+use ebb_memnode::{RegionId, Transport, TransportError, PAGE_SIZE};
+use userfaultfd::{Event, Uffd, UffdBuilder};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+pub use table::PageState;
+use table::PageTable;
+
+const STOP_KEY: u64 = 0;
+
+/// How the pager behaves.
+#[derive(Clone, Debug)]
+pub struct PagerConfig {
+    /// Fault-handler threads shared by all memories. Default 2. Each memory is served by one
+    /// thread at a time, so more threads help only with more concurrently faulting instances.
+    pub fault_threads: usize,
+    /// Remote pages fetched after a faulting one in the same batch (only contiguous Remote pages).
+    /// Default 15 (64 KiB per fault). 0 fetches only the faulting page.
+    pub readaround: usize,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig { fault_threads: 2, readaround: 15 }
+    }
+}
+
+/// Counters of one pager (all its memories), relaxed atomics.
+#[derive(Debug, Default)]
+pub struct PagerStats {
+    /// Faults on never-touched (or known-zero) pages, served with the zero page.
+    pub faults_zero: AtomicU64,
+    /// Faults on pages held by the memnode, served by a fetch.
+    pub faults_remote: AtomicU64,
+    /// Fault events for pages already mapped (raced with another install).
+    pub faults_spurious: AtomicU64,
+    /// Faults whose fetch failed; the memory was poisoned.
+    pub faults_failed: AtomicU64,
+    /// Pages fetched from the memnode, including read-around.
+    pub pages_fetched: AtomicU64,
+    /// Non-zero pages sent to the memnode by offloads.
+    pub pages_offloaded: AtomicU64,
+    /// All-zero pages dropped by offloads without being sent.
+    pub pages_zero_dropped: AtomicU64,
+    /// Bytes read from / written to the memnode.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagerSnapshot {
+    pub faults_zero: u64,
+    pub faults_remote: u64,
+    pub faults_spurious: u64,
+    pub faults_failed: u64,
+    pub pages_fetched: u64,
+    pub pages_offloaded: u64,
+    pub pages_zero_dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl PagerStats {
+    pub fn snapshot(&self) -> PagerSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PagerSnapshot {
+            faults_zero: l(&self.faults_zero),
+            faults_remote: l(&self.faults_remote),
+            faults_spurious: l(&self.faults_spurious),
+            faults_failed: l(&self.faults_failed),
+            pages_fetched: l(&self.pages_fetched),
+            pages_offloaded: l(&self.pages_offloaded),
+            pages_zero_dropped: l(&self.pages_zero_dropped),
+            bytes_in: l(&self.bytes_in),
+            bytes_out: l(&self.bytes_out),
+        }
+    }
+}
+
+/// Why the pager or one of its memories failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PagerError {
+    #[error(
+        "userfaultfd is not available to this process: run as root, or give this user read/write access to \
+         /dev/userfaultfd (e.g. `setfacl -m u:$USER:rw /dev/userfaultfd`), or set \
+         `sysctl vm.unprivileged_userfaultfd=1`"
+    )]
+    Unavailable(#[source] userfaultfd::Error),
+    #[error("Failed to set up a {len}-byte paged memory")]
+    Setup { len: usize, #[source] source: std::io::Error },
+    #[error("Failed to start a fault-handler thread")]
+    Thread(#[source] std::io::Error),
+    #[error("The memnode failed while moving pages")]
+    Transport(#[from] TransportError),
+    #[error("This memory lost a page it could not fetch ({0}); the instance must be discarded")]
+    Poisoned(String),
+}
+
+struct Shared {
+    transport: Arc<dyn Transport>,
+    config: PagerConfig,
+    stats: PagerStats,
+    epoll: sys::Epoll,
+    stop: sys::EventFd,
+    memories: RwLock<HashMap<u64, Arc<MemoryState>>>,
+    next_key: AtomicU64,
+    interrupt: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// The paging service of one runtime: handler threads, the transport to the memnode, counters.
+pub struct Pager {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pager")
+            .field("transport", &self.shared.transport)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_uffd() -> Result<Uffd, userfaultfd::Error> {
+    UffdBuilder::new().close_on_exec(true).non_blocking(true).user_mode_only(false).create()
+}
+
+impl Pager {
+    /// Starts a pager moving pages through `transport`. Fails with a message saying what to change
+    /// when this process cannot use userfaultfd.
+    pub fn new(config: PagerConfig, transport: Arc<dyn Transport>) -> Result<Arc<Pager>, PagerError> {
+        new_uffd().map_err(PagerError::Unavailable)?;
+        let setup = |source| PagerError::Setup { len: 0, source };
+        let shared = Arc::new(Shared {
+            transport,
+            config: config.clone(),
+            stats: PagerStats::default(),
+            epoll: sys::Epoll::new().map_err(setup)?,
+            stop: sys::EventFd::new().map_err(setup)?,
+            memories: RwLock::new(HashMap::new()),
+            next_key: AtomicU64::new(STOP_KEY + 1),
+            interrupt: OnceLock::new(),
+        });
+        shared.epoll.add_level(&shared.stop, STOP_KEY).map_err(setup)?;
+        let mut threads = Vec::new();
+        for i in 0..config.fault_threads.max(1) {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ebb-fault-{i}"))
+                .spawn(move || s.handler_loop())
+                .map_err(PagerError::Thread)?;
+            threads.push(t);
+        }
+        Ok(Arc::new(Pager { shared, threads: Mutex::new(threads) }))
+    }
+
+    /// The wasmtime memory creator that makes paged memories served by this pager.
+    pub fn creator(self: &Arc<Self>) -> Arc<dyn MemoryCreator> {
+        Arc::new(PagedMemoryCreator { pager: self.clone() })
+    }
+
+    pub fn stats(&self) -> PagerSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.shared.transport
+    }
+
+    /// Sets the hook called when a memory is poisoned (e.g. bump the engine's epoch so the guest
+    /// stops at its next check). Only the first call has an effect.
+    pub fn set_interrupt(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.shared.interrupt.set(Box::new(f));
+    }
+
+    /// The paged memory whose accessible range starts at `base` (a wasmtime `Memory::data_ptr`).
+    pub fn memory_at(&self, base: *const u8) -> Option<MemoryHandle> {
+        let memories = self.shared.memories.read().unwrap_or_else(|e| e.into_inner());
+        memories
+            .values()
+            .find(|m| m.reservation.base() == base as usize)
+            .map(|m| MemoryHandle { state: m.clone(), shared: self.shared.clone() })
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.shared.stop.signal();
+        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One paged linear memory's state, shared by its owner, its handle and the fault handlers.
+struct MemoryState {
+    key: u64,
+    reservation: sys::Reservation,
+    /// Bytes reserved for the memory itself (without the guard): its maximum size.
+    capacity: usize,
+    accessible: AtomicUsize,
+    uffd: Uffd,
+    table: PageTable,
+    region: Mutex<Option<(RegionId, u64)>>,
+    poisoned: AtomicBool,
+    poison: Mutex<Option<String>>,
+}
+
+impl MemoryState {
+    fn base(&self) -> usize {
+        self.reservation.base()
+    }
+
+    fn accessible_pages(&self) -> usize {
+        self.accessible.load(Ordering::Acquire) / PAGE_SIZE
+    }
+
+    fn region(&self) -> Option<RegionId> {
+        self.region.lock().unwrap_or_else(|e| e.into_inner()).map(|(r, _)| r)
+    }
+
+    fn poison(&self, why: String) {
+        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            tracing::error!("paged memory poisoned: {why}");
+            *p = Some(why);
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+}
+
+impl Shared {
+    fn handler_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; (self.config.readaround + 1) * PAGE_SIZE];
+        loop {
+            let key = match self.epoll.wait_one() {
+                Ok(STOP_KEY) => return,
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::error!("fault handler cannot wait for events: {e}");
+                    return;
+                }
+            };
+            let Some(mem) = self.memories.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() else {
+                continue; // The memory was dropped after the event fired.
+            };
+            loop {
+                match mem.uffd.read_event() {
+                    Ok(Some(Event::Pagefault { addr, .. })) => {
+                        let addr = addr as usize;
+                        let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.resolve(&mem, addr, &mut buf)));
+                        if served.is_err() {
+                            // A crashed handler must never leave the guest hanging: release it.
+                            mem.poison("the fault handler panicked".into());
+                            self.release_with_zero(&mem, addr);
+                            self.fire_interrupt();
+                        }
+                    }
+                    Ok(Some(_)) => {} // Only page faults are requested.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("cannot read userfaultfd events: {e}");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.epoll.rearm(&mem.uffd, key) {
+                // Only fails once the memory's uffd is gone, i.e. the memory was dropped.
+                tracing::debug!("not re-arming a dropped memory: {e}");
+            }
+        }
+    }
+
+    fn fire_interrupt(&self) {
+        if let Some(f) = self.interrupt.get() {
+            f();
+        }
+    }
+
+    fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
+        if let Err(e) = unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
+            tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
+        }
+        mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
+    }
+
+    fn resolve(&self, mem: &MemoryState, addr: usize, buf: &mut Vec<u8>) {
+        let page = (addr - mem.base()) / PAGE_SIZE;
+        let page_addr = mem.base() + page * PAGE_SIZE;
+        if mem.poisoned.load(Ordering::Acquire) {
+            self.release_with_zero(mem, addr);
+            return;
+        }
+        match mem.table.get(page) {
+            PageState::Resident => {
+                self.stats.faults_spurious.fetch_add(1, Ordering::Relaxed);
+                let _ = mem.uffd.wake(page_addr as *mut _, PAGE_SIZE);
+            }
+            PageState::Zero => {
+                // SAFETY: the page is inside the registered reservation.
+                match unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
+                    Ok(_) => mem.table.set(page, PageState::Resident),
+                    Err(e) => tracing::error!("UFFDIO_ZEROPAGE failed at {page_addr:#x}: {e}"),
+                }
+                self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
+            }
+            PageState::Remote => {
+                let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
+                let mut pages = vec![page as u64];
+                for p in page + 1..limit {
+                    if mem.table.get(p) != PageState::Remote {
+                        break;
+                    }
+                    pages.push(p as u64);
+                }
+                let len = pages.len() * PAGE_SIZE;
+                let buf = &mut buf[..len];
+                let fetched = match mem.region() {
+                    Some(region) => self.transport.read_pages(region, &pages, buf).map_err(|e| e.to_string()),
+                    None => Err("the page table says remote but the memory has no region".to_string()),
+                };
+                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
+                match fetched {
+                    Ok(()) => {
+                        // SAFETY: `page_addr..+len` covers Remote pages of the registered
+                        // reservation (contiguous by construction); `buf` holds `len` bytes.
+                        match unsafe { sys::install(&mem.uffd, Some(buf.as_ptr()), page_addr, len) } {
+                            Ok(_) => {
+                                for &p in &pages {
+                                    mem.table.set(p as usize, PageState::Resident);
+                                }
+                                self.stats.pages_fetched.fetch_add(pages.len() as u64, Ordering::Relaxed);
+                                self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                mem.poison(format!("installing fetched pages failed: {e}"));
+                                self.release_with_zero(mem, addr);
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
+                        mem.poison(why);
+                        self.release_with_zero(mem, addr);
+                        self.fire_interrupt();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The memory creator given to wasmtime (`Config::with_host_memory`).
+struct PagedMemoryCreator {
+    pager: Arc<Pager>,
+}
+
+// SAFETY: every memory it returns is a fresh, zero-filled reservation of `reserved + guard` bytes
+// owned by the returned `PagedMemory`, whose base never moves and whose guard stays PROT_NONE.
+unsafe impl MemoryCreator for PagedMemoryCreator {
+    fn new_memory(
+        &self,
+        ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved: Option<usize>,
+        guard: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        if ty.is_shared() || ty.is_64() {
+            return Err("paged memory supports unshared 32-bit wasm memories only".into());
+        }
+        // Without a reservation hint, reserve up to the declared maximum, or 4 GiB.
+        let capacity = reserved.unwrap_or_else(|| maximum.unwrap_or(1 << 32));
+        PagedMemory::new(&self.pager, minimum, capacity, guard)
+            .map(|m| Box::new(m) as Box<dyn LinearMemory>)
+            .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))
+    }
+}
+
+/// A wasmtime linear memory backed by the pager.
+struct PagedMemory {
+    state: Arc<MemoryState>,
+    shared: Arc<Shared>,
+    // Keeps the handler threads alive as long as any memory can fault.
+    _pager: Arc<Pager>,
+}
+
+impl PagedMemory {
+    fn new(pager: &Arc<Pager>, minimum: usize, capacity: usize, guard: usize) -> Result<PagedMemory, PagerError> {
+        let total = capacity + guard;
+        let setup = |source| PagerError::Setup { len: total, source };
+        let reservation = sys::Reservation::new(total).map_err(setup)?;
+        reservation.make_accessible(0, minimum).map_err(setup)?;
+        let uffd = new_uffd().map_err(PagerError::Unavailable)?;
+        uffd.register(reservation.base() as *mut _, capacity)
+            .map_err(|e| setup(std::io::Error::other(e.to_string())))?;
+        let shared = pager.shared.clone();
+        let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(MemoryState {
+            key,
+            reservation,
+            capacity,
+            accessible: AtomicUsize::new(minimum),
+            uffd,
+            table: PageTable::new(capacity / PAGE_SIZE),
+            region: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            poison: Mutex::new(None),
+        });
+        shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
+        shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
+        Ok(PagedMemory { state, shared, _pager: pager.clone() })
+    }
+}
+
+impl Drop for PagedMemory {
+    fn drop(&mut self) {
+        let _ = self.shared.epoll.remove(&self.state.uffd);
+        self.shared.memories.write().unwrap_or_else(|e| e.into_inner()).remove(&self.state.key);
+        let region = self.state.region.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((region, _)) = region
+            && !self.state.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.shared.transport.free(region)
+        {
+            tracing::warn!("could not free memnode region {region}: {e}");
+        }
+    }
+}
+
+// SAFETY: `as_ptr` is the fixed base of a reservation owned by this value; `byte_size` bytes from
+// it are readable and writable (missing pages are filled by the fault handlers), and
+// `byte_capacity` bytes plus the guard are reserved, so growth never moves the base.
+unsafe impl LinearMemory for PagedMemory {
+    fn byte_size(&self) -> usize {
+        self.state.accessible.load(Ordering::Acquire)
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.state.capacity
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        let old = self.byte_size();
+        if new_size > self.state.capacity {
+            wasmtime::bail!("cannot grow a paged memory to {new_size} bytes: its reservation is {}", self.state.capacity);
+        }
+        if new_size > old {
+            self.state.reservation.make_accessible(old, new_size - old)?;
+            self.state.accessible.store(new_size, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.state.base() as *mut u8
+    }
+}
+
+/// What an offload moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadReport {
+    /// Non-zero pages written to the memnode and dropped locally.
+    pub pages_sent: u64,
+    /// All-zero pages dropped locally without being sent.
+    pub zero_pages_dropped: u64,
+}
+
+/// Operations on one paged memory from outside wasmtime (by the executor, while the instance is
+/// idle).
+#[derive(Clone)]
+pub struct MemoryHandle {
+    state: Arc<MemoryState>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryHandle").field("base", &format_args!("{:#x}", self.state.base())).finish_non_exhaustive()
+    }
+}
+
+/// Pages sent per transport call by an offload (8 MiB).
+const OFFLOAD_BATCH: usize = 2048;
+
+impl MemoryHandle {
+    /// The error that poisoned this memory, if any: its contents can no longer be trusted.
+    pub fn poisoned(&self) -> Option<String> {
+        if !self.state.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.state.poison.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Pages in `state` within the accessible size.
+    pub fn count(&self, state: PageState) -> usize {
+        self.state.table.count(0..self.state.accessible_pages(), state)
+    }
+
+    /// Current size in bytes.
+    pub fn size(&self) -> usize {
+        self.state.accessible.load(Ordering::Acquire)
+    }
+
+    fn ensure_region(&self) -> Result<RegionId, PagerError> {
+        let size = (self.state.accessible_pages() * PAGE_SIZE) as u64;
+        let mut region = self.state.region.lock().unwrap_or_else(|e| e.into_inner());
+        match *region {
+            Some((id, have)) if have >= size => Ok(id),
+            Some((id, _)) => {
+                self.shared.transport.resize(id, size)?;
+                *region = Some((id, size));
+                Ok(id)
+            }
+            None => {
+                let id = self.shared.transport.alloc(size)?;
+                *region = Some((id, size));
+                Ok(id)
+            }
+        }
+    }
+
+    /// Sends every resident non-zero page to the memnode and drops all resident pages locally;
+    /// they fault back on the next touch. All-zero pages are dropped without being sent.
+    ///
+    /// The instance must be idle: no guest or host code may touch the memory during the call.
+    pub fn offload(&self) -> Result<OffloadReport, PagerError> {
+        if let Some(why) = self.poisoned() {
+            return Err(PagerError::Poisoned(why));
+        }
+        let state = &self.state;
+        let pages = state.accessible_pages();
+        let mut resident = Vec::new();
+        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        if resident.is_empty() {
+            return Ok(OffloadReport::default());
+        }
+        let region = self.ensure_region()?;
+        let mut report = OffloadReport::default();
+        let mut buf = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
+        let discard = |p: usize| {
+            if let Err(e) = state.reservation.discard(p * PAGE_SIZE, PAGE_SIZE) {
+                tracing::error!("MADV_DONTNEED failed on page {p}: {e}");
+            }
+        };
+        for batch in resident.chunks(OFFLOAD_BATCH) {
+            let mut sent = Vec::with_capacity(batch.len());
+            let mut zeros = Vec::new();
+            for &p in batch {
+                // SAFETY: page `p` is inside the accessible part of the reservation and resident;
+                // the instance is idle, so nothing writes it while it is read.
+                let bytes = unsafe { std::slice::from_raw_parts((state.base() + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
+                if sys::is_zero(bytes) {
+                    zeros.push(p);
+                } else {
+                    let i = sent.len();
+                    buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(bytes);
+                    sent.push(p as u64);
+                }
+            }
+            self.shared.transport.write_pages(region, &sent, &buf[..sent.len() * PAGE_SIZE])?;
+            // Mark first, then drop: a fault after the drop must find the new state.
+            for &p in &sent {
+                state.table.set(p as usize, PageState::Remote);
+                discard(p as usize);
+            }
+            for &p in &zeros {
+                state.table.set(p, PageState::Zero);
+                discard(p);
+            }
+            report.pages_sent += sent.len() as u64;
+            report.zero_pages_dropped += zeros.len() as u64;
+        }
+        let stats = &self.shared.stats;
+        stats.pages_offloaded.fetch_add(report.pages_sent, Ordering::Relaxed);
+        stats.pages_zero_dropped.fetch_add(report.zero_pages_dropped, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(report.pages_sent * PAGE_SIZE as u64, Ordering::Relaxed);
+        Ok(report)
+    }
+}

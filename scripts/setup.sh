@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing Ebb needs on a Debian machine with only Rust installed (run as
+# root). Idempotent and quiet when everything is present.
+#  - libclang-dev: the userfaultfd crate generates its bindings with bindgen at build time.
+#  - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32: build the C guest functions to wasm32-wasi.
+set -euo pipefail
+pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

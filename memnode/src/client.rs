@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -139,8 +139,8 @@ pub struct TcpConfig {
     /// Secret sent at `Auth`. Default: a random per-process token, which isolates this client's
     /// regions from every other client of a memnode started without a token file.
     pub token: String,
-    /// Bound on any one operation; a memnode that does not answer within it turns into
-    /// [`TransportError::Timeout`]. Default 1 s.
+    /// How long the memnode may stay silent (no byte moving either way) before an operation
+    /// fails with [`TransportError::Timeout`]. Default 1 s.
     pub timeout: Duration,
     /// How long to busy-poll for a reply before blocking. Spinning burns the waiting thread's CPU
     /// but saves a wake-up per round trip. Default 50 µs.
@@ -197,11 +197,10 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-/// Where an operation is: its name and deadline, for errors.
+/// An operation in progress: its name, for errors.
 struct Call<'a> {
     t: &'a TcpTransport,
     op: &'static str,
-    deadline: Instant,
 }
 
 impl Call<'_> {
@@ -219,12 +218,9 @@ impl Call<'_> {
     }
 
     fn read_exact(&self, stream: &mut TcpStream, mut buf: &mut [u8]) -> Result<(), TransportError> {
+        // The socket's receive timeout is the bound: a memnode that sends nothing for that long
+        // is declared silent, while a long transfer that keeps moving is not cut off.
         while !buf.is_empty() {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.timeout());
-            }
-            stream.set_read_timeout(Some(left)).map_err(|e| self.io(e))?;
             match stream.read(buf) {
                 Ok(0) => return Err(self.io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(n) => buf = &mut buf[n..],
@@ -236,11 +232,6 @@ impl Call<'_> {
     }
 
     fn write_all(&self, stream: &mut TcpStream, buf: &[u8]) -> Result<(), TransportError> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(self.timeout());
-        }
-        stream.set_write_timeout(Some(left)).map_err(|e| self.io(e))?;
         stream.write_all(buf).map_err(|e| self.io(e))
     }
 
@@ -314,13 +305,16 @@ impl TcpTransport {
     }
 
     fn call(&self, op: &'static str) -> Call<'_> {
-        Call { t: self, op, deadline: Instant::now() + self.config.timeout }
+        Call { t: self, op }
     }
 
     fn open(&self) -> Result<Conn, TransportError> {
         let stream = TcpStream::connect_timeout(&self.addr, self.config.timeout)
             .map_err(|source| TransportError::Connect { addr: self.name.clone(), source })?;
-        stream.set_nodelay(true).map_err(|source| TransportError::Connect { addr: self.name.clone(), source })?;
+        let setup = |source| TransportError::Connect { addr: self.name.clone(), source };
+        stream.set_nodelay(true).map_err(setup)?;
+        stream.set_read_timeout(Some(self.config.timeout)).map_err(setup)?;
+        stream.set_write_timeout(Some(self.config.timeout)).map_err(setup)?;
         let mut conn = Conn { stream, next_tag: 0, buf: Vec::new() };
         let hello = self.call("hello");
         hello.simple(&mut conn, Op::Hello, 0, &[])?;
@@ -341,21 +335,26 @@ impl TcpTransport {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
     }
 
-    /// Runs `f` on a pooled connection; the connection goes back to the pool only on success or a
-    /// clean refusal (after which the stream is still in step).
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, TransportError>) -> Result<T, TransportError> {
+    /// Runs `f` on a pooled connection. The connection goes back to the pool on success, or on a
+    /// refusal of a single-frame exchange (the stream is still in step); after any other error, or
+    /// a refusal with further pipelined replies pending, it is dropped.
+    fn with_conn<T>(
+        &self,
+        single_frame: bool,
+        f: impl FnOnce(&mut Conn) -> Result<T, TransportError>,
+    ) -> Result<T, TransportError> {
         let mut conn = self.take()?;
         let result = f(&mut conn);
         match &result {
             Ok(_) => self.put(conn),
-            Err(TransportError::Refused { .. }) if conn.buf.is_empty() => self.put(conn),
+            Err(TransportError::Refused { .. }) if single_frame => self.put(conn),
             Err(_) => {}
         }
         result
     }
 
     fn simple_op(&self, name: &'static str, op: Op, region: u64, payload: &[u8]) -> Result<Header, TransportError> {
-        self.with_conn(|conn| {
+        self.with_conn(true, |conn| {
             let r = self.call(name).simple(conn, op, region, payload);
             conn.buf.clear();
             r
@@ -382,7 +381,7 @@ impl Transport for TcpTransport {
     }
 
     fn stats(&self) -> Result<StatsReply, TransportError> {
-        self.with_conn(|conn| {
+        self.with_conn(true, |conn| {
             let call = self.call("stats");
             call.simple(conn, Op::Stats, 0, &[])?;
             let stats = StatsReply::read_from_bytes(&conn.buf).map_err(|_| call.protocol("short stats reply".into()));
@@ -396,7 +395,7 @@ impl Transport for TcpTransport {
         if pages.is_empty() {
             return Ok(());
         }
-        self.with_conn(|conn| {
+        self.with_conn(pages.len() <= MAX_PAGES_PER_FRAME, |conn| {
             let call = self.call("read");
             let chunks: Vec<&[u64]> = pages.chunks(MAX_PAGES_PER_FRAME).collect();
             let first_tag = conn.next_tag + 1;
@@ -450,7 +449,7 @@ impl Transport for TcpTransport {
         if pages.is_empty() {
             return Ok(());
         }
-        self.with_conn(|conn| {
+        self.with_conn(pages.len() <= MAX_PAGES_PER_FRAME, |conn| {
             let call = self.call("write");
             let first_tag = conn.next_tag + 1;
             let mut frame = Vec::with_capacity(HEADER_LEN + MAX_PAGES_PER_FRAME * (16 + PAGE_SIZE));

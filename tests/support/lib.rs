@@ -1,1 +1,100 @@
-//! Helpers shared by the integration tests and benches: real processes, waiting, test modules.
+//! Helpers shared by the integration tests and benches: real processes, polling, test modules.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The pattern module (see `tests/modules/pattern.wat`).
+pub const PATTERN_WAT: &str = include_str!("../modules/pattern.wat");
+/// Where the pattern module reads its seed and area size, and where area A starts.
+pub const SEED_OFFSET: usize = 8;
+pub const LEN_OFFSET: usize = 16;
+pub const AREA_A: usize = 65536;
+
+/// The word the pattern module stores at word `w` of an area with `seed`.
+pub fn pattern_word(w: u32, seed: u32) -> u32 {
+    w.wrapping_mul(0x9E37_79B1) ^ seed
+}
+
+/// Index of the first byte of `area` that differs from the pattern, if any.
+pub fn first_mismatch(area: &[u8], seed: u32) -> Option<usize> {
+    area.chunks_exact(4).enumerate().find_map(|(w, bytes)| {
+        let want = pattern_word(u32::try_from(w).expect("area < 4 GiB"), seed).to_le_bytes();
+        bytes.iter().zip(want).position(|(a, b)| *a != b).map(|i| w * 4 + i)
+    })
+}
+
+/// Polls `cond` every millisecond until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+/// Path of a workspace binary (`memnode`, `runtime`) next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// A real `memnode` process on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Memnode {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Memnode {
+    /// Starts `memnode --listen 127.0.0.1:0` with extra flags and waits for its listening line.
+    pub fn start(extra: &[&str]) -> anyhow::Result<Memnode> {
+        let mut child = Command::new(binary("memnode"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start memnode")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.strip_prefix("memnode listening on ").and_then(|r| r.split_whitespace().next()) else {
+            let _ = child.kill();
+            bail!("memnode did not start: printed {line:?}");
+        };
+        Ok(Memnode { addr: addr.to_string(), child })
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (e.g. SIGSTOP to make it silent).
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+impl Drop for Memnode {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}

@@ -134,6 +134,12 @@ impl Instance {
         Some(m.data(&self.store))
     }
 
+    /// The bytes of the exported memory, writable (to pass data to a guest between runs).
+    pub fn memory_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        let m = self.instance.get_memory(&mut self.store, "memory")?;
+        Some(m.data_mut(&mut self.store))
+    }
+
     fn check_memory(&self) -> anyhow::Result<()> {
         match self.memory.as_ref().and_then(|m| m.poisoned()) {
             Some(why) => Err(anyhow!("the call lost its memory: {why}")),

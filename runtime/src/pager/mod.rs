@@ -286,8 +286,8 @@ impl Shared {
                         if served.is_err() {
                             // A crashed handler must never leave the guest hanging: release it.
                             mem.poison("the fault handler panicked".into());
-                            self.release_with_zero(&mem, addr);
                             self.fire_interrupt();
+                            self.release_with_zero(&mem, addr);
                         }
                     }
                     Ok(Some(_)) => {} // Only page faults are requested.
@@ -333,12 +333,13 @@ impl Shared {
                 let _ = mem.uffd.wake(page_addr as *mut _, PAGE_SIZE);
             }
             PageState::Zero => {
-                // SAFETY: the page is inside the registered reservation.
-                match unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
-                    Ok(_) => mem.table.set(page, PageState::Resident),
-                    Err(e) => tracing::error!("UFFDIO_ZEROPAGE failed at {page_addr:#x}: {e}"),
-                }
                 self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
+                mem.table.set(page, PageState::Resident);
+                // SAFETY: the page is inside the registered reservation.
+                if let Err(e) = unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
+                    mem.poison(format!("UFFDIO_ZEROPAGE failed at {page_addr:#x}: {e}"));
+                    self.fire_interrupt();
+                }
             }
             PageState::Remote => {
                 let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
@@ -351,23 +352,24 @@ impl Shared {
                 }
                 let len = pages.len() * PAGE_SIZE;
                 let buf = &mut buf[..len];
+                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
                 let fetched = match mem.region() {
                     Some(region) => self.transport.read_pages(region, &pages, buf).map_err(|e| e.to_string()),
                     None => Err("the page table says remote but the memory has no region".to_string()),
                 };
-                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
                 match fetched {
                     Ok(()) => {
+                        // Counted and marked before the install wakes the guest, so whoever it
+                        // wakes sees them.
+                        self.stats.pages_fetched.fetch_add(pages.len() as u64, Ordering::Relaxed);
+                        self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                        for &p in &pages {
+                            mem.table.set(p as usize, PageState::Resident);
+                        }
                         // SAFETY: `page_addr..+len` covers Remote pages of the registered
                         // reservation (contiguous by construction); `buf` holds `len` bytes.
                         match unsafe { sys::install(&mem.uffd, Some(buf.as_ptr()), page_addr, len) } {
-                            Ok(_) => {
-                                for &p in &pages {
-                                    mem.table.set(p as usize, PageState::Resident);
-                                }
-                                self.stats.pages_fetched.fetch_add(pages.len() as u64, Ordering::Relaxed);
-                                self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-                            }
+                            Ok(_) => {}
                             Err(e) => {
                                 mem.poison(format!("installing fetched pages failed: {e}"));
                                 self.release_with_zero(mem, addr);
@@ -377,8 +379,8 @@ impl Shared {
                     Err(why) => {
                         self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
                         mem.poison(why);
-                        self.release_with_zero(mem, addr);
                         self.fire_interrupt();
+                        self.release_with_zero(mem, addr);
                     }
                 }
             }

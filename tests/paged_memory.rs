@@ -1,0 +1,167 @@
+//! Paged linear memory end to end: a real wasm instance whose memory is offloaded to a memnode
+//! (embedded, or a real `memnode` process over TCP) and faulted back, verified byte by byte.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ebb::{AREA_A, LEN_OFFSET, Memnode, PATTERN_WAT, SEED_OFFSET, first_mismatch};
+use ebb_memnode::{LocalTransport, TcpConfig, Transport};
+use ebb_runtime::exec::{Executor, Instance, Stdout};
+use ebb_runtime::pager::{PageState, Pager, PagerConfig};
+
+const MIB: usize = 1 << 20;
+
+fn executor(transport: Arc<dyn Transport>, threads: usize) -> Executor {
+    let pager = Pager::new(PagerConfig { fault_threads: threads, readaround: 15 }, transport).expect("pager");
+    Executor::new(pager).expect("executor")
+}
+
+fn tcp(addr: &str) -> Arc<dyn Transport> {
+    ebb_memnode::connect(addr, TcpConfig::default()).expect("connect to memnode")
+}
+
+fn pattern_instance(exec: &Executor, seed: u32, len: usize) -> Instance {
+    let module = exec.compile(PATTERN_WAT.as_bytes()).expect("compile");
+    let mut inst = exec.instantiate(&module, &["pattern".into()], Stdout::Inherit).expect("instantiate");
+    let mem = inst.memory_bytes_mut().expect("memory");
+    mem[SEED_OFFSET..SEED_OFFSET + 4].copy_from_slice(&seed.to_le_bytes());
+    mem[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+    inst
+}
+
+fn check_area(inst: &mut Instance, start: usize, len: usize, seed: u32) {
+    let bytes = inst.memory_bytes().expect("memory");
+    assert!(bytes.len() >= start + len, "memory is {} bytes, area ends at {}", bytes.len(), start + len);
+    if let Some(at) = first_mismatch(&bytes[start..start + len], seed) {
+        let poisoned = inst.memory().and_then(|m| m.poisoned());
+        panic!("byte {at} of the area at {start:#x} differs from the pattern (poisoned: {poisoned:?})");
+    }
+}
+
+/// Fill, offload, fault back (host reads and guest reads), grow after an offload, offload again.
+fn fill_offload_grow(exec: &Executor, seed: u32, len: usize, shared_pager: bool) {
+    let mut inst = pattern_instance(exec, seed, len);
+    assert_eq!(inst.run().unwrap(), 0, "run 1 fills area A");
+    let mem = inst.memory().unwrap().clone();
+    let report = mem.offload().unwrap();
+    // Area A is len/4096 non-zero pages (+ the header page); the rest of memory was never touched.
+    assert_eq!(report.pages_sent, (len / 4096) as u64 + 1);
+    assert_eq!(mem.count(PageState::Resident), 0);
+    assert_eq!(mem.count(PageState::Remote), len / 4096 + 1);
+    let before = exec.pager().stats();
+    // The host reads fault every page back through the pager.
+    check_area(&mut inst, AREA_A, len, seed);
+    let after = exec.pager().stats();
+    if !shared_pager {
+        assert_eq!(after.pages_fetched - before.pages_fetched, (len / 4096) as u64, "each page fetched once");
+        assert!(after.faults_remote > before.faults_remote);
+    }
+    mem.offload().unwrap();
+    // Run 2 verifies A in the guest (faulting it back), grows the memory and fills area B.
+    assert_eq!(inst.run().unwrap(), 0, "run 2: A verified, memory grown, B filled");
+    let b = AREA_A + len;
+    mem.offload().unwrap();
+    assert_eq!(mem.count(PageState::Resident), 0);
+    assert_eq!(inst.run().unwrap(), 0, "run 3: A and B verified after a second offload");
+    check_area(&mut inst, b, 16 * MIB, seed + 1);
+    check_area(&mut inst, AREA_A, len, seed);
+    assert!(mem.poisoned().is_none());
+}
+
+#[test]
+fn fill_64m_offload_fault_back_embedded() {
+    let exec = executor(Arc::new(LocalTransport::embedded(1 << 30)), 2);
+    fill_offload_grow(&exec, 0x5eed, 64 * MIB, false);
+    let s = exec.pager().stats();
+    assert_eq!(s.faults_failed, 0);
+    // Zero pages never travel: only non-zero pages were written.
+    assert_eq!(s.bytes_out, s.pages_offloaded * 4096);
+}
+
+#[test]
+fn fill_64m_offload_fault_back_over_tcp() {
+    let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    let exec = executor(tcp(&memnode.addr), 2);
+    fill_offload_grow(&exec, 0xabcd, 64 * MIB, false);
+}
+
+#[test]
+fn sixteen_instances_fault_concurrently_over_tcp() {
+    let memnode = Memnode::start(&["--capacity", "2G"]).unwrap();
+    let exec = Arc::new(executor(tcp(&memnode.addr), 4));
+    let threads: Vec<_> = (0..16u32)
+        .map(|i| {
+            let exec = exec.clone();
+            std::thread::spawn(move || fill_offload_grow(&exec, 1000 + i, 4 * MIB, true))
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("an instance failed");
+    }
+    assert_eq!(exec.pager().stats().faults_failed, 0);
+}
+
+fn lost_memnode(stop: impl FnOnce(&mut Memnode)) -> (anyhow::Error, Duration) {
+    let mut memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    let exec = executor(tcp(&memnode.addr), 2);
+    let mut inst = pattern_instance(&exec, 7, 16 * MIB);
+    assert_eq!(inst.run().unwrap(), 0);
+    inst.memory().unwrap().offload().unwrap();
+    stop(&mut memnode);
+    let start = Instant::now();
+    let err = inst.run().expect_err("a call whose pages are gone must fail");
+    let took = start.elapsed();
+    assert!(inst.memory().unwrap().poisoned().is_some());
+    assert!(exec.pager().stats().faults_failed >= 1);
+    // Other instances are unaffected: a fresh one on the embedded memnode works in this process.
+    let other = executor(Arc::new(LocalTransport::embedded(1 << 30)), 1);
+    let mut ok = pattern_instance(&other, 9, 4 * MIB);
+    assert_eq!(ok.run().unwrap(), 0);
+    ok.memory().unwrap().offload().unwrap();
+    assert_eq!(ok.run().unwrap(), 0);
+    (err, took)
+}
+
+#[test]
+fn killed_memnode_fails_the_call_quickly() {
+    let (err, took) = lost_memnode(|m| m.kill());
+    let msg = format!("{err:#}");
+    assert!(msg.contains("lost its memory") && msg.contains("memnode"), "unclear error: {msg}");
+    // The default bound is 1 s; a dead peer is noticed at once. Generous margin for a loaded CI.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn silent_memnode_fails_the_call_within_the_bound() {
+    let (err, took) = lost_memnode(|m| m.signal(libc::SIGSTOP));
+    let msg = format!("{err:#}");
+    assert!(msg.contains("did not answer"), "unclear error: {msg}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn instances_dropped_while_others_fault() {
+    // Memories come and go (their regions freed, their address ranges reused) while other
+    // instances fault over the same connection pool; every surviving byte must still be right.
+    let memnode = Memnode::start(&["--capacity", "2G"]).unwrap();
+    let exec = Arc::new(executor(tcp(&memnode.addr), 4));
+    let threads: Vec<_> = (0..16u32)
+        .map(|i| {
+            let exec = exec.clone();
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    let seed = i * 100 + round;
+                    let mut inst = pattern_instance(&exec, seed, 4 * MIB);
+                    assert_eq!(inst.run().unwrap(), 0);
+                    inst.memory().unwrap().offload().unwrap();
+                    if (i + round) % 3 != 0 {
+                        check_area(&mut inst, AREA_A, 4 * MIB, seed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("an instance failed");
+    }
+}

@@ -1,0 +1,76 @@
+//! The `runtime run` command as a user runs it: a real process, its exit code and its output.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use ebb::{Memnode, binary};
+
+fn pattern_wat() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/modules/pattern.wat")
+}
+
+fn run(extra: &[&str]) -> Output {
+    Command::new(binary("runtime"))
+        .arg("run")
+        .arg(pattern_wat())
+        .args(["--repeat", "3", "--offload-every-call", "--stats"])
+        .args(extra)
+        .output()
+        .expect("runtime runs")
+}
+
+fn check_offloaded_and_back(out: &Output, memnode_kind: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "runtime failed ({:?}):\n{stderr}", out.status);
+    // Run 1 fills 64 MiB (16384 pages) plus the header page; both offloads send all of it
+    // (run 2 adds the 16 MiB area B: 4096 more pages).
+    assert!(stderr.contains(&format!("[offload] 16385 pages sent to the {memnode_kind} memnode")), "{stderr}");
+    assert!(stderr.contains(&format!("[offload] 20481 pages sent to the {memnode_kind} memnode")), "{stderr}");
+    let run3 = stderr.lines().find(|l| l.starts_with("[run 3]")).expect("stats of run 3");
+    let fetched: u64 = run3
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fetched="))
+        .and_then(|v| v.parse().ok())
+        .expect("fetched counter");
+    // Runs 2 and 3 verify everything they offloaded, so every sent page came back.
+    assert_eq!(fetched, 16385 + 20481, "{run3}");
+}
+
+#[test]
+fn run_offloads_and_faults_back_on_the_embedded_memnode() {
+    check_offloaded_and_back(&run(&[]), "local");
+}
+
+#[test]
+fn run_offloads_and_faults_back_on_a_memnode_process() {
+    let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    check_offloaded_and_back(&run(&["--memnode", &memnode.addr]), "tcp");
+}
+
+#[test]
+fn run_refuses_a_memnode_that_is_not_there() {
+    let out = run(&["--memnode", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Cannot connect to the memnode at 127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
+fn runtime_without_userfaultfd_says_what_to_change() {
+    // As `nobody`, /dev/userfaultfd (root-only) cannot be opened. This needs root to switch users.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED runtime_without_userfaultfd_says_what_to_change: needs root to run as nobody");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary("runtime"))
+        .arg("run")
+        .arg(pattern_wat())
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("userfaultfd is not available") && stderr.contains("/dev/userfaultfd"), "{stderr}");
+}

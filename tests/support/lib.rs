@@ -98,3 +98,65 @@ impl Drop for Memnode {
         self.kill();
     }
 }
+
+/// A paged memory of `bytes` made through the pager's wasmtime `MemoryCreator`, outside any wasm
+/// instance (benches touch it directly), with its handle for offloads.
+pub struct PagedBuffer {
+    memory: Box<dyn wasmtime::LinearMemory>,
+    pub handle: ebb_runtime::pager::MemoryHandle,
+}
+
+impl std::fmt::Debug for PagedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagedBuffer").field("handle", &self.handle).finish_non_exhaustive()
+    }
+}
+
+impl PagedBuffer {
+    pub fn new(pager: &std::sync::Arc<ebb_runtime::pager::Pager>, bytes: usize) -> PagedBuffer {
+        let pages = u32::try_from(bytes / 65536).expect("fits");
+        let ty = wasmtime::MemoryType::new(pages, Some(pages));
+        let memory = pager.creator().new_memory(ty, bytes, Some(bytes), Some(bytes), 65536).expect("paged memory");
+        let handle = pager.memory_at(memory.as_ptr()).expect("registered");
+        PagedBuffer { memory, handle }
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.memory.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.memory.byte_size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes one byte derived from `seed` into every page.
+    pub fn fill_pages(&self, seed: u8) {
+        for p in 0..self.len() / 4096 {
+            // SAFETY: the offset is inside the accessible memory, which this value owns; the fault
+            // handler fills the page on first touch.
+            unsafe { self.ptr().add(p * 4096).write_volatile(seed.wrapping_add(p as u8) | 1) };
+        }
+    }
+
+    /// Reads one byte of page `p` (faulting it in if needed).
+    pub fn touch(&self, p: usize) -> u8 {
+        assert!(p < self.len() / 4096);
+        // SAFETY: in bounds, see `fill_pages`.
+        unsafe { self.ptr().add(p * 4096).read_volatile() }
+    }
+}
+
+/// A memnode server in this process on a loopback socket (benches), and a `tcp` transport to it.
+pub fn loopback_memnode(capacity: u64) -> (ebb_memnode::server::ServerHandle, std::sync::Arc<dyn ebb_memnode::Transport>) {
+    use ebb_memnode::server::{Server, ServerConfig};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let store = std::sync::Arc::new(ebb_memnode::Store::new(capacity));
+    let server = Server::new(store, ServerConfig::default()).spawn(listener).expect("server");
+    let transport = ebb_memnode::connect(&server.local_addr().to_string(), ebb_memnode::TcpConfig::default())
+        .expect("connect");
+    (server, transport)
+}

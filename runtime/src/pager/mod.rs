@@ -32,13 +32,16 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 use ebb_memnode::{RegionId, Transport, TransportError, PAGE_SIZE};
-use userfaultfd::{Event, Uffd, UffdBuilder};
+use userfaultfd::{Event, ReadWrite, Uffd, UffdBuilder};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
 pub use table::PageState;
 use table::PageTable;
 
 const STOP_KEY: u64 = 0;
+
+/// One page of zeros, the source of zero-filled private pages.
+static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// How the pager behaves.
 #[derive(Clone, Debug)]
@@ -280,9 +283,11 @@ impl Shared {
             };
             loop {
                 match mem.uffd.read_event() {
-                    Ok(Some(Event::Pagefault { addr, .. })) => {
+                    Ok(Some(Event::Pagefault { addr, rw, .. })) => {
                         let addr = addr as usize;
-                        let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.resolve(&mem, addr, &mut buf)));
+                        let write = rw == ReadWrite::Write;
+                        let served =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| self.resolve(&mem, addr, write, &mut buf)));
                         if served.is_err() {
                             // A crashed handler must never leave the guest hanging: release it.
                             mem.poison("the fault handler panicked".into());
@@ -320,7 +325,7 @@ impl Shared {
         mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
     }
 
-    fn resolve(&self, mem: &MemoryState, addr: usize, buf: &mut Vec<u8>) {
+    fn resolve(&self, mem: &MemoryState, addr: usize, write: bool, buf: &mut [u8]) {
         let page = (addr - mem.base()) / PAGE_SIZE;
         let page_addr = mem.base() + page * PAGE_SIZE;
         if mem.poisoned.load(Ordering::Acquire) {
@@ -335,8 +340,11 @@ impl Shared {
             PageState::Zero => {
                 self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
                 mem.table.set(page, PageState::Resident);
-                // SAFETY: the page is inside the registered reservation.
-                if let Err(e) = unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
+                // A read maps the shared zero page; a write gets a private zero-filled page at
+                // once, saving the copy-on-write fault that would follow the zero page.
+                let src = write.then_some(ZEROS.as_ptr());
+                // SAFETY: the page is inside the registered reservation; ZEROS is one page long.
+                if let Err(e) = unsafe { sys::install(&mem.uffd, src, page_addr, PAGE_SIZE) } {
                     mem.poison(format!("UFFDIO_ZEROPAGE failed at {page_addr:#x}: {e}"));
                     self.fire_interrupt();
                 }

@@ -1,3 +1,4 @@
+#![allow(clippy::cast_possible_truncation, reason = "test data generators truncate on purpose")]
 //! A live `memnode` process against hostile and careless clients: random, truncated, oversized
 //! and malformed frames, wrong versions and tokens, other clients' regions. The server must answer
 //! each with an error (or close the connection) and keep serving everyone else.

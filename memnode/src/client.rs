@@ -528,6 +528,7 @@ pub fn connect(addr: &str, config: TcpConfig) -> Result<Arc<dyn Transport>, Tran
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns truncate on purpose")]
 mod tests {
     use super::*;
     use crate::server::{Server, ServerConfig, Tokens};

@@ -251,6 +251,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns truncate on purpose")]
 mod tests {
     use super::*;
 

@@ -138,7 +138,7 @@ impl PagedBuffer {
         for p in 0..self.len() / 4096 {
             // SAFETY: the offset is inside the accessible memory, which this value owns; the fault
             // handler fills the page on first touch.
-            unsafe { self.ptr().add(p * 4096).write_volatile(seed.wrapping_add(p as u8) | 1) };
+            unsafe { self.ptr().add(p * 4096).write_volatile(seed.wrapping_add(p.to_le_bytes()[0]) | 1) };
         }
     }
 

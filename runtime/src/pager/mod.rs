@@ -371,8 +371,8 @@ impl Shared {
                         // wakes sees them.
                         self.stats.pages_fetched.fetch_add(pages.len() as u64, Ordering::Relaxed);
                         self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-                        for &p in &pages {
-                            mem.table.set(p as usize, PageState::Resident);
+                        for p in page..page + pages.len() {
+                            mem.table.set(p, PageState::Resident);
                         }
                         // SAFETY: `page_addr..+len` covers Remote pages of the registered
                         // reservation (contiguous by construction); `buf` holds `len` bytes.
@@ -583,9 +583,18 @@ impl MemoryHandle {
         let region = self.ensure_region()?;
         let mut report = OffloadReport::default();
         let mut buf = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
-        let discard = |p: usize| {
-            if let Err(e) = state.reservation.discard(p * PAGE_SIZE, PAGE_SIZE) {
-                tracing::error!("MADV_DONTNEED failed on page {p}: {e}");
+        // One MADV_DONTNEED per run of consecutive pages (`pages` is ascending).
+        let discard = |pages: &[usize]| {
+            let mut i = 0;
+            while i < pages.len() {
+                let mut j = i + 1;
+                while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+                    j += 1;
+                }
+                if let Err(e) = state.reservation.discard(pages[i] * PAGE_SIZE, (j - i) * PAGE_SIZE) {
+                    tracing::error!("MADV_DONTNEED failed on pages {}..{}: {e}", pages[i], pages[j - 1] + 1);
+                }
+                i = j;
             }
         };
         for batch in resident.chunks(OFFLOAD_BATCH) {
@@ -600,19 +609,20 @@ impl MemoryHandle {
                 } else {
                     let i = sent.len();
                     buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(bytes);
-                    sent.push(p as u64);
+                    sent.push(p);
                 }
             }
-            self.shared.transport.write_pages(region, &sent, &buf[..sent.len() * PAGE_SIZE])?;
+            let indexes: Vec<u64> = sent.iter().map(|&p| p as u64).collect();
+            self.shared.transport.write_pages(region, &indexes, &buf[..sent.len() * PAGE_SIZE])?;
             // Mark first, then drop: a fault after the drop must find the new state.
             for &p in &sent {
-                state.table.set(p as usize, PageState::Remote);
-                discard(p as usize);
+                state.table.set(p, PageState::Remote);
             }
             for &p in &zeros {
                 state.table.set(p, PageState::Zero);
-                discard(p);
             }
+            discard(&sent);
+            discard(&zeros);
             report.pages_sent += sent.len() as u64;
             report.zero_pages_dropped += zeros.len() as u64;
         }

@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
 
     let (_server, transport) = loopback_memnode(4 << 30);
     let pager = |readaround| {
-        Pager::new(PagerConfig { fault_threads: 1, readaround }, transport.clone()).expect("pager (run as root)")
+        Pager::new(PagerConfig { fault_threads: 1, readaround, ..Default::default() }, transport.clone()).expect("pager (run as root)")
     };
 
     let p0 = pager(0);

@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     let mut out = vec![0u8; SIZE];
     g.bench_function("tcp_stream", |b| b.iter(|| transport.read_pages(region, &pages, &mut out).expect("read")));
 
-    let pager = |readaround| Pager::new(PagerConfig { fault_threads: 1, readaround }, transport.clone()).expect("pager (run as root)");
+    let pager = |readaround| Pager::new(PagerConfig { fault_threads: 1, readaround, ..Default::default() }, transport.clone()).expect("pager (run as root)");
     let p0 = pager(0);
     g.bench_function("offload_64m", |b| {
         b.iter_batched(
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     });
 
     g.bench_function("fault_back_64m", |b| b.iter_custom(|iters| fault_back(&p0, iters)));
-    let p_ra = pager(63);
+    let p_ra = pager(255);
     g.bench_function("fault_back_64m_readaround", |b| b.iter_custom(|iters| fault_back(&p_ra, iters)));
     g.finish();
 }

@@ -12,7 +12,7 @@ use ebb_runtime::pager::{PageState, Pager, PagerConfig};
 const MIB: usize = 1 << 20;
 
 fn executor(transport: Arc<dyn Transport>, threads: usize) -> Executor {
-    let pager = Pager::new(PagerConfig { fault_threads: threads, readaround: 15 }, transport).expect("pager");
+    let pager = Pager::new(PagerConfig { fault_threads: threads, ..Default::default() }, transport).expect("pager");
     Executor::new(pager).expect("executor")
 }
 

@@ -68,6 +68,20 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn free(&self, region: RegionId) -> Result<(), TransportError>;
     /// Reads `pages` of `region` into `out`, which holds `pages.len()` pages, in order.
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError>;
+    /// Like [`Transport::read_pages`], but calls `ready(range)` as soon as the pages of `range`
+    /// (indexes into `pages`) are verified in `out`, so a caller can use the first pages of a
+    /// large batch while the rest are still arriving. Ranges come in order and cover every page.
+    fn read_pages_streaming(
+        &self,
+        region: RegionId,
+        pages: &[u64],
+        out: &mut [u8],
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), TransportError> {
+        self.read_pages(region, pages, out)?;
+        ready(0..pages.len(), out);
+        Ok(())
+    }
     /// Writes `data` (`pages.len()` pages, in order) to `pages` of `region`.
     fn write_pages(&self, region: RegionId, pages: &[u64], data: &[u8]) -> Result<(), TransportError>;
     /// The memnode's statistics.
@@ -145,8 +159,11 @@ pub struct TcpConfig {
     /// How long to busy-poll for a reply before blocking. Spinning burns the waiting thread's CPU
     /// but saves a wake-up per round trip. Default 50 µs.
     pub spin: Duration,
-    /// Frames of one batch in flight at once on a connection. Default 8 (8 MiB of reads).
+    /// Frames of one batch in flight at once on a connection. Default 8.
     pub window: usize,
+    /// Pages per read frame (at most 256). Smaller frames let a caller use the first pages of a
+    /// batch sooner ([`Transport::read_pages_streaming`]) at a few more headers. Default 64.
+    pub read_frame_pages: usize,
 }
 
 impl fmt::Debug for TcpConfig {
@@ -155,13 +172,20 @@ impl fmt::Debug for TcpConfig {
             .field("timeout", &self.timeout)
             .field("spin", &self.spin)
             .field("window", &self.window)
+            .field("read_frame_pages", &self.read_frame_pages)
             .finish_non_exhaustive()
     }
 }
 
 impl Default for TcpConfig {
     fn default() -> Self {
-        TcpConfig { token: random_token(), timeout: Duration::from_secs(1), spin: Duration::from_micros(50), window: 8 }
+        TcpConfig {
+            token: random_token(),
+            timeout: Duration::from_secs(1),
+            spin: Duration::from_micros(50),
+            window: 8,
+            read_frame_pages: 64,
+        }
     }
 }
 
@@ -391,13 +415,24 @@ impl Transport for TcpTransport {
     }
 
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError> {
+        self.read_pages_streaming(region, pages, out, &mut |_, _| {})
+    }
+
+    fn read_pages_streaming(
+        &self,
+        region: RegionId,
+        pages: &[u64],
+        out: &mut [u8],
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), TransportError> {
         assert_eq!(out.len(), pages.len() * PAGE_SIZE, "output buffer must hold every page");
         if pages.is_empty() {
             return Ok(());
         }
-        self.with_conn(pages.len() <= MAX_PAGES_PER_FRAME, |conn| {
+        let frame_pages = self.config.read_frame_pages.clamp(1, MAX_PAGES_PER_FRAME);
+        self.with_conn(pages.len() <= frame_pages, |conn| {
             let call = self.call("read");
-            let chunks: Vec<&[u64]> = pages.chunks(MAX_PAGES_PER_FRAME).collect();
+            let chunks: Vec<&[u64]> = pages.chunks(frame_pages).collect();
             let first_tag = conn.next_tag + 1;
             let window = self.config.window.max(1);
             let send = |conn: &mut Conn, i: usize| -> Result<(), TransportError> {
@@ -438,6 +473,8 @@ impl Transport for TcpTransport {
                         return Err(TransportError::Checksum { region, page: chunk[j] });
                     }
                 }
+                let first = offset / PAGE_SIZE;
+                ready(first..first + chunk.len(), data);
                 offset += chunk.len() * PAGE_SIZE;
             }
             Ok(())
@@ -507,6 +544,16 @@ impl<T: Transport> Transport for CountingTransport<T> {
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError> {
         self.pages_read.fetch_add(pages.len() as u64, Ordering::Relaxed);
         self.inner.read_pages(region, pages, out)
+    }
+    fn read_pages_streaming(
+        &self,
+        region: RegionId,
+        pages: &[u64],
+        out: &mut [u8],
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), TransportError> {
+        self.pages_read.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        self.inner.read_pages_streaming(region, pages, out, ready)
     }
     fn write_pages(&self, region: RegionId, pages: &[u64], data: &[u8]) -> Result<(), TransportError> {
         self.pages_written.fetch_add(pages.len() as u64, Ordering::Relaxed);

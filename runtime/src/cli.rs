@@ -46,6 +46,9 @@ pub struct MemoryArgs {
     /// Following remote pages fetched with a faulting one.
     #[arg(long, default_value_t = 15)]
     pub readaround: usize,
+    /// Microseconds an idle fault-handler thread polls for the next fault before blocking.
+    #[arg(long, default_value_t = 100)]
+    pub fault_spin_us: u64,
 }
 
 impl MemoryArgs {
@@ -61,7 +64,11 @@ impl MemoryArgs {
             }
             None => Arc::new(LocalTransport::embedded(self.embedded_capacity)),
         };
-        let config = PagerConfig { fault_threads: self.fault_threads, readaround: self.readaround };
+        let config = PagerConfig {
+            fault_threads: self.fault_threads,
+            readaround: self.readaround,
+            spin: Duration::from_micros(self.fault_spin_us),
+        };
         Ok(Pager::new(config, transport)?)
     }
 }

@@ -30,6 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ebb_memnode::{RegionId, Transport, TransportError, PAGE_SIZE};
 use userfaultfd::{Event, ReadWrite, Uffd, UffdBuilder};
@@ -52,11 +53,15 @@ pub struct PagerConfig {
     /// Remote pages fetched after a faulting one in the same batch (only contiguous Remote pages).
     /// Default 15 (64 KiB per fault). 0 fetches only the faulting page.
     pub readaround: usize,
+    /// How long an idle handler thread polls for the next fault before it blocks. Waking a blocked
+    /// thread costs tens of µs on these VMs (shared/notes/kernel.md), more than the rest of a
+    /// fault; polling costs a CPU while faults keep coming. Default 100 µs; zero never polls.
+    pub spin: Duration,
 }
 
 impl Default for PagerConfig {
     fn default() -> Self {
-        PagerConfig { fault_threads: 2, readaround: 15 }
+        PagerConfig { fault_threads: 2, readaround: 15, spin: Duration::from_micros(100) }
     }
 }
 
@@ -270,7 +275,7 @@ impl Shared {
     fn handler_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; (self.config.readaround + 1) * PAGE_SIZE];
         loop {
-            let key = match self.epoll.wait_one() {
+            let key = match self.epoll.wait_one(self.config.spin) {
                 Ok(STOP_KEY) => return,
                 Ok(key) => key,
                 Err(e) => {
@@ -361,33 +366,46 @@ impl Shared {
                 let len = pages.len() * PAGE_SIZE;
                 let buf = &mut buf[..len];
                 self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
+                // Pages are installed frame by frame as they arrive: the faulting page's frame
+                // first, so the guest resumes while the rest of the read-around is in flight.
+                let mut installed = 0;
+                let mut install_failed = None;
+                let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+                    if install_failed.is_some() {
+                        return;
+                    }
+                    // Counted and marked before the install wakes the guest, so whoever it
+                    // wakes sees them.
+                    self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
+                    self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    for p in page + range.start..page + range.end {
+                        mem.table.set(p, PageState::Resident);
+                    }
+                    let dst = page_addr + range.start * PAGE_SIZE;
+                    // SAFETY: `dst..+bytes.len()` covers pages of the registered reservation that
+                    // were Remote (contiguous by construction); `bytes` is that many bytes.
+                    match unsafe { sys::install(&mem.uffd, Some(bytes.as_ptr()), dst, bytes.len()) } {
+                        Ok(_) => installed = range.end,
+                        Err(e) => install_failed = Some(format!("installing fetched pages failed: {e}")),
+                    }
+                };
                 let fetched = match mem.region() {
-                    Some(region) => self.transport.read_pages(region, &pages, buf).map_err(|e| e.to_string()),
+                    Some(region) => {
+                        self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| e.to_string())
+                    }
                     None => Err("the page table says remote but the memory has no region".to_string()),
                 };
-                match fetched {
-                    Ok(()) => {
-                        // Counted and marked before the install wakes the guest, so whoever it
-                        // wakes sees them.
-                        self.stats.pages_fetched.fetch_add(pages.len() as u64, Ordering::Relaxed);
-                        self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-                        for p in page..page + pages.len() {
-                            mem.table.set(p, PageState::Resident);
-                        }
-                        // SAFETY: `page_addr..+len` covers Remote pages of the registered
-                        // reservation (contiguous by construction); `buf` holds `len` bytes.
-                        match unsafe { sys::install(&mem.uffd, Some(buf.as_ptr()), page_addr, len) } {
-                            Ok(_) => {}
-                            Err(e) => {
-                                mem.poison(format!("installing fetched pages failed: {e}"));
-                                self.release_with_zero(mem, addr);
-                            }
-                        }
+                let failure = fetched.err().or(install_failed);
+                if let Some(why) = failure {
+                    // Pages not installed stay Remote; the faulting page, if it was not installed,
+                    // is released with zeros in a poisoned memory.
+                    for p in page + installed..page + pages.len() {
+                        mem.table.set(p, PageState::Remote);
                     }
-                    Err(why) => {
-                        self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
-                        mem.poison(why);
-                        self.fire_interrupt();
+                    self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
+                    mem.poison(why);
+                    self.fire_interrupt();
+                    if installed == 0 {
                         self.release_with_zero(mem, addr);
                     }
                 }

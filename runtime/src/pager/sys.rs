@@ -149,19 +149,25 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits for one event; returns its data.
-    pub fn wait_one(&self) -> io::Result<u64> {
+    /// Waits for one event and returns its data: first polling without blocking for up to
+    /// `spin`, then blocking.
+    pub fn wait_one(&self, spin: std::time::Duration) -> io::Result<u64> {
+        let start = std::time::Instant::now();
         loop {
+            let timeout = if start.elapsed() < spin { 0 } else { -1 };
             let mut ev = libc::epoll_event { events: 0, u64: 0 };
             // SAFETY: `ev` is a valid buffer for one event; the epoll fd is live.
-            let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ev, 1, -1) };
+            let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ev, 1, timeout) };
             if n == 1 {
                 return Ok(ev.u64);
             }
-            let err = io::Error::last_os_error();
-            if n < 0 && err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
             }
+            std::hint::spin_loop();
         }
     }
 }

@@ -8,12 +8,15 @@
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use wasmtime::{Config, Engine, Linker, Module, Store, UpdateDeadline};
+use wasmtime::{Config, Engine, Linker, Module, Store, UpdateDeadline, Val};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::pager::{MemoryHandle, Pager};
+
+mod host;
+pub mod rewrite;
 
 /// Where a guest's stdout goes.
 #[derive(Clone, Debug)]
@@ -24,10 +27,23 @@ pub enum Stdout {
     Capture(MemoryOutputPipe),
 }
 
-/// A wasmtime engine on paged memory, with WASI preview1 linked.
+/// What a store holds: WASI, and the Faasm call context (input, output).
+pub struct Host {
+    wasi: WasiP1Ctx,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("input", &self.input.len()).field("output", &self.output.len()).finish_non_exhaustive()
+    }
+}
+
+/// A wasmtime engine on paged memory, with WASI preview1 and Faasm's `env` host interface linked.
 pub struct Executor {
     engine: Engine,
-    linker: Linker<WasiP1Ctx>,
+    linker: Linker<Host>,
     pager: Arc<Pager>,
 }
 
@@ -55,7 +71,8 @@ impl Executor {
             }
         });
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(|e| anyhow!("{e}"))?;
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi).map_err(|e| anyhow!("{e}"))?;
+        host::add_to_linker(&mut linker)?;
         Ok(Executor { engine, linker, pager })
     }
 
@@ -67,26 +84,77 @@ impl Executor {
         &self.pager
     }
 
-    /// Compiles a module from wasm or WAT bytes.
+    /// Compiles a module from wasm or WAT bytes, exporting its mutable globals first (see
+    /// [`rewrite`]) so that calls can restore them.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Module> {
-        Module::new(&self.engine, bytes).map_err(|e| anyhow!("{e:?}")).context("the module does not compile")
+        let wasm = wat::parse_bytes(bytes).context("the module is neither wasm nor valid WAT")?;
+        let wasm = rewrite::export_mutable_globals(&wasm)?;
+        Module::new(&self.engine, &wasm).map_err(|e| anyhow!("{e:?}")).context("the module does not compile")
     }
 
-    /// Instantiates `module` on paged memory and runs its init phase (`_faasm_zygote`, if exported).
-    pub fn instantiate(&self, module: &Module, args: &[String], stdout: Stdout) -> anyhow::Result<Instance> {
+    fn store(&self, stdout: Stdout, args: &[String]) -> Store<Host> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args).inherit_stderr();
         match stdout {
             Stdout::Inherit => wasi.inherit_stdout(),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
-        let mut store = Store::new(&self.engine, wasi.build_p1());
+        let mut store = Store::new(&self.engine, Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new() });
         store.set_epoch_deadline(1);
+        store
+    }
+
+    /// An instance of `function` that starts from the function's initial state: the first one
+    /// runs the init phase (`_faasm_zygote`) and captures it; later ones adopt it without
+    /// copying anything.
+    pub fn function_instance(&self, function: &Function, stdout: Stdout) -> anyhow::Result<Instance> {
+        let store = self.store(stdout, std::slice::from_ref(&function.name));
+        let mut inst = self.link(store, &function.module)?;
+        match function.initial.get() {
+            Some(initial) => {
+                if let Some(memory) = inst.instance.get_memory(&mut inst.store, "memory") {
+                    let have = memory.data_size(&inst.store);
+                    if initial.snapshot.size() > have {
+                        let delta = ((initial.snapshot.size() - have) / 65536) as u64;
+                        memory.grow(&mut inst.store, delta).map_err(|e| anyhow!("{e:?}"))?;
+                    }
+                }
+                if let Some(handle) = &inst.memory {
+                    handle.adopt(&initial.snapshot)?;
+                }
+                inst.globals = initial.globals.clone();
+                inst.restore_globals()?;
+            }
+            None => {
+                inst.zygote()?;
+                let snapshot = match &inst.memory {
+                    Some(handle) => Some(handle.capture()?),
+                    None => None,
+                };
+                inst.globals = inst.read_globals();
+                if let Some(snapshot) = snapshot {
+                    let _ = function.initial.set(Initial { snapshot, globals: inst.globals.clone() });
+                }
+            }
+        }
+        Ok(inst)
+    }
+
+    /// Instantiates `module` on paged memory and runs its init phase (`_faasm_zygote`, if
+    /// exported). Its memory persists from run to run (see [`Instance::run`]).
+    pub fn instantiate(&self, module: &Module, args: &[String], stdout: Stdout) -> anyhow::Result<Instance> {
+        let store = self.store(stdout, args);
+        let mut inst = self.link(store, module)?;
+        inst.zygote()?;
+        Ok(inst)
+    }
+
+    fn link(&self, mut store: Store<Host>, module: &Module) -> anyhow::Result<Instance> {
         let instance = self.linker.instantiate(&mut store, module).map_err(|e| anyhow!("{e:?}"))?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
-        let mut inst = Instance { store, instance, memory };
+        let mut inst = Instance { store, instance, memory, globals: Vec::new(), discard: false };
         let handle = inst.memory.clone();
         inst.store.epoch_deadline_callback(move |_| {
             // An epoch tick reaches every store; only a store whose memory lost a page stops.
@@ -96,24 +164,56 @@ impl Executor {
             }
         });
         inst.check_memory()?;
-        if let Some(zygote) = inst.instance.get_func(&mut inst.store, "_faasm_zygote") {
-            let zygote = zygote.typed::<(), i32>(&inst.store).map_err(|e| anyhow!("_faasm_zygote must be `() -> i32`: {e}"))?;
-            let rc = zygote.call(&mut inst.store, ()).map_err(|e| anyhow!("{e:?}")).context("_faasm_zygote failed");
-            inst.check_memory()?;
-            let rc = rc?;
-            if rc != 0 {
-                bail!("_faasm_zygote returned {rc}");
-            }
-        }
         Ok(inst)
     }
 }
 
+/// A compiled function and, once its first instance has run the init phase, its initial state.
+pub struct Function {
+    pub name: String,
+    module: Module,
+    initial: std::sync::OnceLock<Initial>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.name).field("initial", &self.initial.get().map(|i| &i.snapshot)).finish()
+    }
+}
+
+impl Function {
+    pub fn new(name: impl Into<String>, module: Module) -> Function {
+        Function { name: name.into(), module, initial: std::sync::OnceLock::new() }
+    }
+
+    /// The captured initial state's snapshot, once an instance has been initialised.
+    pub fn snapshot(&self) -> Option<&Arc<crate::pager::Snapshot>> {
+        self.initial.get().map(|i| &i.snapshot)
+    }
+}
+
+/// The initial state of a function: memory pages and global values after the init phase.
+struct Initial {
+    snapshot: Arc<crate::pager::Snapshot>,
+    globals: Vec<(String, Val)>,
+}
+
+/// The result of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// `main`'s return value (or the `proc_exit` code).
+    pub rc: i32,
+    /// What the function passed to `__faasm_write_output`.
+    pub output: Vec<u8>,
+}
+
 /// One instance of a module.
 pub struct Instance {
-    store: Store<WasiP1Ctx>,
+    store: Store<Host>,
     instance: wasmtime::Instance,
     memory: Option<MemoryHandle>,
+    globals: Vec<(String, Val)>,
+    discard: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -145,6 +245,72 @@ impl Instance {
             Some(why) => Err(anyhow!("the call lost its memory: {why}")),
             None => Ok(()),
         }
+    }
+
+    fn zygote(&mut self) -> anyhow::Result<()> {
+        if let Some(zygote) = self.instance.get_func(&mut self.store, "_faasm_zygote") {
+            let zygote = zygote.typed::<(), i32>(&self.store).map_err(|e| anyhow!("_faasm_zygote must be `() -> i32`: {e}"))?;
+            let rc = zygote.call(&mut self.store, ()).map_err(|e| anyhow!("{e:?}")).context("_faasm_zygote failed");
+            self.check_memory()?;
+            let rc = rc?;
+            if rc != 0 {
+                bail!("_faasm_zygote returned {rc}");
+            }
+        }
+        Ok(())
+    }
+
+    fn read_globals(&mut self) -> Vec<(String, Val)> {
+        let names: Vec<String> = self
+            .instance
+            .exports(&mut self.store)
+            .filter(|e| e.name().starts_with(rewrite::GLOBAL_EXPORT_PREFIX))
+            .map(|e| e.name().to_string())
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let g = self.instance.get_global(&mut self.store, &n)?;
+                Some((n, g.get(&mut self.store)))
+            })
+            .collect()
+    }
+
+    fn restore_globals(&mut self) -> anyhow::Result<()> {
+        for (name, value) in &self.globals {
+            let g = self.instance.get_global(&mut self.store, name).context("a recorded global vanished")?;
+            g.set(&mut self.store, *value).map_err(|e| anyhow!("{e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the instance must not be reused (its memory grew, or it was poisoned).
+    pub fn must_discard(&self) -> bool {
+        self.discard || self.memory.as_ref().is_some_and(|m| m.poisoned().is_some())
+    }
+
+    /// Calls the function once with `input`, then returns the instance to the initial state:
+    /// the pages the call wrote are dropped back to the snapshot and the globals restored. The
+    /// instance must come from [`Executor::function_instance`].
+    pub fn call(&mut self, input: &[u8]) -> anyhow::Result<CallOutcome> {
+        self.store.data_mut().input = input.to_vec();
+        self.store.data_mut().output.clear();
+        let rc = self.run();
+        let output = std::mem::take(&mut self.store.data_mut().output);
+        // Reset even after a trap: the next call must start from the initial state.
+        if let Some(handle) = &self.memory
+            && handle.poisoned().is_none()
+        {
+            match handle.reset() {
+                Ok(report) => self.discard |= report.grown,
+                Err(e) => {
+                    self.discard = true;
+                    return Err(anyhow::Error::new(e).context("could not reset the instance after the call"));
+                }
+            }
+        }
+        self.restore_globals()?;
+        Ok(CallOutcome { rc: rc?, output })
     }
 
     /// Runs `_start` once; returns the exit code (0 when `_start` returns normally).

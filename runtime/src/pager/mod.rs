@@ -22,6 +22,7 @@
 //! is answered with zeros at once and [`MemoryHandle::poisoned`] reports the error — and the
 //! pager's interrupt hook fires so the executor can stop the guest; the call then ends in an error.
 
+mod snapshot;
 mod sys;
 mod table;
 
@@ -33,9 +34,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ebb_memnode::{RegionId, Transport, TransportError, PAGE_SIZE};
-use userfaultfd::{Event, ReadWrite, Uffd, UffdBuilder};
+use userfaultfd::{Event, FeatureFlags, ReadWrite, RegisterMode, Uffd, UffdBuilder};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
+pub use snapshot::{ResetReport, Snapshot};
 pub use table::PageState;
 use table::PageTable;
 
@@ -72,6 +74,8 @@ pub struct PagerStats {
     pub faults_zero: AtomicU64,
     /// Faults on pages held by the memnode, served by a fetch.
     pub faults_remote: AtomicU64,
+    /// Faults on initial-state pages served from the function's local image (no network).
+    pub faults_image: AtomicU64,
     /// Fault events for pages already mapped (raced with another install).
     pub faults_spurious: AtomicU64,
     /// Faults whose fetch failed; the memory was poisoned.
@@ -92,6 +96,7 @@ pub struct PagerStats {
 pub struct PagerSnapshot {
     pub faults_zero: u64,
     pub faults_remote: u64,
+    pub faults_image: u64,
     pub faults_spurious: u64,
     pub faults_failed: u64,
     pub pages_fetched: u64,
@@ -107,6 +112,7 @@ impl PagerStats {
         PagerSnapshot {
             faults_zero: l(&self.faults_zero),
             faults_remote: l(&self.faults_remote),
+            faults_image: l(&self.faults_image),
             faults_spurious: l(&self.faults_spurious),
             faults_failed: l(&self.faults_failed),
             pages_fetched: l(&self.pages_fetched),
@@ -135,6 +141,8 @@ pub enum PagerError {
     Transport(#[from] TransportError),
     #[error("This memory lost a page it could not fetch ({0}); the instance must be discarded")]
     Poisoned(String),
+    #[error("Snapshot operation refused: {0}")]
+    Snapshot(&'static str),
 }
 
 struct Shared {
@@ -164,7 +172,12 @@ impl std::fmt::Debug for Pager {
 }
 
 fn new_uffd() -> Result<Uffd, userfaultfd::Error> {
-    UffdBuilder::new().close_on_exec(true).non_blocking(true).user_mode_only(false).create()
+    UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .require_features(FeatureFlags::from_bits_retain(sys::UFFD_FEATURE_WP_ASYNC))
+        .create()
 }
 
 impl Pager {
@@ -246,9 +259,17 @@ struct MemoryState {
     region: Mutex<Option<(RegionId, u64)>>,
     poisoned: AtomicBool,
     poison: Mutex<Option<String>>,
+    /// The initial state this memory resets to (see `snapshot`); set once captured or adopted.
+    snapshot: OnceLock<Arc<snapshot::Snapshot>>,
 }
 
 impl MemoryState {
+    /// True once writes are tracked (the memory has a snapshot): installs then write-protect
+    /// pages so that only written pages count as dirty.
+    fn tracked(&self) -> bool {
+        self.snapshot.get().is_some()
+    }
+
     fn base(&self) -> usize {
         self.reservation.base()
     }
@@ -324,7 +345,7 @@ impl Shared {
     fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
         let page_addr = addr & !(PAGE_SIZE - 1);
         // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
-        if let Err(e) = unsafe { sys::install(&mem.uffd, None, page_addr, PAGE_SIZE) } {
+        if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::ZeroPage, page_addr, PAGE_SIZE) } {
             tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
         }
         mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
@@ -346,72 +367,135 @@ impl Shared {
                 self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
                 mem.table.set(page, PageState::Resident);
                 // A read maps the shared zero page; a write gets a private zero-filled page at
-                // once, saving the copy-on-write fault that would follow the zero page.
-                let src = write.then_some(ZEROS.as_ptr());
+                // once, saving the copy-on-write fault that would follow the zero page. In
+                // tracked memory a read installs a clean (write-protected) private page instead,
+                // so that a later write is noticed.
+                let fill = match (write, mem.tracked()) {
+                    (true, _) => sys::Fill::Copy(ZEROS.as_ptr()),
+                    (false, true) => sys::Fill::CopyClean(ZEROS.as_ptr()),
+                    (false, false) => sys::Fill::ZeroPage,
+                };
                 // SAFETY: the page is inside the registered reservation; ZEROS is one page long.
-                if let Err(e) = unsafe { sys::install(&mem.uffd, src, page_addr, PAGE_SIZE) } {
-                    mem.poison(format!("UFFDIO_ZEROPAGE failed at {page_addr:#x}: {e}"));
+                if let Err(e) = unsafe { sys::install(&mem.uffd, fill, page_addr, PAGE_SIZE) } {
+                    mem.poison(format!("installing a zero page at {page_addr:#x} failed: {e}"));
                     self.fire_interrupt();
                 }
             }
-            PageState::Remote => {
+            state @ (PageState::Remote | PageState::Image) => {
+                // Read-around: the following pages in the same state, up to the configured count.
                 let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
-                let mut pages = vec![page as u64];
-                for p in page + 1..limit {
-                    if mem.table.get(p) != PageState::Remote {
-                        break;
-                    }
-                    pages.push(p as u64);
+                let mut run = 1;
+                while page + run < limit && mem.table.get(page + run) == state {
+                    run += 1;
                 }
-                let len = pages.len() * PAGE_SIZE;
-                let buf = &mut buf[..len];
-                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
-                // Pages are installed frame by frame as they arrive: the faulting page's frame
-                // first, so the guest resumes while the rest of the read-around is in flight.
-                let mut installed = 0;
-                let mut install_failed = None;
-                let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
-                    if install_failed.is_some() {
-                        return;
+                match (state, mem.snapshot.get()) {
+                    (PageState::Image, Some(snap)) => {
+                        // Held while installing, so an eviction cannot free the image under us.
+                        let local = snap.local();
+                        let source = match local.as_deref() {
+                            Some(image) => Source::Local(image),
+                            None => Source::Region(snap.region()),
+                        };
+                        self.fill_run(mem, page, run, state, source, addr, buf);
                     }
-                    // Counted and marked before the install wakes the guest, so whoever it
-                    // wakes sees them.
-                    self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
-                    self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    for p in page + range.start..page + range.end {
-                        mem.table.set(p, PageState::Resident);
+                    (PageState::Image, None) => {
+                        let why = "the page table says image but the memory has no snapshot";
+                        self.fill_run(mem, page, run, state, Source::Missing(why), addr, buf);
                     }
-                    let dst = page_addr + range.start * PAGE_SIZE;
-                    // SAFETY: `dst..+bytes.len()` covers pages of the registered reservation that
-                    // were Remote (contiguous by construction); `bytes` is that many bytes.
-                    match unsafe { sys::install(&mem.uffd, Some(bytes.as_ptr()), dst, bytes.len()) } {
-                        Ok(_) => installed = range.end,
-                        Err(e) => install_failed = Some(format!("installing fetched pages failed: {e}")),
-                    }
-                };
-                let fetched = match mem.region() {
-                    Some(region) => {
-                        self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| e.to_string())
-                    }
-                    None => Err("the page table says remote but the memory has no region".to_string()),
-                };
-                let failure = fetched.err().or(install_failed);
-                if let Some(why) = failure {
-                    // Pages not installed stay Remote; the faulting page, if it was not installed,
-                    // is released with zeros in a poisoned memory.
-                    for p in page + installed..page + pages.len() {
-                        mem.table.set(p, PageState::Remote);
-                    }
-                    self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
-                    mem.poison(why);
-                    self.fire_interrupt();
-                    if installed == 0 {
-                        self.release_with_zero(mem, addr);
+                    _ => {
+                        let source = match mem.region() {
+                            Some(region) => Source::Region(region),
+                            None => Source::Missing("the page table says remote but the memory has no region"),
+                        };
+                        self.fill_run(mem, page, run, state, source, addr, buf);
                     }
                 }
             }
         }
     }
+
+    /// Fills `run` pages from `page` (all Remote or all Image) from `source`, installing them as
+    /// they arrive; on any failure the memory is poisoned and the faulting thread released.
+    #[expect(clippy::too_many_arguments, reason = "one call site per source; a struct would only rename them")]
+    fn fill_run(
+        &self,
+        mem: &MemoryState,
+        page: usize,
+        run: usize,
+        previous: PageState,
+        source: Source<'_>,
+        addr: usize,
+        buf: &mut [u8],
+    ) {
+        let page_addr = mem.base() + page * PAGE_SIZE;
+        let tracked = mem.tracked();
+        let mut installed = 0;
+        let mut install_failed = None;
+        // Counted and marked before the install wakes the guest, so whoever it wakes sees them.
+        let mut install = |range: std::ops::Range<usize>, bytes: &[u8]| {
+            if install_failed.is_some() {
+                return;
+            }
+            for p in page + range.start..page + range.end {
+                mem.table.set(p, PageState::Resident);
+            }
+            let fill = if tracked { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
+            let dst = page_addr + range.start * PAGE_SIZE;
+            // SAFETY: `dst..+bytes.len()` covers pages of the registered reservation that were
+            // not resident (contiguous by construction); `bytes` is that many bytes.
+            match unsafe { sys::install(&mem.uffd, fill, dst, bytes.len()) } {
+                Ok(_) => installed = range.end,
+                Err(e) => install_failed = Some(format!("installing pages failed: {e}")),
+            }
+        };
+        let fetched = match source {
+            Source::Local(image) => {
+                // The function's warm initial image, in this process: no network.
+                self.stats.faults_image.fetch_add(1, Ordering::Relaxed);
+                let bytes = &image[page * PAGE_SIZE..(page + run) * PAGE_SIZE];
+                install(0..run, bytes);
+                Ok(())
+            }
+            Source::Region(region) => {
+                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
+                let pages: Vec<u64> = (page..page + run).map(|p| p as u64).collect();
+                let buf = &mut buf[..run * PAGE_SIZE];
+                let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+                    self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
+                    self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    install(range, bytes);
+                };
+                // Pages are installed frame by frame as they arrive: the faulting page's frame
+                // first, so the guest resumes while the rest of the read-around is in flight.
+                self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| e.to_string())
+            }
+            Source::Missing(why) => Err(why.to_string()),
+        };
+        if let Some(why) = fetched.err().or(install_failed) {
+            // Pages not installed keep their state; the faulting page, if it was not installed,
+            // is released with zeros in a poisoned memory.
+            for p in page + installed..page + run {
+                mem.table.set(p, previous);
+            }
+            self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
+            mem.poison(why);
+            self.fire_interrupt();
+            if installed == 0 {
+                self.release_with_zero(mem, addr);
+            }
+        }
+    }
+}
+
+/// Where the content of non-resident pages comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A memnode region: the memory's own (offloaded pages) or its snapshot's (initial image).
+    Region(RegionId),
+    /// The snapshot's local copy of the initial image.
+    Local(&'a [u8]),
+    /// An inconsistency: fail the fault with this reason.
+    Missing(&'static str),
 }
 
 /// The memory creator given to wasmtime (`Config::with_host_memory`).
@@ -456,7 +540,7 @@ impl PagedMemory {
         let reservation = sys::Reservation::new(total).map_err(setup)?;
         reservation.make_accessible(0, minimum).map_err(setup)?;
         let uffd = new_uffd().map_err(PagerError::Unavailable)?;
-        uffd.register(reservation.base() as *mut _, capacity)
+        uffd.register_with_mode(reservation.base() as *mut _, capacity, RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
             .map_err(|e| setup(std::io::Error::other(e.to_string())))?;
         let shared = pager.shared.clone();
         let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
@@ -470,6 +554,7 @@ impl PagedMemory {
             region: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
+            snapshot: OnceLock::new(),
         });
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
@@ -544,7 +629,7 @@ impl std::fmt::Debug for MemoryHandle {
 }
 
 /// Pages sent per transport call by an offload (8 MiB).
-const OFFLOAD_BATCH: usize = 2048;
+pub(crate) const OFFLOAD_BATCH: usize = 2048;
 
 impl MemoryHandle {
     /// The error that poisoned this memory, if any: its contents can no longer be trusted.
@@ -602,19 +687,7 @@ impl MemoryHandle {
         let mut report = OffloadReport::default();
         let mut buf = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
         // One MADV_DONTNEED per run of consecutive pages (`pages` is ascending).
-        let discard = |pages: &[usize]| {
-            let mut i = 0;
-            while i < pages.len() {
-                let mut j = i + 1;
-                while j < pages.len() && pages[j] == pages[j - 1] + 1 {
-                    j += 1;
-                }
-                if let Err(e) = state.reservation.discard(pages[i] * PAGE_SIZE, (j - i) * PAGE_SIZE) {
-                    tracing::error!("MADV_DONTNEED failed on pages {}..{}: {e}", pages[i], pages[j - 1] + 1);
-                }
-                i = j;
-            }
-        };
+        let discard = |pages: &[usize]| snapshot::for_each_run(pages, |start, count| self.discard_pages(start, count));
         for batch in resident.chunks(OFFLOAD_BATCH) {
             let mut sent = Vec::with_capacity(batch.len());
             let mut zeros = Vec::new();

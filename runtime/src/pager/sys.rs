@@ -7,6 +7,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use userfaultfd::Uffd;
 
+/// Feature bit of UFFDIO_API (Linux 6.7+): write-protect faults are resolved by the kernel
+/// itself, leaving a "written" mark that PAGEMAP_SCAN reports. Not named by the userfaultfd crate.
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+
 /// An anonymous reservation: `len` bytes of PROT_NONE address space, unmapped on drop.
 #[derive(Debug)]
 pub struct Reservation {
@@ -75,38 +79,148 @@ pub enum Installed {
     AlreadyThere,
 }
 
-/// Installs `len` bytes from `src` at `dst` with UFFDIO_COPY (or UFFDIO_ZEROPAGE when `src` is
-/// `None`), waking the faulting threads. The one place where uffd errnos are classified: EAGAIN
-/// (the mm changed under us) is retried, EEXIST means served.
+/// How a page is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Map the shared zero page (UFFDIO_ZEROPAGE): cheapest, for reads of untracked memory.
+    ZeroPage,
+    /// Copy from a source buffer (UFFDIO_COPY).
+    Copy(*const u8),
+    /// Copy and write-protect (UFFDIO_COPY_MODE_WP): the page counts as clean until written, which
+    /// the asynchronous write-protect mode records for [`scan_written`].
+    CopyClean(*const u8),
+}
+
+/// Installs `len` bytes at `dst` as `fill` says, waking the faulting threads. The one place where
+/// uffd errnos are classified: EAGAIN (the mm changed under us, or a partial copy) is retried from
+/// where it stopped, EEXIST means already served.
 ///
 /// # Safety
-/// `dst..dst+len` must be inside a range registered with `uffd`, page aligned, and `src` must be
-/// valid for `len` bytes of reads.
-pub unsafe fn install(uffd: &Uffd, src: Option<*const u8>, dst: usize, len: usize) -> io::Result<Installed> {
+/// `dst..dst+len` must be inside a range registered with `uffd`, page aligned, and a source
+/// buffer must be valid for `len` bytes of reads.
+pub unsafe fn install(uffd: &Uffd, fill: Fill, dst: usize, len: usize) -> io::Result<Installed> {
+    let mut done = 0;
     loop {
-        let result = match src {
+        let (d, n) = (dst + done, len - done);
+        let result: Result<usize, nix::errno::Errno> = match fill {
             // SAFETY: forwarded from this function's contract.
-            Some(src) => unsafe { uffd.copy(src.cast(), dst as *mut _, len, true) },
-            // SAFETY: forwarded from this function's contract.
-            None => unsafe { uffd.zeropage(dst as *mut _, len, true) },
+            Fill::ZeroPage => match unsafe { uffd.zeropage(d as *mut _, n, true) } {
+                Ok(n) => Ok(n),
+                Err(userfaultfd::Error::ZeropageFailed(e)) => Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            },
+            Fill::Copy(src) | Fill::CopyClean(src) => {
+                let wp = matches!(fill, Fill::CopyClean(_));
+                let mut copy = userfaultfd_sys::uffdio_copy {
+                    dst: d as u64,
+                    // SAFETY (pointer arithmetic only): `done < len`, inside the source buffer.
+                    src: src.wrapping_add(done) as u64,
+                    len: n as u64,
+                    mode: if wp { userfaultfd_sys::UFFDIO_COPY_MODE_WP } else { 0 },
+                    copy: 0,
+                };
+                // SAFETY: `copy` describes a source valid for `n` bytes and a destination inside
+                // the registered range (this function's contract); the kernel writes only `copy`.
+                let r = unsafe { libc::ioctl(uffd.as_raw_fd(), userfaultfd_sys::UFFDIO_COPY as _, &mut copy) };
+                if r == 0 {
+                    Ok(n)
+                } else if copy.copy > 0 {
+                    // Partly copied: continue after what was installed.
+                    done += usize::try_from(copy.copy).expect("positive");
+                    continue;
+                } else {
+                    Err(nix::errno::Errno::last())
+                }
+            }
         };
         match result {
             Ok(_) => return Ok(Installed::Done),
-            Err(userfaultfd::Error::PartiallyCopied(_)) => continue,
-            Err(userfaultfd::Error::CopyFailed(e) | userfaultfd::Error::ZeropageFailed(e)) => {
-                if e == nix::errno::Errno::EEXIST {
-                    // Wake whoever waits: the page exists but a waiter may still be queued.
-                    let _ = uffd.wake(dst as *mut _, len);
-                    return Ok(Installed::AlreadyThere);
-                }
-                if e == nix::errno::Errno::EAGAIN {
-                    continue;
-                }
-                return Err(io::Error::from_raw_os_error(e as i32));
+            Err(nix::errno::Errno::EEXIST) => {
+                // Wake whoever waits: the page exists but a waiter may still be queued.
+                let _ = uffd.wake(d as *mut _, n);
+                return Ok(Installed::AlreadyThere);
             }
-            Err(e) => return Err(io::Error::other(e.to_string())),
+            Err(nix::errno::Errno::EAGAIN) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
         }
     }
+}
+
+// PAGEMAP_SCAN (Linux 6.7+, `linux/fs.h`); not in the libc crate yet, so its ABI is mirrored here.
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+const _: () = assert!(size_of::<PmScanArg>() == 96);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+fn pagemap() -> io::Result<&'static std::fs::File> {
+    static PAGEMAP: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = PAGEMAP.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/proc/self/pagemap")?;
+    Ok(PAGEMAP.get_or_init(|| f))
+}
+
+/// Appends to `out` the address ranges in `[start, end)` written since they were last
+/// write-protected, and write-protects them again (one atomic PAGEMAP_SCAN pass). Needs a range
+/// registered in uffd write-protect mode with UFFD_FEATURE_WP_ASYNC.
+pub fn scan_written(start: usize, end: usize, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
+    let mut regions = [PageRegion::default(); 64];
+    let mut from = start;
+    while from < end {
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_WP_MATCHING,
+            start: from as u64,
+            end: end as u64,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions.len()` writable
+        // page_region entries that outlive the call; the pagemap fd is our own process's.
+        let n = unsafe { libc::ioctl(pagemap()?.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = usize::try_from(n).expect("non-negative");
+        for r in &regions[..n] {
+            out.push(usize::try_from(r.start).expect("address")..usize::try_from(r.end).expect("address"));
+        }
+        let walked = usize::try_from(arg.walk_end).expect("address");
+        if walked <= from {
+            break;
+        }
+        from = walked;
+    }
+    Ok(())
 }
 
 /// An epoll instance.

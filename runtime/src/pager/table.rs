@@ -18,6 +18,9 @@ pub enum PageState {
     Resident = 1,
     /// On the memnode, at the same page index of the memory's region.
     Remote = 2,
+    /// Equal to the same page of the memory's snapshot (its initial state): filled from the
+    /// function's local image while it is warm, else from the snapshot's memnode region.
+    Image = 3,
 }
 
 const CHUNK_PAGES: usize = 4096; // 16 MiB of memory per chunk
@@ -40,6 +43,7 @@ impl PageTable {
             Some(chunk) => match chunk[page % CHUNK_PAGES].load(Ordering::Relaxed) {
                 1 => PageState::Resident,
                 2 => PageState::Remote,
+                3 => PageState::Image,
                 _ => PageState::Zero,
             },
         }

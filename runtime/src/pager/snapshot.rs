@@ -1,0 +1,262 @@
+//! Initial states: what every call of a function starts from.
+//!
+//! After a function's init phase its memory is *captured*: the non-zero pages are written once to
+//! a memnode region and kept in a local image while the function is warm. From then on the memory
+//! is **tracked**: pages are installed write-protected (asynchronous mode, resolved by the kernel)
+//! so a PAGEMAP_SCAN after a call lists exactly the pages the call wrote.
+//!
+//! ```text
+//!   capture ─► Snapshot { size, non-zero pages, memnode region, local image (while warm) }
+//!   call    ─► guest writes some pages (each leaves a "written" mark)
+//!   reset   ─► PAGEMAP_SCAN(written, re-protect) → drop those pages → state Image (or Zero)
+//!   next touch of an Image page ─► copied from the local image, or fetched from the region
+//!   adopt   ─► another instance's memory starts as the same snapshot (nothing copied)
+//!   evict   ─► an idle instance drops every resident page (all equal the snapshot)
+//! ```
+//!
+//! So a snapshot is never copied per instance: it is pages that each instance maps lazily.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use ebb_memnode::{PAGE_SIZE, RegionId, Transport};
+use memmap2::MmapMut;
+
+use super::{MemoryHandle, OFFLOAD_BATCH, PageState, PagerError, sys};
+
+/// The initial state of a function's memory.
+pub struct Snapshot {
+    size: usize,
+    nonzero: Vec<bool>,
+    nonzero_count: usize,
+    region: RegionId,
+    local: RwLock<Option<MmapMut>>,
+    transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("size", &self.size)
+            .field("nonzero_pages", &self.nonzero_count)
+            .field("region", &self.region)
+            .field("local", &self.is_local())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Memory size in bytes at capture.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Pages with non-zero content (the ones held by the memnode and the local image).
+    pub fn nonzero_pages(&self) -> usize {
+        self.nonzero_count
+    }
+
+    /// Whether the local image is still held (the function is warm).
+    pub fn is_local(&self) -> bool {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Drops the local image: later faults on initial-state pages fetch from the memnode.
+    /// Returns the bytes released.
+    pub fn drop_local(&self) -> usize {
+        let image = self.local.write().unwrap_or_else(|e| e.into_inner()).take();
+        image.map_or(0, |_| self.nonzero_count * PAGE_SIZE)
+    }
+
+    pub(super) fn region(&self) -> RegionId {
+        self.region
+    }
+
+    pub(super) fn local(&self) -> RwLockReadGuard<'_, Option<MmapMut>> {
+        self.local.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What page `p` holds in the initial state.
+    fn initial(&self, p: usize) -> PageState {
+        if self.nonzero.get(p).copied().unwrap_or(false) { PageState::Image } else { PageState::Zero }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Err(e) = self.transport.free(self.region) {
+            tracing::warn!("could not free snapshot region {}: {e}", self.region);
+        }
+    }
+}
+
+/// What a reset did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// Pages the call wrote, dropped back to their initial state.
+    pub pages_reset: usize,
+    /// The call grew the memory beyond its initial size (wasm memories cannot shrink: the
+    /// instance should be discarded rather than reused).
+    pub grown: bool,
+}
+
+/// Calls `f(start_page, count)` for each run of consecutive pages in ascending `pages`.
+pub(super) fn for_each_run(pages: &[usize], mut f: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i < pages.len() {
+        let mut j = i + 1;
+        while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+            j += 1;
+        }
+        f(pages[i], j - i);
+        i = j;
+    }
+}
+
+impl MemoryHandle {
+    /// The snapshot this memory resets to, if captured or adopted.
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.state.snapshot.get()
+    }
+
+    pub(super) fn discard_pages(&self, start: usize, count: usize) {
+        if let Err(e) = self.state.reservation.discard(start * PAGE_SIZE, count * PAGE_SIZE) {
+            tracing::error!("MADV_DONTNEED failed on pages {start}..{}: {e}", start + count);
+        }
+    }
+
+    /// Captures the memory's current content as its initial state: non-zero pages are written
+    /// once to a new memnode region and copied to a local image; from now on writes are tracked.
+    /// The memory must be idle, have no snapshot yet and no offloaded pages.
+    pub fn capture(&self) -> Result<Arc<Snapshot>, PagerError> {
+        if let Some(why) = self.poisoned() {
+            return Err(PagerError::Poisoned(why));
+        }
+        let state = &self.state;
+        let pages = state.accessible_pages();
+        if state.snapshot.get().is_some() || state.table.count(0..pages, PageState::Remote) > 0 {
+            return Err(PagerError::Snapshot("capture needs a memory with no snapshot and no offloaded pages"));
+        }
+        let size = pages * PAGE_SIZE;
+        let transport = self.shared.transport.clone();
+        let region = transport.alloc(size.max(PAGE_SIZE) as u64)?;
+        let mut image = MmapMut::map_anon(size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: size, source })?;
+        let mut nonzero = vec![false; pages];
+        let mut resident = Vec::new();
+        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        let mut batch: Vec<u64> = Vec::with_capacity(OFFLOAD_BATCH);
+        let write = |batch: &mut Vec<u64>, image: &MmapMut| -> Result<(), PagerError> {
+            for run in batch.chunk_by(|a, b| *b == *a + 1) {
+                let start = usize::try_from(run[0]).expect("page index") * PAGE_SIZE;
+                transport.write_pages(region, run, &image[start..start + run.len() * PAGE_SIZE])?;
+            }
+            batch.clear();
+            Ok(())
+        };
+        let result = (|| {
+            for &p in &resident {
+                // SAFETY: page `p` is accessible and resident; the memory is idle.
+                let bytes = unsafe { std::slice::from_raw_parts((state.base() + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
+                if sys::is_zero(bytes) {
+                    continue;
+                }
+                image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(bytes);
+                nonzero[p] = true;
+                batch.push(p as u64);
+                if batch.len() == OFFLOAD_BATCH {
+                    write(&mut batch, &image)?;
+                }
+            }
+            write(&mut batch, &image)
+        })();
+        if let Err(e) = result {
+            let _ = self.shared.transport.free(region);
+            return Err(e);
+        }
+        let nonzero_count = nonzero.iter().filter(|&&n| n).count();
+        let snap = Arc::new(Snapshot {
+            size,
+            nonzero,
+            nonzero_count,
+            region,
+            local: RwLock::new(Some(image)),
+            transport: self.shared.transport.clone(),
+        });
+        self.track(&snap)?;
+        self.shared.stats.bytes_out.fetch_add((nonzero_count * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(snap)
+    }
+
+    /// Starts tracking writes against `snap`: every resident page is write-protected, so only
+    /// pages written from now on show up at the next reset.
+    fn track(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
+        let state = &self.state;
+        state.snapshot.set(snap.clone()).map_err(|_| PagerError::Snapshot("the memory already has a snapshot"))?;
+        let len = state.accessible_pages() * PAGE_SIZE;
+        if len > 0 {
+            state
+                .uffd
+                .write_protect(state.base() as *mut _, len)
+                .map_err(|e| PagerError::Setup { len, source: std::io::Error::other(e.to_string()) })?;
+        }
+        Ok(())
+    }
+
+    /// Makes this (freshly instantiated, idle) memory start from `snap` without copying: every
+    /// resident page is dropped and each page takes its initial state, to be filled on touch.
+    /// The memory must already have the snapshot's size.
+    pub fn adopt(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
+        let state = &self.state;
+        let pages = state.accessible_pages();
+        if pages * PAGE_SIZE != snap.size {
+            return Err(PagerError::Snapshot("adopt needs a memory of the snapshot's size"));
+        }
+        let mut resident = Vec::new();
+        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        for &p in &resident {
+            state.table.set(p, PageState::Zero);
+        }
+        for_each_run(&resident, |start, count| self.discard_pages(start, count));
+        for (p, &nz) in snap.nonzero.iter().enumerate() {
+            if nz {
+                state.table.set(p, PageState::Image);
+            }
+        }
+        self.track(snap)
+    }
+
+    /// Returns the memory to its initial state after a call: the pages the call wrote (and only
+    /// those) are dropped and take their initial state again.
+    pub fn reset(&self) -> Result<ResetReport, PagerError> {
+        let state = &self.state;
+        let snap = state.snapshot.get().ok_or(PagerError::Snapshot("reset needs a captured or adopted snapshot"))?;
+        let len = state.accessible_pages() * PAGE_SIZE;
+        let mut written = Vec::new();
+        sys::scan_written(state.base(), state.base() + len, &mut written)
+            .map_err(|source| PagerError::Setup { len, source })?;
+        let mut report = ResetReport { pages_reset: 0, grown: len > snap.size };
+        for range in written {
+            let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
+            for p in start..end {
+                state.table.set(p, snap.initial(p));
+            }
+            self.discard_pages(start, end - start);
+            report.pages_reset += end - start;
+        }
+        Ok(report)
+    }
+
+    /// Drops every resident page of an idle, reset memory (they all equal the snapshot); the next
+    /// call faults back what it touches. Returns the pages dropped.
+    pub fn evict(&self) -> Result<usize, PagerError> {
+        let state = &self.state;
+        let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
+        let pages = state.accessible_pages();
+        let mut resident = Vec::new();
+        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        for &p in &resident {
+            state.table.set(p, snap.initial(p));
+        }
+        for_each_run(&resident, |start, count| self.discard_pages(start, count));
+        Ok(resident.len())
+    }
+}

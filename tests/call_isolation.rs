@@ -1,0 +1,80 @@
+//! Faasm call semantics on paged memory: every call starts from the function's initial state (the
+//! memory and globals after `_faasm_zygote`), whatever earlier calls wrote; later instances adopt
+//! the captured state without copying; an evicted instance faults it back from the memnode.
+
+use std::sync::Arc;
+
+use ebb::Memnode;
+use ebb_memnode::{LocalTransport, TcpConfig, Transport};
+use ebb_runtime::exec::{Executor, Function, Stdout};
+use ebb_runtime::pager::{Pager, PagerConfig};
+
+const TABLE_WAT: &str = include_str!("modules/table.wat");
+const TABLE_PAGES: usize = 16384;
+
+/// The checksum the table module reports for its initial table.
+fn expected_checksum() -> u32 {
+    (0..0x100_0000u32).fold(0, |acc, w| acc ^ (w.wrapping_mul(0x9E37_79B1) ^ 1))
+}
+
+fn parse(output: &[u8]) -> (u32, u32) {
+    assert_eq!(output.len(), 8, "output {output:?}");
+    let word = |i: usize| u32::from_le_bytes(output[i..i + 4].try_into().unwrap());
+    (word(0), word(4))
+}
+
+fn scenario(transport: Arc<dyn Transport>) {
+    let pager = Pager::new(PagerConfig { readaround: 63, ..Default::default() }, transport).unwrap();
+    let exec = Executor::new(pager.clone()).unwrap();
+    let f = Function::new("demo/table", exec.compile(TABLE_WAT.as_bytes()).unwrap());
+    let want = expected_checksum();
+
+    let mut a = exec.function_instance(&f, Stdout::Inherit).unwrap();
+    let snap = f.snapshot().expect("captured at the first instance").clone();
+    assert_eq!(snap.nonzero_pages(), TABLE_PAGES, "the table's pages, no zero page");
+    let out = a.call(b"").unwrap();
+    assert_eq!((out.rc, parse(&out.output)), (0, (want, 1)));
+    // A call that scribbles over the whole table and the global...
+    let out = a.call(b"scribble").unwrap();
+    assert_eq!(parse(&out.output), (want, 1));
+    // ...is invisible to the next one.
+    let out = a.call(b"").unwrap();
+    assert_eq!(parse(&out.output), (want, 1), "call isolation: the scribbled table leaked");
+    assert!(!a.must_discard());
+
+    // A second instance adopts the initial state without running the zygote again.
+    let mut b = exec.function_instance(&f, Stdout::Inherit).unwrap();
+    let before = pager.stats();
+    let out = b.call(b"").unwrap();
+    assert_eq!(parse(&out.output), (want, 1));
+    let after = pager.stats();
+    assert!(after.faults_image > before.faults_image, "served from the local image");
+    assert_eq!(after.pages_fetched, before.pages_fetched, "no network while the image is local");
+
+    // Drain both instances and the function's local image: the next calls fetch from the memnode.
+    a.memory().unwrap().evict().unwrap();
+    b.memory().unwrap().evict().unwrap();
+    assert_eq!(snap.drop_local(), TABLE_PAGES * 4096);
+    let before = pager.stats();
+    let out = a.call(b"scribble").unwrap();
+    assert_eq!(parse(&out.output), (want, 1));
+    let after = pager.stats();
+    assert!(after.faults_remote > before.faults_remote);
+    assert_eq!(after.pages_fetched - before.pages_fetched, TABLE_PAGES as u64, "every table page fetched once");
+    let out = b.call(b"").unwrap();
+    assert_eq!(parse(&out.output), (want, 1));
+    let out = a.call(b"").unwrap();
+    assert_eq!(parse(&out.output), (want, 1), "isolation after eviction");
+    assert_eq!(pager.stats().faults_failed, 0);
+}
+
+#[test]
+fn every_call_starts_from_the_initial_state_embedded() {
+    scenario(Arc::new(LocalTransport::embedded(1 << 30)));
+}
+
+#[test]
+fn every_call_starts_from_the_initial_state_over_tcp() {
+    let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    scenario(ebb_memnode::connect(&memnode.addr, TcpConfig::default()).unwrap());
+}

@@ -2,9 +2,10 @@
 # Installs what building and testing Ebb needs on a Debian machine with only Rust installed (run as
 # root). Idempotent and quiet when everything is present.
 #  - libclang-dev: the userfaultfd crate generates its bindings with bindgen at build time.
-#  - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32: build the C guest functions to wasm32-wasi.
+#  - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32, libc++(abi)-14-dev-wasm32: build the C and
+#    C++ guest functions to wasm32-wasi.
 set -euo pipefail
-pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32)
+pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ebb::Memnode;
 use ebb_memnode::{LocalTransport, TcpConfig, Transport};
-use ebb_runtime::exec::{Executor, Function, Stdout};
+use ebb_runtime::exec::{Entry, Executor, Function, Stdout};
 use ebb_runtime::pager::{Pager, PagerConfig};
 
 const TABLE_WAT: &str = include_str!("modules/table.wat");
@@ -26,26 +26,26 @@ fn parse(output: &[u8]) -> (u32, u32) {
 fn scenario(transport: Arc<dyn Transport>) {
     let pager = Pager::new(PagerConfig { readaround: 63, ..Default::default() }, transport).unwrap();
     let exec = Executor::new(pager.clone()).unwrap();
-    let f = Function::new("demo/table", exec.compile(TABLE_WAT.as_bytes()).unwrap());
+    let f = Arc::new(Function::new("demo/table", exec.compile(TABLE_WAT.as_bytes()).unwrap()));
     let want = expected_checksum();
 
-    let mut a = exec.function_instance(&f, Stdout::Inherit).unwrap();
+    let mut a = exec.function_instance(&f, Stdout::Inherit, None).unwrap();
     let snap = f.snapshot().expect("captured at the first instance").clone();
     assert_eq!(snap.nonzero_pages(), TABLE_PAGES, "the table's pages, no zero page");
-    let out = a.call(b"").unwrap();
+    let out = a.call(b"", Entry::Start, None).unwrap();
     assert_eq!((out.rc, parse(&out.output)), (0, (want, 1)));
     // A call that scribbles over the whole table and the global...
-    let out = a.call(b"scribble").unwrap();
+    let out = a.call(b"scribble", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1));
     // ...is invisible to the next one.
-    let out = a.call(b"").unwrap();
+    let out = a.call(b"", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1), "call isolation: the scribbled table leaked");
     assert!(!a.must_discard());
 
     // A second instance adopts the initial state without running the zygote again.
-    let mut b = exec.function_instance(&f, Stdout::Inherit).unwrap();
+    let mut b = exec.function_instance(&f, Stdout::Inherit, None).unwrap();
     let before = pager.stats();
-    let out = b.call(b"").unwrap();
+    let out = b.call(b"", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1));
     let after = pager.stats();
     assert!(after.faults_image > before.faults_image, "served from the local image");
@@ -56,14 +56,14 @@ fn scenario(transport: Arc<dyn Transport>) {
     b.memory().unwrap().evict().unwrap();
     assert_eq!(snap.drop_local(), TABLE_PAGES * 4096);
     let before = pager.stats();
-    let out = a.call(b"scribble").unwrap();
+    let out = a.call(b"scribble", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1));
     let after = pager.stats();
     assert!(after.faults_remote > before.faults_remote);
     assert_eq!(after.pages_fetched - before.pages_fetched, TABLE_PAGES as u64, "every table page fetched once");
-    let out = b.call(b"").unwrap();
+    let out = b.call(b"", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1));
-    let out = a.call(b"").unwrap();
+    let out = a.call(b"", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1), "isolation after eviction");
     assert_eq!(pager.stats().faults_failed, 0);
 }

@@ -22,6 +22,72 @@ struct Cli {
 enum Command {
     /// Run a WASI command module on paged memory (like `wasmtime run`).
     Run(RunArgs),
+    /// Serve the Faasm-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Upload a function to a server.
+    Upload {
+        user: String,
+        function: String,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Invoke a function on a server; prints its output.
+    Invoke {
+        user: String,
+        function: String,
+        /// The call's input.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Return the call id at once instead of waiting (poll with `runtime status ID`).
+        #[arg(long = "async")]
+        is_async: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The status of an async call: RUNNING, its result, or FAILED.
+    Status {
+        id: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The runtime's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "EBB_SERVER")]
+    server: String,
+    /// Bearer token of the user (`--tokens` file of the server).
+    #[arg(long, env = "EBB_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    memory: MemoryArgs,
+    /// Where uploaded functions are stored (and found again after a restart).
+    #[arg(long, default_value = "ebb-data")]
+    data_dir: PathBuf,
+    /// File of `USER TOKEN` lines. Without it the server binds to loopback only.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Allow a non-loopback address without tokens (anyone who can connect can run code).
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds before a running call is interrupted.
+    #[arg(long, default_value_t = 60)]
+    call_timeout_s: u64,
+    /// Largest call input, e.g. 16M.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    max_input: u64,
+    /// Seconds an idle instance is kept.
+    #[arg(long, default_value_t = 600)]
+    idle_timeout_s: u64,
 }
 
 /// Where pages go and how they come back.
@@ -101,7 +167,98 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
+        Command::Upload { user, function, file, client } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (status, body) = client.request("PUT", &format!("/f/{user}/{function}"), &wasm)?;
+            finish(status, &body)
+        }
+        Command::Invoke { user, function, input, is_async, client } => {
+            let msg = serde_json::json!({"user": user, "function": function, "input_data": input, "async": is_async});
+            let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
+            finish(status, &body)
+        }
+        Command::Status { id, client } => {
+            let msg = serde_json::json!({"status": true, "id": id});
+            let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
+            finish(status, &body)
+        }
     }
+}
+
+/// Prints a response body; a non-2xx status is an error exit.
+fn finish(status: u16, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::io::stdout().write_all(body)?;
+    if !body.ends_with(b"\n") {
+        println!();
+    }
+    if !(200..300).contains(&status) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+impl ClientArgs {
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut req = match method {
+            "PUT" => agent.put(&url),
+            _ => agent.post(&url),
+        };
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.send(body).with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
+        Ok((status, body))
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {} is not an address like 127.0.0.1:8080", args.listen))?;
+    let tokens = match &args.tokens {
+        Some(path) => Some(Arc::new(crate::registry::Tokens::load(path)?)),
+        None => None,
+    };
+    if tokens.is_none() {
+        if !addr.ip().is_loopback() && !args.insecure {
+            anyhow::bail!(
+                "refusing to serve {addr} without authentication: give --tokens FILE (lines `USER TOKEN`), \
+                 or listen on a loopback address, or pass --insecure"
+            );
+        }
+        eprintln!("no --tokens file: serving without authentication{}", if addr.ip().is_loopback() { " on loopback only" } else { " (--insecure)" });
+    }
+    let pager = args.memory.pager()?;
+    let config = crate::platform::PlatformConfig {
+        data_dir: args.data_dir.clone(),
+        max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
+        call_timeout: Duration::from_secs(args.call_timeout_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        ..Default::default()
+    };
+    let platform = crate::platform::Platform::start(config, pager)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let memnode = args.memory.memnode.as_deref().unwrap_or("embedded");
+        // Tests and scripts wait for this line.
+        println!("runtime listening on {local} (memnode: {memnode}, data: {})", args.data_dir.display());
+        let app = crate::api::router(crate::api::ApiState { platform, tokens });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        anyhow::Ok(())
+    })
 }
 
 fn print_stats(label: &str, s: &PagerSnapshot) {

@@ -3,8 +3,14 @@
 //! - [`pager`] — paged linear memory: wasmtime `MemoryCreator`, userfaultfd fault handlers, page
 //!   table, offload.
 //! - [`exec`] — the wasmtime engine on paged memory and instances of command modules.
+//! - [`registry`] — functions on disk, users' tokens, state.
+//! - [`platform`] — calls: warm instances, chaining, async calls, timeouts, metrics.
+//! - [`api`] — the Faasm-compatible HTTP API over the platform.
 //! - [`cli`] — the `runtime` command line (the binary is a thin wrapper).
 
+pub mod api;
 pub mod cli;
 pub mod exec;
 pub mod pager;
+pub mod platform;
+pub mod registry;

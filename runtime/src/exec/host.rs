@@ -3,10 +3,66 @@
 //! Guest pointers are checked against the memory's bounds by wasmtime's `Memory::read`/`write`,
 //! so a bad pointer is a trap with a clear message, never a host crash.
 
+use std::sync::Arc;
+
 use anyhow::anyhow;
 use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 
-use super::Host;
+use super::{CallContext, CallOutcome, Function, Host};
+use crate::registry::StateStore;
+
+/// What the platform provides to guests: chained calls and state. (`runtime run` has none.)
+pub trait Services: Send + Sync {
+    /// Starts a call of `user/function` with `input`; returns its id. An unknown function gives
+    /// an id whose await fails.
+    fn chain(&self, user: &str, function: &str, input: Vec<u8>) -> u32;
+    /// Starts a call of the function-table entry `index` of `function`, in another instance.
+    fn chain_ptr(&self, user: &str, function: Arc<Function>, index: u32, input: Vec<u8>) -> u32;
+    /// Waits for call `id` of `user`; the outcome, or why it failed.
+    fn await_call(&self, user: &str, id: u32) -> Result<CallOutcome, String>;
+    /// The users' state.
+    fn state(&self) -> &StateStore;
+}
+
+fn ctx(caller: &Caller<'_, Host>, call: &str) -> wasmtime::Result<CallContext> {
+    caller.data().ctx.clone().ok_or_else(|| format_err!("{call} needs the function platform (`runtime serve`)"))
+}
+
+fn bytes(caller: &mut Caller<'_, Host>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let mem = memory(caller)?;
+    let (ptr, len) = (u32_arg(ptr), u32_arg(len));
+    mem.data(&caller)
+        .get(ptr..ptr + len)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| format_err!("guest buffer {ptr:#x}+{len} is outside memory"))
+}
+
+/// A NUL-terminated UTF-8 string (a state key, a function name), at most 1 KiB.
+fn cstr(caller: &mut Caller<'_, Host>, ptr: i32) -> wasmtime::Result<String> {
+    let mem = memory(caller)?;
+    let data = mem.data(&caller);
+    let start = u32_arg(ptr);
+    let tail = data.get(start..).ok_or_else(|| format_err!("string at {start:#x} is outside memory"))?;
+    let end = tail.iter().take(1024).position(|&b| b == 0).ok_or_else(|| format_err!("string at {start:#x} is not NUL-terminated within 1 KiB"))?;
+    String::from_utf8(tail[..end].to_vec()).map_err(|_| format_err!("string at {start:#x} is not UTF-8"))
+}
+
+fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmtime::Result<()> {
+    let mem = memory(caller)?;
+    mem.data_mut(caller)
+        .get_mut(ptr..ptr + bytes.len())
+        .ok_or_else(|| format_err!("guest buffer {ptr:#x}+{} is outside memory", bytes.len()))?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+fn id_arg(v: i32) -> u32 {
+    v.cast_unsigned()
+}
+
+fn id_ret(id: u32) -> i32 {
+    id.cast_signed()
+}
 
 fn memory(caller: &mut Caller<'_, Host>) -> wasmtime::Result<Memory> {
     match caller.get_export("memory") {
@@ -55,5 +111,149 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             Ok(())
         })
         .map_err(|e| anyhow!("{e}"))?;
+    add_chaining(linker)?;
+    add_state(linker)?;
+    Ok(())
+}
+
+fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
+    let err = |e: wasmtime::Error| anyhow!("{e}");
+    linker
+        .func_wrap("env", "__faasm_chain_name", |mut caller: Caller<'_, Host>, name: i32, input: i32, len: i32| -> wasmtime::Result<i32> {
+            let c = ctx(&caller, "__faasm_chain_name")?;
+            let name = cstr(&mut caller, name)?;
+            let input = bytes(&mut caller, input, len)?;
+            // A chained call belongs to the caller's user.
+            Ok(id_ret(c.services.chain(&c.user, &name, input)))
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap("env", "__faasm_chain_ptr", |mut caller: Caller<'_, Host>, index: i32, input: i32, len: i32| -> wasmtime::Result<i32> {
+            let c = ctx(&caller, "__faasm_chain_ptr")?;
+            let input = bytes(&mut caller, input, len)?;
+            Ok(id_ret(c.services.chain_ptr(&c.user, c.function.clone(), id_arg(index), input)))
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap("env", "__faasm_await_call", |caller: Caller<'_, Host>, id: i32| -> wasmtime::Result<i32> {
+            let c = ctx(&caller, "__faasm_await_call")?;
+            Ok(match c.services.await_call(&c.user, id_arg(id)) {
+                Ok(outcome) => outcome.rc,
+                Err(why) => {
+                    tracing::warn!("chained call {id} of {} failed: {why}", c.user);
+                    1
+                }
+            })
+        })
+        .map_err(err)?;
+    // int __faasm_await_call_output(unsigned int id, char **output, int *outputLen): the host
+    // places the output in fresh linear memory (grown for it) and writes its address and length.
+    linker
+        .func_wrap(
+            "env",
+            "__faasm_await_call_output",
+            |mut caller: Caller<'_, Host>, id: i32, out_ptr: i32, out_len: i32| -> wasmtime::Result<i32> {
+                let c = ctx(&caller, "__faasm_await_call_output")?;
+                let (rc, output) = match c.services.await_call(&c.user, id_arg(id)) {
+                    Ok(outcome) => (outcome.rc, outcome.output),
+                    Err(why) => (1, format!("FAILED: {why}").into_bytes()),
+                };
+                let mem = memory(&mut caller)?;
+                let at = mem.data_size(&caller);
+                let pages = output.len().div_ceil(65536).max(1) as u64;
+                mem.grow(&mut caller, pages)?;
+                write_bytes(&mut caller, at, &output)?;
+                let addr = u32::try_from(at).map_err(|_| format_err!("memory beyond 4 GiB"))?;
+                let len = u32::try_from(output.len()).map_err(|_| format_err!("output beyond 4 GiB"))?;
+                write_bytes(&mut caller, u32_arg(out_ptr), &addr.to_le_bytes())?;
+                write_bytes(&mut caller, u32_arg(out_len), &len.to_le_bytes())?;
+                Ok(rc)
+            },
+        )
+        .map_err(err)?;
+    Ok(())
+}
+
+fn state_err(e: crate::registry::StateError) -> wasmtime::Error {
+    format_err!("{e}")
+}
+
+fn add_state(linker: &mut Linker<Host>) -> anyhow::Result<()> {
+    let err = |e: wasmtime::Error| anyhow!("{e}");
+    // unsigned int __faasm_read_state(const char *key, unsigned char *buf, long len): copies up
+    // to len bytes of the value and returns its full size (len 0 only asks the size).
+    linker
+        .func_wrap("env", "__faasm_read_state", |mut caller: Caller<'_, Host>, key: i32, buf: i32, len: i32| -> wasmtime::Result<i32> {
+            let c = ctx(&caller, "__faasm_read_state")?;
+            let key = cstr(&mut caller, key)?;
+            let value = c.services.state().get(&c.user, &key).unwrap_or_default();
+            let n = u32_arg(len).min(value.len());
+            write_bytes(&mut caller, u32_arg(buf), &value[..n])?;
+            i32::try_from(value.len()).map_err(|_| format_err!("state value larger than 2 GiB"))
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap("env", "__faasm_write_state", |mut caller: Caller<'_, Host>, key: i32, data: i32, len: i32| -> wasmtime::Result<()> {
+            let c = ctx(&caller, "__faasm_write_state")?;
+            let key = cstr(&mut caller, key)?;
+            let data = bytes(&mut caller, data, len)?;
+            c.services.state().set(&c.user, &key, &data);
+            Ok(())
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            "env",
+            "__faasm_read_state_offset",
+            |mut caller: Caller<'_, Host>, key: i32, _total: i32, offset: i32, buf: i32, len: i32| -> wasmtime::Result<()> {
+                let c = ctx(&caller, "__faasm_read_state_offset")?;
+                let key = cstr(&mut caller, key)?;
+                let value = c.services.state().read_at(&c.user, &key, u32_arg(offset), u32_arg(len)).map_err(state_err)?;
+                write_bytes(&mut caller, u32_arg(buf), &value)
+            },
+        )
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            "env",
+            "__faasm_write_state_offset",
+            |mut caller: Caller<'_, Host>, key: i32, total: i32, offset: i32, data: i32, len: i32| -> wasmtime::Result<()> {
+                let c = ctx(&caller, "__faasm_write_state_offset")?;
+                let key = cstr(&mut caller, key)?;
+                let data = bytes(&mut caller, data, len)?;
+                c.services.state().write_at(&c.user, &key, u32_arg(total), u32_arg(offset), &data).map_err(state_err)
+            },
+        )
+        .map_err(err)?;
+    // On one node state is global as soon as it is written: push and pull have nothing to move.
+    linker
+        .func_wrap("env", "__faasm_push_state", |caller: Caller<'_, Host>, _key: i32| -> wasmtime::Result<()> {
+            ctx(&caller, "__faasm_push_state").map(drop)
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap("env", "__faasm_pull_state", |caller: Caller<'_, Host>, _key: i32, _len: i32| -> wasmtime::Result<()> {
+            ctx(&caller, "__faasm_pull_state").map(drop)
+        })
+        .map_err(err)?;
+    for (name, exclusive, lock) in [
+        ("__faasm_lock_state_read", false, true),
+        ("__faasm_lock_state_write", true, true),
+        ("__faasm_unlock_state_read", false, false),
+        ("__faasm_unlock_state_write", true, false),
+    ] {
+        linker
+            .func_wrap("env", name, move |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
+                let c = ctx(&caller, name)?;
+                let key = cstr(&mut caller, key)?;
+                if lock {
+                    c.services.state().lock(&c.user, &key, exclusive);
+                } else {
+                    c.services.state().unlock(&c.user, &key, exclusive);
+                }
+                Ok(())
+            })
+            .map_err(err)?;
+    }
     Ok(())
 }

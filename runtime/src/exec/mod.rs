@@ -27,12 +27,32 @@ pub enum Stdout {
     Capture(MemoryOutputPipe),
 }
 
-/// What a store holds: WASI, and the Faasm call context (input, output).
+/// What a store holds: WASI, and the Faasm call context.
 pub struct Host {
     wasi: WasiP1Ctx,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// The platform's services (chaining, state) and who calls; absent for `runtime run`.
+    ctx: Option<CallContext>,
+    /// When the current call must stop (checked at every epoch tick).
+    deadline: Option<std::time::Instant>,
 }
+
+/// The platform side of a function's calls, as its guest sees it.
+#[derive(Clone)]
+pub struct CallContext {
+    pub services: Arc<dyn host::Services>,
+    pub user: String,
+    pub function: Arc<Function>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext").field("user", &self.user).field("function", &self.function.name).finish()
+    }
+}
+
+pub use host::Services;
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,14 +112,15 @@ impl Executor {
         Module::new(&self.engine, &wasm).map_err(|e| anyhow!("{e:?}")).context("the module does not compile")
     }
 
-    fn store(&self, stdout: Stdout, args: &[String]) -> Store<Host> {
+    fn store(&self, stdout: Stdout, args: &[String], ctx: Option<CallContext>) -> Store<Host> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args).inherit_stderr();
         match stdout {
             Stdout::Inherit => wasi.inherit_stdout(),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
-        let mut store = Store::new(&self.engine, Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new() });
+        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None };
+        let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
         store
     }
@@ -107,8 +128,14 @@ impl Executor {
     /// An instance of `function` that starts from the function's initial state: the first one
     /// runs the init phase (`_faasm_zygote`) and captures it; later ones adopt it without
     /// copying anything.
-    pub fn function_instance(&self, function: &Function, stdout: Stdout) -> anyhow::Result<Instance> {
-        let store = self.store(stdout, std::slice::from_ref(&function.name));
+    pub fn function_instance(
+        &self,
+        function: &Arc<Function>,
+        stdout: Stdout,
+        services: Option<(Arc<dyn Services>, &str)>,
+    ) -> anyhow::Result<Instance> {
+        let ctx = services.map(|(services, user)| CallContext { services, user: user.to_string(), function: function.clone() });
+        let store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
         let mut inst = self.link(store, &function.module)?;
         match function.initial.get() {
             Some(initial) => {
@@ -143,7 +170,7 @@ impl Executor {
     /// Instantiates `module` on paged memory and runs its init phase (`_faasm_zygote`, if
     /// exported). Its memory persists from run to run (see [`Instance::run`]).
     pub fn instantiate(&self, module: &Module, args: &[String], stdout: Stdout) -> anyhow::Result<Instance> {
-        let store = self.store(stdout, args);
+        let store = self.store(stdout, args, None);
         let mut inst = self.link(store, module)?;
         inst.zygote()?;
         Ok(inst)
@@ -156,23 +183,32 @@ impl Executor {
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
         let mut inst = Instance { store, instance, memory, globals: Vec::new(), discard: false };
         let handle = inst.memory.clone();
-        inst.store.epoch_deadline_callback(move |_| {
-            // An epoch tick reaches every store; only a store whose memory lost a page stops.
-            match handle.as_ref().and_then(|m| m.poisoned()) {
-                Some(why) => Err(wasmtime::format_err!("the call lost its memory: {why}")),
-                None => Ok(UpdateDeadline::Continue(1)),
+        inst.store.epoch_deadline_callback(move |ctx| {
+            // An epoch tick reaches every store; only a store whose memory lost a page, or whose
+            // call ran past its deadline, stops.
+            if let Some(why) = handle.as_ref().and_then(|m| m.poisoned()) {
+                return Err(wasmtime::format_err!("the call lost its memory: {why}"));
             }
+            if ctx.data().deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(wasmtime::Error::new(Timeout));
+            }
+            Ok(UpdateDeadline::Continue(1))
         });
         inst.check_memory()?;
         Ok(inst)
     }
 }
 
-/// A compiled function and, once its first instance has run the init phase, its initial state.
+/// A compiled function, its warm instances and, once its first instance has run the init phase,
+/// its initial state.
 pub struct Function {
     pub name: String,
     module: Module,
     initial: std::sync::OnceLock<Initial>,
+    /// Idle instances ready for a call, with when they became idle.
+    pub idle: std::sync::Mutex<Vec<(Instance, std::time::Instant)>>,
+    /// Instances running a call now.
+    pub busy: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Function {
@@ -183,7 +219,13 @@ impl std::fmt::Debug for Function {
 
 impl Function {
     pub fn new(name: impl Into<String>, module: Module) -> Function {
-        Function { name: name.into(), module, initial: std::sync::OnceLock::new() }
+        Function {
+            name: name.into(),
+            module,
+            initial: std::sync::OnceLock::new(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// The captured initial state's snapshot, once an instance has been initialised.
@@ -196,6 +238,37 @@ impl Function {
 struct Initial {
     snapshot: Arc<crate::pager::Snapshot>,
     globals: Vec<(String, Val)>,
+}
+
+/// The trap raised when a call runs past its deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the call ran past its time limit and was interrupted")]
+pub struct Timeout;
+
+/// A guest's return code from a finished call: `proc_exit`'s code counts as a return; a timeout
+/// stays a [`Timeout`]; any other trap becomes an error carrying wasmtime's message and backtrace.
+fn outcome(result: wasmtime::Result<i32>) -> anyhow::Result<i32> {
+    match result {
+        Ok(rc) => Ok(rc),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Ok(exit.0)
+            } else if e.downcast_ref::<Timeout>().is_some() {
+                Err(anyhow::Error::new(Timeout))
+            } else {
+                Err(anyhow!("{e:?}")).context("the guest trapped")
+            }
+        }
+    }
+}
+
+/// Which export a call enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `_start` (`main`).
+    Start,
+    /// The `() -> i32` function at this index of the function table (`__faasm_chain_ptr`).
+    Table(u32),
 }
 
 /// The result of one call.
@@ -291,11 +364,20 @@ impl Instance {
 
     /// Calls the function once with `input`, then returns the instance to the initial state:
     /// the pages the call wrote are dropped back to the snapshot and the globals restored. The
-    /// instance must come from [`Executor::function_instance`].
-    pub fn call(&mut self, input: &[u8]) -> anyhow::Result<CallOutcome> {
+    /// instance must come from [`Executor::function_instance`]. A call still running after
+    /// `limit` is interrupted (the engine's epoch must be ticking) and the instance discarded.
+    pub fn call(&mut self, input: &[u8], entry: Entry, limit: Option<std::time::Duration>) -> anyhow::Result<CallOutcome> {
         self.store.data_mut().input = input.to_vec();
         self.store.data_mut().output.clear();
-        let rc = self.run();
+        self.store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
+        let rc = match entry {
+            Entry::Start => self.run(),
+            Entry::Table(index) => self.run_table(index),
+        };
+        self.store.data_mut().deadline = None;
+        if rc.as_ref().is_err_and(|e| e.downcast_ref::<Timeout>().is_some()) {
+            self.discard = true;
+        }
         let output = std::mem::take(&mut self.store.data_mut().output);
         // Reset even after a trap: the next call must start from the initial state.
         if let Some(handle) = &self.memory
@@ -313,21 +395,32 @@ impl Instance {
         Ok(CallOutcome { rc: rc?, output })
     }
 
+    fn run_table(&mut self, index: u32) -> anyhow::Result<i32> {
+        let table = self
+            .instance
+            .get_table(&mut self.store, "__indirect_function_table")
+            .context("the function exports no function table (`__indirect_function_table`)")?;
+        let func = table
+            .get(&mut self.store, u64::from(index))
+            .and_then(|r| r.as_func().flatten().copied())
+            .with_context(|| format!("no function at table index {index}"))?;
+        let func = func
+            .typed::<(), i32>(&self.store)
+            .map_err(|e| anyhow!("the chained function at index {index} must be `int f(void)`: {e}"))?;
+        let result = func.call(&mut self.store, ());
+        self.check_memory()?;
+        outcome(result)
+    }
+
     /// Runs `_start` once; returns the exit code (0 when `_start` returns normally).
     pub fn run(&mut self) -> anyhow::Result<i32> {
         let start = self
             .instance
             .get_typed_func::<(), ()>(&mut self.store, "_start")
             .map_err(|e| anyhow!("the module is not a WASI command (no `_start() -> ()` export): {e}"))?;
-        let result = start.call(&mut self.store, ());
+        let result = start.call(&mut self.store, ()).map(|()| 0);
         // A page lost during the call makes the whole call an error, whatever the guest did next.
         self.check_memory()?;
-        match result {
-            Ok(()) => Ok(0),
-            Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                Some(exit) => Ok(exit.0),
-                None => Err(anyhow!("{e:?}")).context("the guest trapped"),
-            },
-        }
+        outcome(result)
     }
 }

@@ -160,3 +160,79 @@ pub fn loopback_memnode(capacity: u64) -> (ebb_memnode::server::ServerHandle, st
         .expect("connect");
     (server, transport)
 }
+
+/// Builds the demo functions once per test process (the same script users run) and returns the
+/// path of `functions/build/DIR/NAME.wasm`.
+pub fn function_wasm(dir: &str, name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    BUILD.call_once(|| {
+        let status = Command::new(root.join("scripts/build-functions.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/build-functions.sh");
+        assert!(status.success(), "building the functions failed");
+    });
+    root.join("functions/build").join(dir).join(format!("{name}.wasm"))
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ebb-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real `runtime serve` process on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Runtime {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Runtime {
+    /// Starts `runtime serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` and waits for it.
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Runtime> {
+        let mut child = Command::new(binary("runtime"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start runtime serve")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.strip_prefix("runtime listening on ").and_then(|r| r.split_whitespace().next()) else {
+            let _ = child.kill();
+            bail!("runtime did not start: printed {line:?}");
+        };
+        Ok(Runtime { url: format!("http://{addr}"), child })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

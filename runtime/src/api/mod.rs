@@ -81,24 +81,24 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
 }
 
-/// Who is asking: `Ok(None)` when the server runs without tokens.
-fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+/// Who is asking: `Ok(None)` when the server runs without tokens; `Err` is why not (a 401).
+fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, &'static str> {
     let Some(tokens) = &state.tokens else { return Ok(None) };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "missing token: send `Authorization: Bearer TOKEN`\n"))?;
+        .ok_or("missing token: send `Authorization: Bearer TOKEN`\n")?;
     match tokens.user(token.trim()) {
         Some(user) => Ok(Some(user.to_string())),
-        None => Err(text(StatusCode::UNAUTHORIZED, "unknown token\n")),
+        None => Err("unknown token\n"),
     }
 }
 
 async fn run(state: ApiState, headers: HeaderMap, command: Command) -> Response {
     let who = match caller(&state, &headers) {
         Ok(who) => who,
-        Err(r) => return r,
+        Err(why) => return text(StatusCode::UNAUTHORIZED, why),
     };
     if let (Some(who), Some(owner)) = (&who, command.owner())
         && who != owner

@@ -36,6 +36,8 @@ pub struct Host {
     ctx: Option<CallContext>,
     /// When the current call must stop (checked at every epoch tick).
     deadline: Option<std::time::Instant>,
+    /// The instance's paged memory, once instantiated (checked at every epoch tick).
+    memory: Option<MemoryHandle>,
 }
 
 /// The platform side of a function's calls, as its guest sees it.
@@ -119,9 +121,22 @@ impl Executor {
             Stdout::Inherit => wasi.inherit_stdout(),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
-        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None };
+        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
+        // Set before anything runs: an epoch tick may come during instantiation already.
+        store.epoch_deadline_callback(|ctx| {
+            // An epoch tick reaches every store; only a store whose memory lost a page, or whose
+            // call ran past its deadline, stops.
+            let host = ctx.data();
+            if let Some(why) = host.memory.as_ref().and_then(|m| m.poisoned()) {
+                return Err(wasmtime::format_err!("the call lost its memory: {why}"));
+            }
+            if host.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(wasmtime::Error::new(Timeout));
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
         store
     }
 
@@ -182,18 +197,7 @@ impl Executor {
             .get_memory(&mut store, "memory")
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
         let mut inst = Instance { store, instance, memory, globals: Vec::new(), discard: false };
-        let handle = inst.memory.clone();
-        inst.store.epoch_deadline_callback(move |ctx| {
-            // An epoch tick reaches every store; only a store whose memory lost a page, or whose
-            // call ran past its deadline, stops.
-            if let Some(why) = handle.as_ref().and_then(|m| m.poisoned()) {
-                return Err(wasmtime::format_err!("the call lost its memory: {why}"));
-            }
-            if ctx.data().deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Err(wasmtime::Error::new(Timeout));
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
+        inst.store.data_mut().memory = inst.memory.clone();
         inst.check_memory()?;
         Ok(inst)
     }

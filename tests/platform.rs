@@ -1,0 +1,250 @@
+//! The function platform through its HTTP API: a real `runtime serve` process (and a real
+//! `memnode` for the remote cases), the C/C++ demo functions built with the repository's script.
+
+use std::time::{Duration, Instant};
+
+use ebb::{Memnode, Runtime, TempDir, function_wasm, wait_until};
+
+/// An HTTP response: status and body.
+struct Resp {
+    status: u16,
+    body: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> Resp {
+    let a = agent();
+    let mut resp = match method {
+        "GET" => {
+            let mut r = a.get(url);
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.send(body)
+        }
+    }
+    .expect("HTTP request");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+    Resp { status, body }
+}
+
+fn upload(rt: &Runtime, user: &str, name: &str, token: Option<&str>) -> Resp {
+    let wasm = std::fs::read(function_wasm("demo", name)).unwrap();
+    send("PUT", &format!("{}/f/{user}/{name}", rt.url), token, &wasm)
+}
+
+fn invoke(rt: &Runtime, user: &str, name: &str, input: &str) -> Resp {
+    let msg = serde_json::json!({"user": user, "function": name, "input_data": input});
+    send("POST", &format!("{}/f/", rt.url), None, msg.to_string().as_bytes())
+}
+
+fn metric(rt: &Runtime, name: &str) -> f64 {
+    let text = send("GET", &format!("{}/metrics", rt.url), None, b"").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+}
+
+#[test]
+fn demo_functions_over_http() {
+    let data = TempDir::new("demo");
+    let rt = Runtime::start(&data.0, &[]).unwrap();
+    for f in ["hello", "echo", "chain", "state", "bigtable", "reverse"] {
+        let r = upload(&rt, "demo", f, None);
+        assert_eq!(r.status, 200, "upload {f}: {}", r.body);
+    }
+    let ok = |f: &str, input: &str, want: &str| {
+        let r = invoke(&rt, "demo", f, input);
+        assert_eq!((r.status, r.body.as_str()), (200, want), "demo/{f}");
+    };
+    ok("hello", "", "Hello from Ebb!");
+    ok("echo", "some input", "some input");
+    ok("chain", "", "chain: shout(a) + b");
+    ok("state", "", "counter=1");
+    ok("state", "", "counter=2");
+    ok("reverse", "abc", "cba");
+    // Raw-body invoke and state over HTTP.
+    let r = send("POST", &format!("{}/f/demo/echo", rt.url), None, b"raw body");
+    assert_eq!((r.status, r.body.as_str()), (200, "raw body"));
+    let r = send("GET", &format!("{}/s/demo/counter", rt.url), None, b"");
+    assert_eq!(r.body.as_bytes(), 2u32.to_le_bytes(), "the counter in state");
+    send("PUT", &format!("{}/s/demo/greeting", rt.url), None, b"hi");
+    assert_eq!(send("GET", &format!("{}/s/demo/greeting", rt.url), None, b"").body, "hi");
+
+    // bigtable: same checksum warm, after a call that scribbles, and after an offload.
+    let first = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!(first.status, 200);
+    assert!(first.body.starts_with("checksum="), "{}", first.body);
+    assert_eq!(invoke(&rt, "demo", "bigtable", "scribble").body, first.body);
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body, "call isolation");
+    let moved = send("POST", &format!("{}/f/demo/bigtable/offload", rt.url), None, b"");
+    assert_eq!(moved.status, 200);
+    let moved: u64 = moved.body.trim().parse().unwrap();
+    assert!(moved >= 64 << 20, "offload moved {moved} bytes");
+    let fetched_before = metric(&rt, "ebb_pages_fetched_total");
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body, "after offload");
+    let fetched = metric(&rt, "ebb_pages_fetched_total") - fetched_before;
+    assert!(fetched >= 16384.0, "the table came back from the memnode: {fetched} pages");
+    assert_eq!(invoke(&rt, "demo", "bigtable", "scribble").body, first.body);
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body);
+    assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let data = TempDir::new("bad");
+    let rt = Runtime::start(&data.0, &["--max-input", "1K", "--call-timeout-s", "1"]).unwrap();
+    let r = send("PUT", &format!("{}/f/demo/broken", rt.url), None, b"\0asm\x01\0\0\0garbage");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("does not compile"), "{}", r.body);
+    let r = invoke(&rt, "demo", "nope", "");
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("demo/nope is not uploaded") && r.body.contains("PUT /f/demo/nope"), "{}", r.body);
+    let r = send("POST", &format!("{}/f/", rt.url), None, br#"{"function": "hello"}"#);
+    assert_eq!(r.status, 400, "missing user");
+    let r = send("POST", &format!("{}/f/", rt.url), None, b"not json");
+    assert_eq!(r.status, 400);
+    upload(&rt, "demo", "echo", None);
+    let r = invoke(&rt, "demo", "echo", &"x".repeat(2000));
+    assert_eq!(r.status, 413, "{}", r.body);
+    // A trap: 500 with wasmtime's message.
+    let trap = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
+    assert_eq!(send("PUT", &format!("{}/f/demo/trap", rt.url), None, trap.as_bytes()).status, 200);
+    let r = invoke(&rt, "demo", "trap", "");
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("unreachable"), "{}", r.body);
+    // An endless loop is interrupted at the limit; the server keeps serving.
+    let spin = r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#;
+    assert_eq!(send("PUT", &format!("{}/f/demo/spin", rt.url), None, spin.as_bytes()).status, 200);
+    let start = Instant::now();
+    let r = invoke(&rt, "demo", "spin", "");
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("limit and was interrupted"), "{}", r.body);
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert_eq!(invoke(&rt, "demo", "echo", "still here").body, "still here");
+}
+
+#[test]
+fn tokens_reach_only_their_own_user() {
+    let data = TempDir::new("tokens");
+    let tokens = data.0.join("tokens.txt");
+    std::fs::write(&tokens, "alice alice-token\nbob bob-token\n").unwrap();
+    let rt = Runtime::start(&data.0, &["--tokens", tokens.to_str().unwrap()]).unwrap();
+    assert_eq!(upload(&rt, "alice", "echo", None).status, 401, "no token");
+    assert_eq!(upload(&rt, "alice", "echo", Some("wrong")).status, 401, "wrong token");
+    assert_eq!(upload(&rt, "alice", "echo", Some("bob-token")).status, 403, "another user's function");
+    assert_eq!(upload(&rt, "alice", "echo", Some("alice-token")).status, 200);
+    let call = |token| send("POST", &format!("{}/f/alice/echo", rt.url), token, b"x");
+    assert_eq!(call(Some("bob-token")).status, 403);
+    assert_eq!(call(Some("alice-token")).body, "x");
+    let state = |m, token| send(m, &format!("{}/s/alice/k", rt.url), token, b"v").status;
+    assert_eq!(state("PUT", Some("bob-token")), 403);
+    assert_eq!(state("PUT", Some("alice-token")), 200);
+    assert_eq!(state("GET", Some("bob-token")), 403);
+    // Async call ids are private to their user.
+    let msg = serde_json::json!({"user": "alice", "function": "echo", "input_data": "y", "async": true});
+    let id = send("POST", &format!("{}/f/", rt.url), Some("alice-token"), msg.to_string().as_bytes()).body;
+    let poll = |token| {
+        let msg = format!(r#"{{"status": true, "id": {id}}}"#);
+        send("POST", &format!("{}/f/", rt.url), token, msg.as_bytes())
+    };
+    assert!(wait_until(Duration::from_secs(10), || poll(Some("alice-token")).body != "RUNNING"));
+    assert_eq!(poll(Some("bob-token")).status, 404);
+    assert!(poll(Some("alice-token")).body.contains(r#""output_data":"y""#));
+}
+
+#[test]
+fn non_loopback_without_tokens_is_refused() {
+    let data = TempDir::new("insecure");
+    let out = std::process::Command::new(ebb::binary("runtime"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tokens"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_thousand_concurrent_async_calls() {
+    let data = TempDir::new("async");
+    let rt = Runtime::start(&data.0, &[]).unwrap();
+    upload(&rt, "demo", "echo", None);
+    let ids: Vec<(u32, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let rt = &rt;
+                s.spawn(move || {
+                    (0..125)
+                        .map(|i| {
+                            let input = format!("call-{t}-{i}");
+                            let msg = serde_json::json!({"user": "demo", "function": "echo", "input_data": input, "async": true});
+                            let r = send("POST", &format!("{}/f/", rt.url), None, msg.to_string().as_bytes());
+                            assert_eq!(r.status, 200);
+                            (r.body.trim().parse::<u32>().expect("call id"), input)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(ids.len(), 1000);
+    let mut distinct: Vec<u32> = ids.iter().map(|(id, _)| *id).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 1000, "call ids are unique");
+    for (id, input) in &ids {
+        let msg = format!(r#"{{"status": true, "id": {id}}}"#);
+        let mut last = String::new();
+        let done = wait_until(Duration::from_secs(60), || {
+            last = send("POST", &format!("{}/f/", rt.url), None, msg.as_bytes()).body;
+            last != "RUNNING"
+        });
+        assert!(done, "call {id} never finished");
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("call {id}: {last}: {e}"));
+        assert_eq!(v["output_data"], input.as_str(), "call {id}");
+        assert_eq!(v["returnValue"], 0);
+    }
+}
+
+#[test]
+fn a_restarted_runtime_keeps_its_functions() {
+    let data = TempDir::new("restart");
+    let mut rt = Runtime::start(&data.0, &[]).unwrap();
+    assert_eq!(upload(&rt, "demo", "hello", None).status, 200);
+    rt.kill();
+    let rt = Runtime::start(&data.0, &[]).unwrap();
+    assert_eq!(invoke(&rt, "demo", "hello", "").body, "Hello from Ebb!");
+}
+
+#[test]
+fn a_dead_memnode_fails_calls_and_shows_in_metrics() {
+    let data = TempDir::new("deadmem");
+    let mut memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    let rt = Runtime::start(&data.0, &["--memnode", &memnode.addr]).unwrap();
+    upload(&rt, "demo", "bigtable", None);
+    let first = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(metric(&rt, "ebb_memnode_up"), 1.0);
+    send("POST", &format!("{}/f/demo/bigtable/offload", rt.url), None, b"");
+    memnode.kill();
+    let start = Instant::now();
+    let r = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("memnode"), "unclear error: {}", r.body);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");
+    assert_eq!(metric(&rt, "ebb_memnode_up"), 0.0);
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: watch a C function's memory leave for the memnode and fault back, first on the
-# embedded (in-process) memnode, then on a separately started `memnode` process over TCP.
+# The main job: Ebb's function platform on the embedded memnode. Starts a runtime, builds and
+# uploads the C/C++ demo functions, invokes them (sync, async, chained, state), offloads
+# demo/bigtable's memory and calls it again, and prints the page counters from /metrics.
+# Then the lower-level view: `runtime run` of a C program whose memory leaves and comes back.
 # Run as root on Debian: installs what it needs, builds, runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,23 +10,49 @@ scripts/setup.sh
 scripts/build-functions.sh
 cargo build --workspace --bins
 bin=target/debug
-wasm=functions/build/examples/table.wasm
+R="$bin/runtime"
 
-echo
-echo "== 1. runtime run on the embedded memnode: 3 runs, all memory offloaded between runs =="
-"$bin/runtime" run "$wasm" --repeat 3 --offload-every-call --stats
+data=$(mktemp -d)
+log="$data/runtime.log"
+"$R" serve --listen 127.0.0.1:0 --data-dir "$data/store" >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 200); do grep -q "listening on" "$log" && break; sleep 0.05; done
+addr=$(sed -n 's/^runtime listening on \([^ ]*\).*/\1/p' "$log")
+[ -n "$addr" ] || { echo "runtime did not start:"; cat "$log"; exit 1; } >&2
+export EBB_SERVER="http://$addr"
+step() { echo; echo "== $*"; }
 
-echo
-echo "== 2. the same against a memnode process over TCP loopback =="
-log=$(mktemp)
-"$bin/memnode" --listen 127.0.0.1:0 --capacity 1G >"$log" 2>/dev/null &
-memnode_pid=$!
-trap 'kill $memnode_pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.05; done
-addr=$(sed -n 's/^memnode listening on \([^ ]*\).*/\1/p' "$log")
-[ -n "$addr" ] || { echo "memnode did not start" >&2; exit 1; }
-echo "memnode at $addr"
-"$bin/runtime" run "$wasm" --memnode "$addr" --repeat 3 --offload-every-call --stats
-echo
-echo "Each [offload] line is the pages that left; 'remote=' counts the faults that brought them back,"
-echo "'fetched=' the pages they fetched (with read-around), and the checksum stayed the same."
+step "runtime serving on $EBB_SERVER (embedded memnode); uploading the demo functions"
+for f in hello echo chain state bigtable reverse; do "$R" upload demo "$f" "functions/build/demo/$f.wasm"; done
+
+step "sync calls"
+"$R" invoke demo hello
+"$R" invoke demo echo --input "echo this"
+"$R" invoke demo reverse --input "stressed"
+step "chained: one call by function pointer, one by name, both awaited"
+"$R" invoke demo chain
+step "state: a counter under the state's write lock"
+"$R" invoke demo state
+"$R" invoke demo state
+step "async: the call id, then its status"
+id=$("$R" invoke demo echo --input "later" --async)
+echo "call id $id"
+for _ in $(seq 100); do s=$("$R" status "$id"); [ "$s" != RUNNING ] && break; sleep 0.05; done
+echo "$s"
+
+step "demo/bigtable: a zygote built a 64 MiB table; each call checksums it"
+"$R" invoke demo bigtable
+"$R" invoke demo bigtable --input scribble
+echo "(that call overwrote the whole table; the next one still starts from the initial state)"
+"$R" invoke demo bigtable
+step "offloading demo/bigtable's memory to the memnode"
+echo "bytes that left this host: $("$R" offload demo bigtable)"
+"$R" invoke demo bigtable
+echo "(same checksum: the table faulted back from the memnode)"
+
+step "page counters from /metrics"
+"$R" metrics | grep -E '^ebb_(faults_total|pages_fetched_total|resident_bytes|remote_bytes|memnode_up|instances_created_total)'
+
+step "runtime run: a C program's memory offloaded between runs and faulted back (embedded memnode)"
+"$R" run functions/build/examples/table.wasm --repeat 3 --offload-every-call --stats

@@ -51,6 +51,18 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Offload a function's idle instances to the memnode; prints the bytes that left the host.
+    Offload {
+        user: String,
+        function: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a server's metrics (Prometheus text).
+    Metrics {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +190,14 @@ pub fn main() -> anyhow::Result<()> {
             let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
             finish(status, &body)
         }
+        Command::Offload { user, function, client } => {
+            let (status, body) = client.request("POST", &format!("/f/{user}/{function}/offload"), &[])?;
+            finish(status, &body)
+        }
+        Command::Metrics { client } => {
+            let (status, body) = client.request("GET", "/metrics", &[])?;
+            finish(status, &body)
+        }
         Command::Status { id, client } => {
             let msg = serde_json::json!({"status": true, "id": id});
             let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
@@ -203,14 +223,21 @@ impl ClientArgs {
     fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut req = match method {
-            "PUT" => agent.put(&url),
-            _ => agent.post(&url),
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let sent = if method == "GET" {
+            let mut req = agent.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        } else {
+            let mut req = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.send(body)
         };
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = req.send(body).with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))?;
+        let mut resp = sent.with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
         Ok((status, body))

@@ -11,6 +11,7 @@ mod net;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tokens;
 
 pub use client::{connect, LocalTransport, TcpConfig, TcpTransport, Transport, TransportError};
 pub use proto::PAGE_SIZE;

@@ -6,10 +6,8 @@
 //! with an error reply and the connection is closed; other connections are unaffected. Nothing a
 //! peer sends can panic the server.
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,53 +18,7 @@ use zerocopy::IntoBytes;
 use crate::net::{read_frame_start, spin_until_readable};
 use crate::proto::{self, ErrorCode, FrameError, Header, Op, PageDesc, HEADER_LEN, PAGE_SIZE, REPLY_BIT, VERSION};
 use crate::store::{Identity, RegionId, Store, StoreError};
-
-/// Tokens accepted by a memnode: token → tenant name.
-#[derive(Clone, Default)]
-pub struct Tokens(HashMap<String, String>);
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secrets themselves.
-        f.debug_struct("Tokens").field("tenants", &self.0.len()).finish()
-    }
-}
-
-/// Why a token file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
-    #[error("Failed to read token file {path}")]
-    Read { path: String, #[source] source: io::Error },
-    #[error("Token file {path}, line {line}: expected `TENANT TOKEN`, e.g. `alice 3f9c…`")]
-    Syntax { path: String, line: usize },
-}
-
-impl Tokens {
-    /// Parses a token file: one `TENANT TOKEN` pair per line; blank lines and `#` comments ignored.
-    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: p.clone(), source })?;
-        let mut map = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(name), Some(token), None) if token.len() <= proto::MAX_TOKEN_LEN => {
-                    map.insert(token.to_string(), name.to_string());
-                }
-                _ => return Err(TokenFileError::Syntax { path: p, line: i + 1 }),
-            }
-        }
-        Ok(Tokens(map))
-    }
-
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Tokens {
-        Tokens(pairs.into_iter().map(|(name, token)| (token.to_string(), name.to_string())).collect())
-    }
-}
+pub use crate::tokens::{TokenFileError, Tokens};
 
 /// How a memnode server behaves.
 #[derive(Clone, Debug)]
@@ -302,7 +254,7 @@ impl<'s> Connection<'s> {
             (State::Greeted, Op::Auth) => {
                 let token = String::from_utf8_lossy(&self.payload).into_owned();
                 let identity = match &self.server.config.tokens {
-                    Some(tokens) => tokens.0.get(&token).map(|name| Identity(format!("tenant:{name}"))),
+                    Some(tokens) => tokens.name(&token).map(|name| Identity(format!("tenant:{name}"))),
                     None if !token.is_empty() => Some(Identity(format!("secret:{token}"))),
                     None => None,
                 };

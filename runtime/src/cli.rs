@@ -250,7 +250,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("--listen {} is not an address like 127.0.0.1:8080", args.listen))?;
     let tokens = match &args.tokens {
-        Some(path) => Some(Arc::new(crate::registry::Tokens::load(path)?)),
+        Some(path) => Some(Arc::new(crate::registry::load_tokens(path)?)),
         None => None,
     };
     if tokens.is_none() {

@@ -210,7 +210,7 @@ impl Platform {
                 let services: Arc<dyn Services> = self.me.upgrade().ok_or("the platform is shutting down")?;
                 self.instances_created.fetch_add(1, Ordering::Relaxed);
                 self.exec
-                    .function_instance(f, Stdout::Inherit, Some((services, user)))
+                    .function_instance(f, Stdout::Log, Some((services, user)))
                     .map_err(|e| format!("could not start an instance: {e:#}"))?
             }
         };

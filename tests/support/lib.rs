@@ -51,6 +51,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Spawns a server and waits for its first stdout line, `PREFIX ADDR ...`; returns the child and
+/// the address.
+fn spawn_listening(mut cmd: Command, prefix: &str) -> anyhow::Result<(Child, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    match line.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()) {
+        Some(addr) => Ok((child, addr.to_string())),
+        None => {
+            let _ = child.kill();
+            bail!("{cmd:?} did not start: printed {line:?}");
+        }
+    }
+}
+
 /// A real `memnode` process on a free loopback port, killed on drop.
 #[derive(Debug)]
 pub struct Memnode {
@@ -61,21 +77,10 @@ pub struct Memnode {
 impl Memnode {
     /// Starts `memnode --listen 127.0.0.1:0` with extra flags and waits for its listening line.
     pub fn start(extra: &[&str]) -> anyhow::Result<Memnode> {
-        let mut child = Command::new(binary("memnode"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start memnode")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line.strip_prefix("memnode listening on ").and_then(|r| r.split_whitespace().next()) else {
-            let _ = child.kill();
-            bail!("memnode did not start: printed {line:?}");
-        };
-        Ok(Memnode { addr: addr.to_string(), child })
+        let mut cmd = Command::new(binary("memnode"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::null());
+        let (child, addr) = spawn_listening(cmd, "memnode listening on ")?;
+        Ok(Memnode { addr, child })
     }
 
     /// Kills the process (SIGKILL) and reaps it.
@@ -207,21 +212,9 @@ pub struct Runtime {
 impl Runtime {
     /// Starts `runtime serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` and waits for it.
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Runtime> {
-        let mut child = Command::new(binary("runtime"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start runtime serve")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line.strip_prefix("runtime listening on ").and_then(|r| r.split_whitespace().next()) else {
-            let _ = child.kill();
-            bail!("runtime did not start: printed {line:?}");
-        };
+        let mut cmd = Command::new(binary("runtime"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(extra);
+        let (child, addr) = spawn_listening(cmd, "runtime listening on ")?;
         Ok(Runtime { url: format!("http://{addr}"), child })
     }
 

@@ -89,7 +89,7 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, &'sta
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or("missing token: send `Authorization: Bearer TOKEN`\n")?;
-    match tokens.user(token.trim()) {
+    match tokens.name(token.trim()) {
         Some(user) => Ok(Some(user.to_string())),
         None => Err("unknown token\n"),
     }

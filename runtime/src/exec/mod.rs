@@ -23,6 +23,9 @@ pub mod rewrite;
 pub enum Stdout {
     /// The runtime's own stdout.
     Inherit,
+    /// The runtime's log (its stderr): the platform's functions, whose output is what they pass to
+    /// `__faasm_write_output`.
+    Log,
     /// Collected in memory (tests, the HTTP platform).
     Capture(MemoryOutputPipe),
 }
@@ -119,6 +122,7 @@ impl Executor {
         wasi.args(args).inherit_stderr();
         match stdout {
             Stdout::Inherit => wasi.inherit_stdout(),
+            Stdout::Log => wasi.stdout(tokio::io::stderr()),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
         let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None };

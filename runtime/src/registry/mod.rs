@@ -8,14 +8,18 @@
 //! wasm when the cache is missing or was made by another engine.
 
 mod state;
-mod tokens;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 pub use state::{StateError, StateStore};
-pub use tokens::{Tokens, TokensError};
+pub use ebb_memnode::tokens::{TokenFileError, Tokens};
+
+/// Loads a runtime tokens file: `USER TOKEN` lines with valid user names.
+pub fn load_tokens(path: &Path) -> Result<Tokens, TokenFileError> {
+    Tokens::load_with(path, |user| check_name("user", user).is_ok())
+}
 
 use crate::exec::{Executor, Function};
 

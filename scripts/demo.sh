@@ -56,3 +56,14 @@ step "page counters from /metrics"
 
 step "runtime run: a C program's memory offloaded between runs and faulted back (embedded memnode)"
 "$R" run functions/build/examples/table.wasm --repeat 3 --offload-every-call --stats
+
+step "runtime run against a separately started memnode process over TCP loopback"
+mlog="$data/memnode.log"
+"$bin/memnode" --listen 127.0.0.1:0 --capacity 1G >"$mlog" 2>/dev/null &
+mpid=$!
+trap 'kill $pid $mpid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 200); do grep -q "listening on" "$mlog" && break; sleep 0.05; done
+maddr=$(sed -n 's/^memnode listening on \([^ ]*\).*/\1/p' "$mlog")
+[ -n "$maddr" ] || { echo "memnode did not start" >&2; exit 1; }
+echo "memnode at $maddr"
+"$R" run functions/build/examples/table.wasm --memnode "$maddr" --repeat 3 --offload-every-call --stats

@@ -60,6 +60,11 @@ fn metric(rt: &Runtime, name: &str) -> f64 {
 fn demo_functions_over_http() {
     let data = TempDir::new("demo");
     let rt = Runtime::start(&data.0, &[]).unwrap();
+    assert_eq!(upload(&rt, "demo", "chain", None).status, 200);
+    // A chain to a function that is not uploaded fails the await with a clear error.
+    let r = invoke(&rt, "demo", "chain", "");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("FAILED: Function demo/echo is not uploaded"), "{}", r.body);
     for f in ["hello", "echo", "chain", "state", "bigtable", "reverse"] {
         let r = upload(&rt, "demo", f, None);
         assert_eq!(r.status, 200, "upload {f}: {}", r.body);
@@ -247,4 +252,16 @@ fn a_dead_memnode_fails_calls_and_shows_in_metrics() {
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");
     assert_eq!(metric(&rt, "ebb_memnode_up"), 0.0);
+}
+
+#[test]
+fn idle_instances_are_freed_after_the_idle_timeout() {
+    let data = TempDir::new("idle");
+    let rt = Runtime::start(&data.0, &["--idle-timeout-s", "1"]).unwrap();
+    upload(&rt, "demo", "hello", None);
+    assert_eq!(invoke(&rt, "demo", "hello", "").body, "Hello from Ebb!");
+    let idle = || metric(&rt, "ebb_instances{function=\"demo/hello\",state=\"idle\"}");
+    assert_eq!(idle(), 1.0, "the instance stays warm after its call");
+    assert!(wait_until(Duration::from_secs(10), || idle() == 0.0), "the idle instance was never freed");
+    assert_eq!(invoke(&rt, "demo", "hello", "").body, "Hello from Ebb!", "a new instance serves the next call");
 }

@@ -97,6 +97,7 @@ fn demo_functions_over_http() {
     assert_eq!(moved.status, 200);
     let moved: u64 = moved.body.trim().parse().unwrap();
     assert!(moved >= 64 << 20, "offload moved {moved} bytes");
+    assert!(metric(&rt, "ebb_pages_evicted_total") >= 16384.0);
     let fetched_before = metric(&rt, "ebb_pages_fetched_total");
     assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body, "after offload");
     let fetched = metric(&rt, "ebb_pages_fetched_total") - fetched_before;

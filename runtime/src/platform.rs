@@ -348,6 +348,7 @@ impl Platform {
         }
         let _ = writeln!(out, "# TYPE ebb_pages_fetched_total counter\nebb_pages_fetched_total {}", s.pages_fetched);
         let _ = writeln!(out, "# TYPE ebb_pages_offloaded_total counter\nebb_pages_offloaded_total {}", s.pages_offloaded);
+        let _ = writeln!(out, "# TYPE ebb_pages_evicted_total counter\nebb_pages_evicted_total {}", s.pages_evicted);
         let _ = writeln!(out, "# TYPE ebb_memnode_bytes_in_total counter\nebb_memnode_bytes_in_total {}", s.bytes_in);
         let _ = writeln!(out, "# TYPE ebb_memnode_bytes_out_total counter\nebb_memnode_bytes_out_total {}", s.bytes_out);
         let up = self.pager().transport().stats().is_ok();

@@ -153,15 +153,17 @@ pub fn execute(platform: &Platform, who: Option<&str>, command: Command) -> Resp
         Command::Status { id } => match platform.status(who, id) {
             None => text(StatusCode::NOT_FOUND, format!("there is no call {id} of yours\n")),
             Some((_, CallStatus::Running)) => text(StatusCode::OK, "RUNNING"),
-            Some((function, CallStatus::Done(o))) => {
+            Some((function, CallStatus::Done(o))) if o.rc == 0 => {
                 let body = serde_json::json!({
                     "id": id,
                     "function": function,
                     "returnValue": o.rc,
                     "output_data": String::from_utf8_lossy(&o.output),
                 });
-                let status = if o.rc == 0 { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
-                (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+                (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+            }
+            Some((_, CallStatus::Done(o))) => {
+                text(StatusCode::INTERNAL_SERVER_ERROR, format!("FAILED: {}", String::from_utf8_lossy(&o.output)))
             }
             Some((_, CallStatus::Failed(why))) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("FAILED: {why}")),
         },

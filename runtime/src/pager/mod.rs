@@ -86,6 +86,8 @@ pub struct PagerStats {
     pub pages_offloaded: AtomicU64,
     /// All-zero pages dropped by offloads without being sent.
     pub pages_zero_dropped: AtomicU64,
+    /// Clean pages dropped by evictions (their content is already on the memnode).
+    pub pages_evicted: AtomicU64,
     /// Bytes read from / written to the memnode.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -102,6 +104,7 @@ pub struct PagerSnapshot {
     pub pages_fetched: u64,
     pub pages_offloaded: u64,
     pub pages_zero_dropped: u64,
+    pub pages_evicted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -118,6 +121,7 @@ impl PagerStats {
             pages_fetched: l(&self.pages_fetched),
             pages_offloaded: l(&self.pages_offloaded),
             pages_zero_dropped: l(&self.pages_zero_dropped),
+            pages_evicted: l(&self.pages_evicted),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
         }

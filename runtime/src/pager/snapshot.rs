@@ -257,6 +257,7 @@ impl MemoryHandle {
             state.table.set(p, snap.initial(p));
         }
         for_each_run(&resident, |start, count| self.discard_pages(start, count));
+        self.shared.stats.pages_evicted.fetch_add(resident.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(resident.len())
     }
 }

@@ -104,6 +104,14 @@ fn demo_functions_over_http() {
     assert!(fetched >= 16384.0, "the table came back from the memnode: {fetched} pages");
     assert_eq!(invoke(&rt, "demo", "bigtable", "scribble").body, first.body);
     assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body);
+    // The call after the first offload recorded its working set: after a second offload it is
+    // prefetched in bulk, and the call takes (almost) no remote fault.
+    send("POST", &format!("{}/f/demo/bigtable/offload", rt.url), None, b"");
+    let remote_faults = || metric(&rt, "ebb_faults_total{kind=\"remote\"}");
+    let (prefetched, faults) = (metric(&rt, "ebb_pages_prefetched_total"), remote_faults());
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body, "after a prefetched restore");
+    assert!(metric(&rt, "ebb_pages_prefetched_total") - prefetched >= 16384.0, "the table was prefetched");
+    assert!(remote_faults() - faults < 16.0, "{} remote faults despite the prefetch", remote_faults() - faults);
     assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");
 }
 

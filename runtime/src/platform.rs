@@ -34,6 +34,9 @@ pub struct PlatformConfig {
     pub idle_timeout: Duration,
     /// Idle instances kept per function; more are freed when their call ends. Default 16.
     pub max_idle: usize,
+    /// Before a call on an instance with nothing resident (new, or offloaded), install the
+    /// function's recorded working set in bulk instead of faulting it in page by page. Default on.
+    pub prefetch: bool,
 }
 
 impl Default for PlatformConfig {
@@ -44,6 +47,7 @@ impl Default for PlatformConfig {
             call_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),
             max_idle: 16,
+            prefetch: true,
         }
     }
 }
@@ -214,9 +218,31 @@ impl Platform {
                     .map_err(|e| format!("could not start an instance: {e:#}"))?
             }
         };
+        // A cold instance (nothing resident) gets the recorded working set first, and records
+        // what its call touches for the next cold one.
+        let cold = match (instance.memory(), f.snapshot()) {
+            (Some(m), Some(snap)) if m.count(PageState::Resident) == 0 => {
+                let ws = snap.working_set();
+                if self.config.prefetch
+                    && !ws.is_empty()
+                    && let Err(e) = m.prefetch(&ws)
+                {
+                    tracing::warn!("prefetching {} pages of {} failed (the call will fault them): {e}", ws.len(), f.name);
+                }
+                true
+            }
+            _ => false,
+        };
+        instance.record_touched = cold;
         f.busy.fetch_add(1, Ordering::Relaxed);
         let result = instance.call(input, entry, Some(self.config.call_timeout));
         f.busy.fetch_sub(1, Ordering::Relaxed);
+        if cold
+            && result.is_ok()
+            && let Some(snap) = f.snapshot()
+        {
+            snap.record_working_set(std::mem::take(&mut instance.touched));
+        }
         if !instance.must_discard() {
             let mut idle = f.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.config.max_idle {
@@ -349,6 +375,7 @@ impl Platform {
         let _ = writeln!(out, "# TYPE ebb_pages_fetched_total counter\nebb_pages_fetched_total {}", s.pages_fetched);
         let _ = writeln!(out, "# TYPE ebb_pages_offloaded_total counter\nebb_pages_offloaded_total {}", s.pages_offloaded);
         let _ = writeln!(out, "# TYPE ebb_pages_evicted_total counter\nebb_pages_evicted_total {}", s.pages_evicted);
+        let _ = writeln!(out, "# TYPE ebb_pages_prefetched_total counter\nebb_pages_prefetched_total {}", s.pages_prefetched);
         let _ = writeln!(out, "# TYPE ebb_memnode_bytes_in_total counter\nebb_memnode_bytes_in_total {}", s.bytes_in);
         let _ = writeln!(out, "# TYPE ebb_memnode_bytes_out_total counter\nebb_memnode_bytes_out_total {}", s.bytes_out);
         let up = self.pager().transport().stats().is_ok();

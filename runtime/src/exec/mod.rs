@@ -200,7 +200,8 @@ impl Executor {
         let memory = instance
             .get_memory(&mut store, "memory")
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
-        let mut inst = Instance { store, instance, memory, globals: Vec::new(), discard: false };
+        let mut inst =
+            Instance { store, instance, memory, globals: Vec::new(), discard: false, record_touched: false, touched: Vec::new() };
         inst.store.data_mut().memory = inst.memory.clone();
         inst.check_memory()?;
         Ok(inst)
@@ -295,6 +296,10 @@ pub struct Instance {
     memory: Option<MemoryHandle>,
     globals: Vec<(String, Val)>,
     discard: bool,
+    /// When set, the next call records the pages resident at its end (before the reset) in
+    /// `touched`: the call's working set when it started with nothing resident.
+    pub record_touched: bool,
+    pub touched: Vec<usize>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -391,6 +396,9 @@ impl Instance {
         if let Some(handle) = &self.memory
             && handle.poisoned().is_none()
         {
+            if std::mem::take(&mut self.record_touched) {
+                self.touched = handle.resident_pages();
+            }
             match handle.reset() {
                 Ok(report) => self.discard |= report.grown,
                 Err(e) => {

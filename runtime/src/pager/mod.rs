@@ -88,6 +88,8 @@ pub struct PagerStats {
     pub pages_zero_dropped: AtomicU64,
     /// Clean pages dropped by evictions (their content is already on the memnode).
     pub pages_evicted: AtomicU64,
+    /// Pages installed ahead of a call from a recorded working set.
+    pub pages_prefetched: AtomicU64,
     /// Bytes read from / written to the memnode.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -105,6 +107,7 @@ pub struct PagerSnapshot {
     pub pages_offloaded: u64,
     pub pages_zero_dropped: u64,
     pub pages_evicted: u64,
+    pub pages_prefetched: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -122,6 +125,7 @@ impl PagerStats {
             pages_offloaded: l(&self.pages_offloaded),
             pages_zero_dropped: l(&self.pages_zero_dropped),
             pages_evicted: l(&self.pages_evicted),
+            pages_prefetched: l(&self.pages_prefetched),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
         }
@@ -282,6 +286,27 @@ impl MemoryState {
         self.accessible.load(Ordering::Acquire) / PAGE_SIZE
     }
 
+    /// Marks pages `first..` Resident and installs `bytes` there (write-protected when tracked),
+    /// waking any thread waiting on them. The pages must be in state `previous`, which they get
+    /// back if the install fails.
+    fn install_pages(&self, first: usize, bytes: &[u8], previous: PageState) -> std::io::Result<()> {
+        let pages = first..first + bytes.len() / PAGE_SIZE;
+        // Marked before the install wakes the guest, so whoever it wakes sees them.
+        for p in pages.clone() {
+            self.table.set(p, PageState::Resident);
+        }
+        let fill = if self.tracked() { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
+        // SAFETY: the pages `first..` lie in this memory's registered reservation (callers take
+        // them from its page table) and `bytes` is exactly their length.
+        let result = unsafe { sys::install(&self.uffd, fill, self.base() + first * PAGE_SIZE, bytes.len()) };
+        if result.is_err() {
+            for p in pages {
+                self.table.set(p, previous);
+            }
+        }
+        result.map(drop)
+    }
+
     fn region(&self) -> Option<RegionId> {
         self.region.lock().unwrap_or_else(|e| e.into_inner()).map(|(r, _)| r)
     }
@@ -431,8 +456,6 @@ impl Shared {
         addr: usize,
         buf: &mut [u8],
     ) {
-        let page_addr = mem.base() + page * PAGE_SIZE;
-        let tracked = mem.tracked();
         let mut installed = 0;
         let mut install_failed = None;
         // Counted and marked before the install wakes the guest, so whoever it wakes sees them.
@@ -440,15 +463,8 @@ impl Shared {
             if install_failed.is_some() {
                 return;
             }
-            for p in page + range.start..page + range.end {
-                mem.table.set(p, PageState::Resident);
-            }
-            let fill = if tracked { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
-            let dst = page_addr + range.start * PAGE_SIZE;
-            // SAFETY: `dst..+bytes.len()` covers pages of the registered reservation that were
-            // not resident (contiguous by construction); `bytes` is that many bytes.
-            match unsafe { sys::install(&mem.uffd, fill, dst, bytes.len()) } {
-                Ok(_) => installed = range.end,
+            match mem.install_pages(page + range.start, bytes, previous) {
+                Ok(()) => installed = range.end,
                 Err(e) => install_failed = Some(format!("installing pages failed: {e}")),
             }
         };

@@ -25,6 +25,8 @@ use super::{MemoryHandle, OFFLOAD_BATCH, PageState, PagerError, sys};
 
 /// The initial state of a function's memory.
 pub struct Snapshot {
+    /// Pages the last call on a cold instance touched: prefetched before the next such call.
+    working_set: std::sync::Mutex<Vec<usize>>,
     size: usize,
     nonzero: Vec<bool>,
     nonzero_count: usize,
@@ -67,6 +69,16 @@ impl Snapshot {
         image.map_or(0, |_| self.nonzero_count * PAGE_SIZE)
     }
 
+    /// The recorded working set (ascending page indexes).
+    pub fn working_set(&self) -> Vec<usize> {
+        self.working_set.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the pages a call touched, to prefetch before the next call of a cold instance.
+    pub fn record_working_set(&self, pages: Vec<usize>) {
+        *self.working_set.lock().unwrap_or_else(|e| e.into_inner()) = pages;
+    }
+
     pub(super) fn region(&self) -> RegionId {
         self.region
     }
@@ -88,6 +100,9 @@ impl Drop for Snapshot {
         }
     }
 }
+
+/// Pages per transport call when prefetching (4 MiB).
+const PREFETCH_BATCH: usize = 1024;
 
 /// What a reset did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,6 +189,7 @@ impl MemoryHandle {
         }
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
         let snap = Arc::new(Snapshot {
+            working_set: std::sync::Mutex::new(Vec::new()),
             size,
             nonzero,
             nonzero_count,
@@ -243,6 +259,64 @@ impl MemoryHandle {
             report.pages_reset += end - start;
         }
         Ok(report)
+    }
+
+    /// Pages resident now (ascending).
+    pub fn resident_pages(&self) -> Vec<usize> {
+        let mut pages = Vec::new();
+        self.state.table.for_each_in(0..self.state.accessible_pages(), PageState::Resident, |p| pages.push(p));
+        pages
+    }
+
+    /// Installs those of `pages` that hold their initial image and are not resident, in large
+    /// batches — from the local image, or from the memnode with transfers and installs overlapped
+    /// frame by frame — so that a call touching them takes no fault. The memory must be idle.
+    /// Returns the pages installed.
+    pub fn prefetch(&self, pages: &[usize]) -> Result<usize, PagerError> {
+        let state = &self.state;
+        let snap = state.snapshot.get().ok_or(PagerError::Snapshot("prefetch needs a snapshot"))?;
+        let limit = state.accessible_pages();
+        let want: Vec<usize> =
+            pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Image).collect();
+        let local = snap.local();
+        let mut buf = Vec::new();
+        let mut done = 0;
+        for run in want.chunk_by(|a, b| *b == *a + 1) {
+            for chunk in run.chunks(PREFETCH_BATCH) {
+                let first = chunk[0];
+                match local.as_deref() {
+                    Some(image) => {
+                        let bytes = &image[first * PAGE_SIZE..(first + chunk.len()) * PAGE_SIZE];
+                        state
+                            .install_pages(first, bytes, PageState::Image)
+                            .map_err(|source| PagerError::Setup { len: bytes.len(), source })?;
+                    }
+                    None => {
+                        let indexes: Vec<u64> = chunk.iter().map(|&p| p as u64).collect();
+                        buf.resize(chunk.len() * PAGE_SIZE, 0);
+                        let mut failed = None;
+                        let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+                            if failed.is_none()
+                                && let Err(e) = state.install_pages(first + range.start, bytes, PageState::Image)
+                            {
+                                failed = Some(e);
+                            }
+                        };
+                        let fetched = self.shared.transport.read_pages_streaming(snap.region(), &indexes, &mut buf, &mut ready);
+                        if let Some(source) = failed {
+                            return Err(PagerError::Setup { len: chunk.len() * PAGE_SIZE, source });
+                        }
+                        // Pages not installed kept their initial-image state: they fault later.
+                        fetched?;
+                        self.shared.stats.pages_fetched.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        self.shared.stats.bytes_in.fetch_add((chunk.len() * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                done += chunk.len();
+            }
+        }
+        self.shared.stats.pages_prefetched.fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(done)
     }
 
     /// Drops every resident page of an idle, reset memory (they all equal the snapshot); the next

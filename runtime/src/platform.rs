@@ -134,11 +134,8 @@ impl Platform {
             // epoch check costs a callback per tick.
             while let Some(p) = weak.upgrade() {
                 p.exec.engine().increment_epoch();
-                let reap = p.reap_due();
+                p.reap_due();
                 drop(p);
-                if reap {
-                    std::thread::yield_now();
-                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         })?;
@@ -157,16 +154,12 @@ impl Platform {
         self.exec.pager()
     }
 
-    /// Frees idle instances past the idle timeout; returns whether any were freed.
-    fn reap_due(&self) -> bool {
-        let mut freed = false;
+    /// Frees idle instances past the idle timeout.
+    fn reap_due(&self) {
         for (_, f) in self.registry.all() {
             let mut idle = f.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let before = idle.len();
             idle.retain(|(_, since)| since.elapsed() < self.config.idle_timeout);
-            freed |= idle.len() != before;
         }
-        freed
     }
 
     /// Validates, precompiles and stores a function.

@@ -63,11 +63,18 @@ fn runtime_without_userfaultfd_says_what_to_change() {
         eprintln!("SKIPPED runtime_without_userfaultfd_says_what_to_change: needs root to run as nobody");
         return;
     }
+    // `nobody` may not reach the checkout (e.g. under /root): run copies from a world-readable
+    // temp dir.
+    let dir = ebb::TempDir::new("nouffd");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (bin, wat) = (dir.0.join("runtime"), dir.0.join("pattern.wat"));
+    std::fs::copy(binary("runtime"), &bin).unwrap();
+    std::fs::copy(pattern_wat(), &wat).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(binary("runtime"))
+        .arg(&bin)
         .arg("run")
-        .arg(pattern_wat())
+        .arg(&wat)
         .output()
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

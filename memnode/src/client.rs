@@ -68,9 +68,11 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn free(&self, region: RegionId) -> Result<(), TransportError>;
     /// Reads `pages` of `region` into `out`, which holds `pages.len()` pages, in order.
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError>;
-    /// Like [`Transport::read_pages`], but calls `ready(range)` as soon as the pages of `range`
-    /// (indexes into `pages`) are verified in `out`, so a caller can use the first pages of a
-    /// large batch while the rest are still arriving. Ranges come in order and cover every page.
+    /// Like [`Transport::read_pages`], but calls `ready(range, bytes)` as soon as the pages of
+    /// `range` (indexes into `pages`) are available and verified, so a caller can use the first
+    /// pages of a large batch while the rest are still arriving. Ranges come in order and cover
+    /// every page. `bytes` are those pages, in `out` — or, for a backend that holds them in this
+    /// process, borrowed from it directly (then `out` is left untouched: use `bytes`).
     fn read_pages_streaming(
         &self,
         region: RegionId,
@@ -130,6 +132,16 @@ impl Transport for LocalTransport {
     }
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError> {
         self.store.read_pages(&self.identity, region, pages, out).map_err(|e| refused("read", e))
+    }
+    fn read_pages_streaming(
+        &self,
+        region: RegionId,
+        pages: &[u64],
+        _out: &mut [u8],
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), TransportError> {
+        // The pages are in this process: hand out runs of the store's own memory, saving a copy.
+        self.store.read_runs(&self.identity, region, pages, |range, bytes| ready(range, bytes)).map_err(|e| refused("read", e))
     }
     fn write_pages(&self, region: RegionId, pages: &[u64], data: &[u8]) -> Result<(), TransportError> {
         self.store.write_pages(&self.identity, region, pages, data).map_err(|e| refused("write", e))

@@ -210,6 +210,35 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `f(range, bytes)` for each run of consecutive page numbers in `pages`, in order, with
+    /// `range` the run's positions in `pages` and `bytes` the run's pages, borrowed from the
+    /// region (read-locked during the call). All indexes are checked before the first call.
+    pub fn read_runs(
+        &self,
+        owner: &Identity,
+        id: RegionId,
+        pages: &[u64],
+        mut f: impl FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), StoreError> {
+        let region = self.region(owner, id)?;
+        let mem = region.mem.read().unwrap_or_else(|e| e.into_inner());
+        for &page in pages {
+            Self::page_range(id, mem.len(), page)?;
+        }
+        let mut i = 0;
+        while i < pages.len() {
+            let mut j = i + 1;
+            while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+                j += 1;
+            }
+            let start = Self::page_range(id, mem.len(), pages[i])?.start;
+            f(i..j, &mem[start..start + (j - i) * PAGE_SIZE]);
+            i = j;
+        }
+        self.counters.pages_read.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Copies pages out of a region into `out` (`pages.len()` × page size bytes).
     pub fn read_pages(&self, owner: &Identity, id: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), StoreError> {
         assert_eq!(out.len(), pages.len() * PAGE_SIZE, "output buffer must hold every page");
@@ -306,6 +335,19 @@ mod tests {
         assert_eq!(&out[..PAGE_SIZE], &page[..]);
         assert!(out[PAGE_SIZE..].iter().all(|&b| b == 0));
         assert_eq!(store.usage().0, 4 * 4096);
+    }
+
+    #[test]
+    fn runs_borrow_consecutive_pages() {
+        let store = Store::new(1 << 20);
+        let a = who("a");
+        let id = store.alloc(&a, 8 * 4096).unwrap();
+        let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i / PAGE_SIZE + 1) as u8).collect();
+        store.write_pages(&a, id, &[2, 3, 6], &data).unwrap();
+        let mut runs = vec![];
+        store.read_runs(&a, id, &[2, 3, 6], |r, bytes| runs.push((r, bytes[0], bytes.len()))).unwrap();
+        assert_eq!(runs, vec![(0..2, 1, 2 * PAGE_SIZE), (2..3, 3, PAGE_SIZE)]);
+        assert!(matches!(store.read_runs(&a, id, &[2, 8], |_, _| panic!("nothing before the check")), Err(StoreError::OutOfRange { .. })));
     }
 
     #[test]

@@ -225,15 +225,11 @@ impl Store {
         for &page in pages {
             Self::page_range(id, mem.len(), page)?;
         }
-        let mut i = 0;
-        while i < pages.len() {
-            let mut j = i + 1;
-            while j < pages.len() && pages[j] == pages[j - 1] + 1 {
-                j += 1;
-            }
-            let start = Self::page_range(id, mem.len(), pages[i])?.start;
-            f(i..j, &mem[start..start + (j - i) * PAGE_SIZE]);
-            i = j;
+        let mut at = 0;
+        for run in pages.chunk_by(|a, b| *b == *a + 1) {
+            let start = Self::page_range(id, mem.len(), run[0])?.start;
+            f(at..at + run.len(), &mem[start..start + run.len() * PAGE_SIZE]);
+            at += run.len();
         }
         self.counters.pages_read.fetch_add(pages.len() as u64, Ordering::Relaxed);
         Ok(())

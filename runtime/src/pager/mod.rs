@@ -706,8 +706,6 @@ impl MemoryHandle {
         let region = self.ensure_region()?;
         let mut report = OffloadReport::default();
         let mut buf = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
-        // One MADV_DONTNEED per run of consecutive pages (`pages` is ascending).
-        let discard = |pages: &[usize]| snapshot::for_each_run(pages, |start, count| self.discard_pages(start, count));
         for batch in resident.chunks(OFFLOAD_BATCH) {
             let mut sent = Vec::with_capacity(batch.len());
             let mut zeros = Vec::new();
@@ -732,8 +730,8 @@ impl MemoryHandle {
             for &p in &zeros {
                 state.table.set(p, PageState::Zero);
             }
-            discard(&sent);
-            discard(&zeros);
+            self.discard_pages(&sent);
+            self.discard_pages(&zeros);
             report.pages_sent += sent.len() as u64;
             report.zero_pages_dropped += zeros.len() as u64;
         }

@@ -114,26 +114,20 @@ pub struct ResetReport {
     pub grown: bool,
 }
 
-/// Calls `f(start_page, count)` for each run of consecutive pages in ascending `pages`.
-pub(super) fn for_each_run(pages: &[usize], mut f: impl FnMut(usize, usize)) {
-    let mut i = 0;
-    while i < pages.len() {
-        let mut j = i + 1;
-        while j < pages.len() && pages[j] == pages[j - 1] + 1 {
-            j += 1;
-        }
-        f(pages[i], j - i);
-        i = j;
-    }
-}
-
 impl MemoryHandle {
     /// The snapshot this memory resets to, if captured or adopted.
     pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
         self.state.snapshot.get()
     }
 
-    pub(super) fn discard_pages(&self, start: usize, count: usize) {
+    /// Drops the given pages (ascending), one MADV_DONTNEED per run of consecutive pages.
+    pub(super) fn discard_pages(&self, pages: &[usize]) {
+        for run in pages.chunk_by(|a, b| *b == *a + 1) {
+            self.discard_range(run[0], run.len());
+        }
+    }
+
+    fn discard_range(&self, start: usize, count: usize) {
         if let Err(e) = self.state.reservation.discard(start * PAGE_SIZE, count * PAGE_SIZE) {
             tracing::error!("MADV_DONTNEED failed on pages {start}..{}: {e}", start + count);
         }
@@ -231,7 +225,7 @@ impl MemoryHandle {
         for &p in &resident {
             state.table.set(p, PageState::Zero);
         }
-        for_each_run(&resident, |start, count| self.discard_pages(start, count));
+        self.discard_pages(&resident);
         for (p, &nz) in snap.nonzero.iter().enumerate() {
             if nz {
                 state.table.set(p, PageState::Image);
@@ -255,7 +249,7 @@ impl MemoryHandle {
             for p in start..end {
                 state.table.set(p, snap.initial(p));
             }
-            self.discard_pages(start, end - start);
+            self.discard_range(start, end - start);
             report.pages_reset += end - start;
         }
         Ok(report)
@@ -330,7 +324,7 @@ impl MemoryHandle {
         for &p in &resident {
             state.table.set(p, snap.initial(p));
         }
-        for_each_run(&resident, |start, count| self.discard_pages(start, count));
+        self.discard_pages(&resident);
         self.shared.stats.pages_evicted.fetch_add(resident.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(resident.len())
     }

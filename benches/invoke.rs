@@ -13,6 +13,7 @@ use ebb_memnode::LocalTransport;
 use ebb_runtime::exec::{Executor, Stdout};
 use ebb_runtime::pager::{Pager, PagerConfig};
 use ebb_runtime::platform::{Platform, PlatformConfig};
+use ebb_runtime::policy::{PolicyFile, PolicyKind};
 
 const NOOP: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
 
@@ -25,7 +26,10 @@ fn bench(c: &mut Criterion) {
     let bigtable = std::fs::read(function_wasm("demo", "bigtable")).expect("bigtable.wasm");
     platform.upload("bench", "bigtable", &bigtable).expect("upload bigtable");
     let lazy_data = TempDir::new("bench-invoke-lazy");
-    let lazy_config = PlatformConfig { data_dir: lazy_data.0.clone(), prefetch: false, ..Default::default() };
+    // The faasmem policy restores without a working-set prefetch.
+    let mut policy = PolicyFile::default();
+    policy.default.kind = PolicyKind::Faasmem;
+    let lazy_config = PlatformConfig { data_dir: lazy_data.0.clone(), policy, ..Default::default() };
     let lazy = Platform::start(lazy_config, pager.clone()).expect("platform");
     lazy.upload("bench", "bigtable", &bigtable).expect("upload bigtable");
 

@@ -3,58 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use ebb::{Memnode, Runtime, TempDir, function_wasm, wait_until};
-
-/// An HTTP response: status and body.
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
-}
-
-fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> Resp {
-    let a = agent();
-    let mut resp = match method {
-        "GET" => {
-            let mut r = a.get(url);
-            if let Some(t) = token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
-            if let Some(t) = token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
-            }
-            r.send(body)
-        }
-    }
-    .expect("HTTP request");
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
-    Resp { status, body }
-}
-
-fn upload(rt: &Runtime, user: &str, name: &str, token: Option<&str>) -> Resp {
-    let wasm = std::fs::read(function_wasm("demo", name)).unwrap();
-    send("PUT", &format!("{}/f/{user}/{name}", rt.url), token, &wasm)
-}
-
-fn invoke(rt: &Runtime, user: &str, name: &str, input: &str) -> Resp {
-    let msg = serde_json::json!({"user": user, "function": name, "input_data": input});
-    send("POST", &format!("{}/f/", rt.url), None, msg.to_string().as_bytes())
-}
-
-fn metric(rt: &Runtime, name: &str) -> f64 {
-    let text = send("GET", &format!("{}/metrics", rt.url), None, b"").body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
-}
+use ebb::http::{invoke, metric, send, upload};
+use ebb::{Memnode, Runtime, TempDir, wait_until};
 
 #[test]
 fn demo_functions_over_http() {
@@ -97,7 +47,7 @@ fn demo_functions_over_http() {
     assert_eq!(moved.status, 200);
     let moved: u64 = moved.body.trim().parse().unwrap();
     assert!(moved >= 64 << 20, "offload moved {moved} bytes");
-    assert!(metric(&rt, "ebb_pages_evicted_total") >= 16384.0);
+    assert!(metric(&rt, "ebb_pager_pages_dropped_clean_total") >= 16384.0);
     let fetched_before = metric(&rt, "ebb_pages_fetched_total");
     assert_eq!(invoke(&rt, "demo", "bigtable", "").body, first.body, "after offload");
     let fetched = metric(&rt, "ebb_pages_fetched_total") - fetched_before;
@@ -266,10 +216,10 @@ fn a_dead_memnode_fails_calls_and_shows_in_metrics() {
 #[test]
 fn idle_instances_are_freed_after_the_idle_timeout() {
     let data = TempDir::new("idle");
-    let rt = Runtime::start(&data.0, &["--idle-timeout-s", "1"]).unwrap();
+    let rt = Runtime::start(&data.0, &["--keep-alive", "1s"]).unwrap();
     upload(&rt, "demo", "hello", None);
     assert_eq!(invoke(&rt, "demo", "hello", "").body, "Hello from Ebb!");
-    let idle = || metric(&rt, "ebb_instances{function=\"demo/hello\",state=\"idle\"}");
+    let idle = || metric(&rt, "ebb_instances{function=\"demo/hello\",state=\"warm\"}");
     assert_eq!(idle(), 1.0, "the instance stays warm after its call");
     assert!(wait_until(Duration::from_secs(10), || idle() == 0.0), "the idle instance was never freed");
     assert_eq!(invoke(&rt, "demo", "hello", "").body, "Hello from Ebb!", "a new instance serves the next call");

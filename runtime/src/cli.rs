@@ -23,7 +23,7 @@ enum Command {
     /// Run a WASI command module on paged memory (like `wasmtime run`).
     Run(RunArgs),
     /// Serve the Faasm-compatible HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload a function to a server.
     Upload {
         user: String,
@@ -97,9 +97,71 @@ struct ServeArgs {
     /// Largest call input, e.g. 16M.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     max_input: u64,
-    /// Seconds an idle instance is kept.
-    #[arg(long, default_value_t = 600)]
-    idle_timeout_s: u64,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// Keep-alive and offload policy (docs/platform.md lists every setting and its range).
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// keep-alive (never offload), faasmem (segments + semi-warm, every page written back), ebb
+    /// (faasmem + working-set prefetch + dirty tracking; the default) or cold (no keep-alive).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Idle time before an instance turns semi-warm and drains, e.g. 30s; `auto` (the default):
+    /// the function's P99 reuse interval, at least --semi-warm-min.
+    #[arg(long)]
+    semi_warm_after: Option<String>,
+    /// Least automatic semi-warm threshold (default 60s).
+    #[arg(long)]
+    semi_warm_min: Option<String>,
+    /// Bytes per second a semi-warm instance drains (default 64M).
+    #[arg(long)]
+    drain_rate: Option<String>,
+    /// Bytes a semi-warm instance keeps resident (default 0).
+    #[arg(long)]
+    floor: Option<String>,
+    /// Idle time after which an instance is freed (default 10m).
+    #[arg(long)]
+    keep_alive: Option<String>,
+    /// A warm instance offloads init pages no call touched for this many calls (default 4)...
+    #[arg(long)]
+    init_idle_calls: Option<String>,
+    /// ...or for this long (default 60s).
+    #[arg(long)]
+    init_idle: Option<String>,
+    /// File of per-function settings: lines `default KEY=VALUE...` and `USER/FUNCTION KEY=VALUE...`.
+    #[arg(long)]
+    policy_file: Option<PathBuf>,
+    /// Milliseconds between two looks of the policy at idle instances.
+    #[arg(long, default_value_t = 100)]
+    policy_tick_ms: u64,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> anyhow::Result<crate::policy::PolicyFile> {
+        let mut config = crate::policy::PolicyConfig::default();
+        let flags = [
+            ("policy", &self.policy),
+            ("semi-warm-after", &self.semi_warm_after),
+            ("semi-warm-min", &self.semi_warm_min),
+            ("drain-rate", &self.drain_rate),
+            ("floor", &self.floor),
+            ("keep-alive", &self.keep_alive),
+            ("init-idle-calls", &self.init_idle_calls),
+            ("init-idle", &self.init_idle),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                config.set(key, value).map_err(|e| anyhow::anyhow!("--{key}: {e}"))?;
+            }
+        }
+        config.check()?;
+        Ok(match &self.policy_file {
+            Some(path) => crate::policy::PolicyFile::load(path, config)?,
+            None => crate::policy::PolicyFile { default: config, ..Default::default() },
+        })
+    }
 }
 
 /// Where pages go and how they come back.
@@ -179,7 +241,7 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Upload { user, function, file, client } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let (status, body) = client.request("PUT", &format!("/f/{user}/{function}"), &wasm)?;
@@ -262,12 +324,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         eprintln!("no --tokens file: serving without authentication{}", if addr.ip().is_loopback() { " on loopback only" } else { " (--insecure)" });
     }
+    let policy = args.policy.policy()?;
+    if !(1..=60_000).contains(&args.policy.policy_tick_ms) {
+        anyhow::bail!("--policy-tick-ms {} is out of range: allowed 1 to 60000", args.policy.policy_tick_ms);
+    }
     let pager = args.memory.pager()?;
     let config = crate::platform::PlatformConfig {
         data_dir: args.data_dir.clone(),
         max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
         call_timeout: Duration::from_secs(args.call_timeout_s),
-        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        policy,
+        policy_tick: Duration::from_millis(args.policy.policy_tick_ms),
         ..Default::default()
     };
     let platform = crate::platform::Platform::start(config, pager)?;
@@ -320,10 +387,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let memory = instance.memory().context("the module exports no memory to offload")?;
             let report = memory.offload()?;
             eprintln!(
-                "[offload] {} pages sent to the {} memnode, {} zero pages dropped",
+                "[offload] {} pages sent to the {} memnode, {} zero pages dropped, {} clean pages dropped",
                 report.pages_sent,
                 pager.transport().kind(),
-                report.zero_pages_dropped
+                report.zero_pages_dropped,
+                report.clean_pages_dropped
             );
         }
         last = instance.run().with_context(|| format!("run {} of {}", i + 1, args.repeat))?;

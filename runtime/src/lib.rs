@@ -5,6 +5,7 @@
 //! - [`exec`] — the wasmtime engine on paged memory and instances of command modules.
 //! - [`registry`] — functions on disk, users' tokens, state.
 //! - [`platform`] — calls: warm instances, chaining, async calls, timeouts, metrics.
+//! - [`policy`] — offload policy: segments, semi-warm timeline, keep-alive.
 //! - [`api`] — the Faasm-compatible HTTP API over the platform.
 //! - [`cli`] — the `runtime` command line (the binary is a thin wrapper).
 
@@ -13,4 +14,5 @@ pub mod cli;
 pub mod exec;
 pub mod pager;
 pub mod platform;
+pub mod policy;
 pub mod registry;

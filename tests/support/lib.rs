@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod http;
+
 /// The pattern module (see `tests/modules/pattern.wat`).
 pub const PATTERN_WAT: &str = include_str!("../modules/pattern.wat");
 /// Where the pattern module reads its seed and area size, and where area A starts.

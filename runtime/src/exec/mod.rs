@@ -14,6 +14,9 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::pager::{MemoryHandle, Pager};
+use crate::policy::Segment;
+
+pub use crate::policy::Segments;
 
 mod host;
 pub mod rewrite;
@@ -156,6 +159,7 @@ impl Executor {
         let ctx = services.map(|(services, user)| CallContext { services, user: user.to_string(), function: function.clone() });
         let store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
         let mut inst = self.link(store, &function.module)?;
+        let now = std::time::Instant::now();
         match function.initial.get() {
             Some(initial) => {
                 if let Some(memory) = inst.instance.get_memory(&mut inst.store, "memory") {
@@ -172,14 +176,23 @@ impl Executor {
                 inst.restore_globals()?;
             }
             None => {
+                // Segments: what instantiation left resident is the runtime's, what the init
+                // phase adds is init's.
+                if let Some(handle) = &inst.memory {
+                    inst.segments.label(&handle.resident_pages(), Segment::Runtime, now);
+                }
                 inst.zygote()?;
                 let snapshot = match &inst.memory {
-                    Some(handle) => Some(handle.capture()?),
+                    Some(handle) => {
+                        inst.segments.label(&handle.resident_pages(), Segment::Init, now);
+                        Some(handle.capture()?)
+                    }
                     None => None,
                 };
                 inst.globals = inst.read_globals();
                 if let Some(snapshot) = snapshot {
-                    let _ = function.initial.set(Initial { snapshot, globals: inst.globals.clone() });
+                    let initial = Initial { snapshot, globals: inst.globals.clone(), segments: inst.segments.clone() };
+                    let _ = function.initial.set(initial);
                 }
             }
         }
@@ -200,8 +213,16 @@ impl Executor {
         let memory = instance
             .get_memory(&mut store, "memory")
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
-        let mut inst =
-            Instance { store, instance, memory, globals: Vec::new(), discard: false, record_touched: false, touched: Vec::new() };
+        let mut inst = Instance {
+            store,
+            instance,
+            memory,
+            globals: Vec::new(),
+            discard: false,
+            segments: Segments::default(),
+            last_call: CallPages::default(),
+            record_resident: false,
+        };
         inst.store.data_mut().memory = inst.memory.clone();
         inst.check_memory()?;
         Ok(inst)
@@ -214,10 +235,39 @@ pub struct Function {
     pub name: String,
     module: Module,
     initial: std::sync::OnceLock<Initial>,
-    /// Idle instances ready for a call, with when they became idle.
-    pub idle: std::sync::Mutex<Vec<(Instance, std::time::Instant)>>,
+    /// Idle instances ready for a call, the most recently used last.
+    pub idle: std::sync::Mutex<Vec<Idle>>,
     /// Instances running a call now.
     pub busy: std::sync::atomic::AtomicUsize,
+    /// The memories of the instances running a call now (for accounting).
+    pub running: std::sync::Mutex<Vec<MemoryHandle>>,
+}
+
+/// An idle instance and where it is on the policy's timeline.
+#[derive(Debug)]
+pub struct Idle {
+    pub instance: Instance,
+    /// When its last call ended.
+    pub since: std::time::Instant,
+    pub phase: crate::policy::Phase,
+    pub drain: crate::policy::DrainBudget,
+    /// The warm offload of cold segments was done for this idle period.
+    pub warm_offloaded: bool,
+    /// A semi-warm drain reached the floor.
+    pub drained: bool,
+}
+
+impl Idle {
+    pub fn new(instance: Instance, since: std::time::Instant) -> Idle {
+        Idle {
+            instance,
+            since,
+            phase: crate::policy::Phase::Warm,
+            drain: crate::policy::DrainBudget::default(),
+            warm_offloaded: false,
+            drained: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Function {
@@ -234,6 +284,7 @@ impl Function {
             initial: std::sync::OnceLock::new(),
             idle: std::sync::Mutex::new(Vec::new()),
             busy: std::sync::atomic::AtomicUsize::new(0),
+            running: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -241,12 +292,19 @@ impl Function {
     pub fn snapshot(&self) -> Option<&Arc<crate::pager::Snapshot>> {
         self.initial.get().map(|i| &i.snapshot)
     }
+
+    /// The segment a page of the initial state belongs to (runtime or init), as the instance
+    /// that ran the init phase saw it.
+    pub fn initial_segment(&self, page: usize) -> Option<Segment> {
+        self.initial.get().and_then(|i| i.segments.segment(page))
+    }
 }
 
 /// The initial state of a function: memory pages and global values after the init phase.
 struct Initial {
     snapshot: Arc<crate::pager::Snapshot>,
     globals: Vec<(String, Val)>,
+    segments: Segments,
 }
 
 /// The trap raised when a call runs past its deadline.
@@ -296,10 +354,34 @@ pub struct Instance {
     memory: Option<MemoryHandle>,
     globals: Vec<(String, Val)>,
     discard: bool,
-    /// When set, the next call records the pages resident at its end (before the reset) in
-    /// `touched`: the call's working set when it started with nothing resident.
-    pub record_touched: bool,
-    pub touched: Vec<usize>,
+    /// Per-page segments and ages, for the offload policy.
+    pub segments: Segments,
+    /// What the latest call touched.
+    pub last_call: CallPages,
+    /// Makes the next call list the pages resident at its end in `last_call.resident`.
+    pub record_resident: bool,
+}
+
+/// The pages one call was seen to touch.
+#[derive(Clone, Debug, Default)]
+pub struct CallPages {
+    /// Pages that faulted in during the call, in fault order (the read-around is not included).
+    pub faulted: Vec<usize>,
+    /// Pages the call wrote (ascending), found by the reset.
+    pub written: Vec<usize>,
+    /// Pages resident when the call ended (ascending), when [`Instance::record_resident`] was
+    /// set: with the read-around, what a restore should bring back.
+    pub resident: Vec<usize>,
+}
+
+impl CallPages {
+    /// Every page seen touched, ascending, without repeats.
+    pub fn touched(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.faulted.iter().chain(&self.written).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 impl std::fmt::Debug for Instance {
@@ -383,6 +465,9 @@ impl Instance {
         self.store.data_mut().input = input.to_vec();
         self.store.data_mut().output.clear();
         self.store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
+        if let Some(handle) = &self.memory {
+            handle.start_fault_log();
+        }
         let rc = match entry {
             Entry::Start => self.run(),
             Entry::Table(index) => self.run_table(index),
@@ -393,14 +478,19 @@ impl Instance {
         }
         let output = std::mem::take(&mut self.store.data_mut().output);
         // Reset even after a trap: the next call must start from the initial state.
+        self.last_call = CallPages::default();
         if let Some(handle) = &self.memory
             && handle.poisoned().is_none()
         {
-            if std::mem::take(&mut self.record_touched) {
-                self.touched = handle.resident_pages();
+            self.last_call.faulted = handle.take_fault_log();
+            if std::mem::take(&mut self.record_resident) {
+                self.last_call.resident = handle.resident_pages();
             }
             match handle.reset() {
-                Ok(report) => self.discard |= report.grown,
+                Ok(report) => {
+                    self.discard |= report.grown;
+                    self.last_call.written = report.written;
+                }
                 Err(e) => {
                     self.discard = true;
                     return Err(anyhow::Error::new(e).context("could not reset the instance after the call"));

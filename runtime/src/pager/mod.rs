@@ -86,8 +86,9 @@ pub struct PagerStats {
     pub pages_offloaded: AtomicU64,
     /// All-zero pages dropped by offloads without being sent.
     pub pages_zero_dropped: AtomicU64,
-    /// Clean pages dropped by evictions (their content is already on the memnode).
-    pub pages_evicted: AtomicU64,
+    /// Resident pages dropped without a write-back because the memnode already holds them
+    /// unchanged (evictions to the initial state, and clean pages of offloads).
+    pub pages_dropped_clean: AtomicU64,
     /// Pages installed ahead of a call from a recorded working set.
     pub pages_prefetched: AtomicU64,
     /// Bytes read from / written to the memnode.
@@ -106,7 +107,7 @@ pub struct PagerSnapshot {
     pub pages_fetched: u64,
     pub pages_offloaded: u64,
     pub pages_zero_dropped: u64,
-    pub pages_evicted: u64,
+    pub pages_dropped_clean: u64,
     pub pages_prefetched: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -124,7 +125,7 @@ impl PagerStats {
             pages_fetched: l(&self.pages_fetched),
             pages_offloaded: l(&self.pages_offloaded),
             pages_zero_dropped: l(&self.pages_zero_dropped),
-            pages_evicted: l(&self.pages_evicted),
+            pages_dropped_clean: l(&self.pages_dropped_clean),
             pages_prefetched: l(&self.pages_prefetched),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
@@ -269,13 +270,26 @@ struct MemoryState {
     poison: Mutex<Option<String>>,
     /// The initial state this memory resets to (see `snapshot`); set once captured or adopted.
     snapshot: OnceLock<Arc<snapshot::Snapshot>>,
+    /// Set by the first offload of a memory without a snapshot: from then on its writes are
+    /// tracked too, so the next offload sends only pages written since.
+    write_tracking: AtomicBool,
+    /// While on, the page of every fault served (not the read-around) is logged here.
+    logging: AtomicBool,
+    fault_log: Mutex<Vec<usize>>,
 }
 
 impl MemoryState {
-    /// True once writes are tracked (the memory has a snapshot): installs then write-protect
-    /// pages so that only written pages count as dirty.
+    /// True once writes are tracked (the memory has a snapshot, or was offloaded): installs then
+    /// write-protect pages (asynchronous mode: the kernel only notes the write) so that only
+    /// written pages count as dirty.
     fn tracked(&self) -> bool {
-        self.snapshot.get().is_some()
+        self.snapshot.get().is_some() || self.write_tracking.load(Ordering::Relaxed)
+    }
+
+    fn log_fault(&self, page: usize) {
+        if self.logging.load(Ordering::Relaxed) {
+            self.fault_log.lock().unwrap_or_else(|e| e.into_inner()).push(page);
+        }
     }
 
     fn base(&self) -> usize {
@@ -288,12 +302,16 @@ impl MemoryState {
 
     /// Marks pages `first..` Resident and installs `bytes` there (write-protected when tracked),
     /// waking any thread waiting on them. The pages must be in state `previous`, which they get
-    /// back if the install fails.
+    /// back if the install fails. Pages fetched from the memory's own region stay backed by it.
     fn install_pages(&self, first: usize, bytes: &[u8], previous: PageState) -> std::io::Result<()> {
         let pages = first..first + bytes.len() / PAGE_SIZE;
         // Marked before the install wakes the guest, so whoever it wakes sees them.
         for p in pages.clone() {
-            self.table.set(p, PageState::Resident);
+            if previous == PageState::Remote {
+                self.table.set_backed(p, PageState::Resident);
+            } else {
+                self.table.set(p, PageState::Resident);
+            }
         }
         let fill = if self.tracked() { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
         // SAFETY: the pages `first..` lie in this memory's registered reservation (callers take
@@ -301,7 +319,11 @@ impl MemoryState {
         let result = unsafe { sys::install(&self.uffd, fill, self.base() + first * PAGE_SIZE, bytes.len()) };
         if result.is_err() {
             for p in pages {
-                self.table.set(p, previous);
+                if previous == PageState::Remote {
+                    self.table.set_backed(p, previous);
+                } else {
+                    self.table.set(p, previous);
+                }
             }
         }
         result.map(drop)
@@ -394,6 +416,7 @@ impl Shared {
             }
             PageState::Zero => {
                 self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
+                mem.log_fault(page);
                 mem.table.set(page, PageState::Resident);
                 // A read maps the shared zero page; a write gets a private zero-filled page at
                 // once, saving the copy-on-write fault that would follow the zero page. In
@@ -411,6 +434,7 @@ impl Shared {
                 }
             }
             state @ (PageState::Remote | PageState::Image) => {
+                mem.log_fault(page);
                 // Read-around: the following pages in the same state, up to the configured count.
                 let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
                 let mut run = 1;
@@ -495,7 +519,11 @@ impl Shared {
             // Pages not installed keep their state; the faulting page, if it was not installed,
             // is released with zeros in a poisoned memory.
             for p in page + installed..page + run {
-                mem.table.set(p, previous);
+                if previous == PageState::Remote {
+                    mem.table.set_backed(p, previous);
+                } else {
+                    mem.table.set(p, previous);
+                }
             }
             self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
             mem.poison(why);
@@ -575,6 +603,9 @@ impl PagedMemory {
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
             snapshot: OnceLock::new(),
+            write_tracking: AtomicBool::new(false),
+            logging: AtomicBool::new(false),
+            fault_log: Mutex::new(Vec::new()),
         });
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
@@ -632,6 +663,8 @@ pub struct OffloadReport {
     pub pages_sent: u64,
     /// All-zero pages dropped locally without being sent.
     pub zero_pages_dropped: u64,
+    /// Pages the memnode already held unchanged, dropped locally without being sent.
+    pub clean_pages_dropped: u64,
 }
 
 /// Operations on one paged memory from outside wasmtime (by the executor, while the instance is
@@ -660,9 +693,19 @@ impl MemoryHandle {
         self.state.poison.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Where page `p` is.
+    pub fn page_state(&self, p: usize) -> PageState {
+        self.state.table.get(p)
+    }
+
     /// Pages in `state` within the accessible size.
     pub fn count(&self, state: PageState) -> usize {
         self.state.table.count(0..self.state.accessible_pages(), state)
+    }
+
+    /// Whether both handles refer to the same memory.
+    pub fn is(&self, other: &MemoryHandle) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
     }
 
     /// Current size in bytes.
@@ -689,19 +732,44 @@ impl MemoryHandle {
     }
 
     /// Sends every resident non-zero page to the memnode and drops all resident pages locally;
-    /// they fault back on the next touch. All-zero pages are dropped without being sent.
+    /// they fault back on the next touch. All-zero pages are dropped without being sent, and so
+    /// are pages fetched back from the memnode and not written since (dirty tracking).
     ///
     /// The instance must be idle: no guest or host code may touch the memory during the call.
     pub fn offload(&self) -> Result<OffloadReport, PagerError> {
+        self.offload_pages(None, true)
+    }
+
+    /// [`MemoryHandle::offload`] of only those of `pages` (ascending) that are resident, or of
+    /// every resident page for `None`. Without `dirty_tracking` every non-zero page is sent, as a
+    /// swap device that cannot tell clean pages would (the FaaSMem baseline).
+    pub fn offload_pages(&self, pages: Option<&[usize]>, dirty_tracking: bool) -> Result<OffloadReport, PagerError> {
         if let Some(why) = self.poisoned() {
             return Err(PagerError::Poisoned(why));
         }
         let state = &self.state;
-        let pages = state.accessible_pages();
+        let limit = state.accessible_pages();
         let mut resident = Vec::new();
-        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        match pages {
+            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
+            Some(pages) => {
+                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
+            }
+        }
         if resident.is_empty() {
             return Ok(OffloadReport::default());
+        }
+        // Written since it was last installed: PAGEMAP_SCAN on a tracked memory (re-protecting
+        // what it reports). Untracked memories have never been offloaded, so nothing is backed.
+        let mut written = std::collections::HashSet::new();
+        if dirty_tracking && state.tracked() {
+            let mut ranges = Vec::new();
+            let len = limit * PAGE_SIZE;
+            sys::scan_written(state.base(), state.base() + len, &mut ranges)
+                .map_err(|source| PagerError::Setup { len, source })?;
+            for r in ranges {
+                written.extend((r.start - state.base()) / PAGE_SIZE..(r.end - state.base()) / PAGE_SIZE);
+            }
         }
         let region = self.ensure_region()?;
         let mut report = OffloadReport::default();
@@ -709,7 +777,12 @@ impl MemoryHandle {
         for batch in resident.chunks(OFFLOAD_BATCH) {
             let mut sent = Vec::with_capacity(batch.len());
             let mut zeros = Vec::new();
+            let mut clean = Vec::new();
             for &p in batch {
+                if dirty_tracking && state.table.is_backed(p) && !written.contains(&p) {
+                    clean.push(p);
+                    continue;
+                }
                 // SAFETY: page `p` is inside the accessible part of the reservation and resident;
                 // the instance is idle, so nothing writes it while it is read.
                 let bytes = unsafe { std::slice::from_raw_parts((state.base() + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
@@ -722,23 +795,44 @@ impl MemoryHandle {
                 }
             }
             let indexes: Vec<u64> = sent.iter().map(|&p| p as u64).collect();
-            self.shared.transport.write_pages(region, &indexes, &buf[..sent.len() * PAGE_SIZE])?;
+            if !indexes.is_empty() {
+                self.shared.transport.write_pages(region, &indexes, &buf[..sent.len() * PAGE_SIZE])?;
+            }
             // Mark first, then drop: a fault after the drop must find the new state.
-            for &p in &sent {
-                state.table.set(p, PageState::Remote);
+            for &p in sent.iter().chain(&clean) {
+                state.table.set_backed(p, PageState::Remote);
             }
             for &p in &zeros {
                 state.table.set(p, PageState::Zero);
             }
             self.discard_pages(&sent);
             self.discard_pages(&zeros);
+            self.discard_pages(&clean);
             report.pages_sent += sent.len() as u64;
             report.zero_pages_dropped += zeros.len() as u64;
+            report.clean_pages_dropped += clean.len() as u64;
         }
+        // From now on, pages installed here are write-protected so the next offload sees which
+        // ones were written.
+        state.write_tracking.store(true, Ordering::Relaxed);
         let stats = &self.shared.stats;
         stats.pages_offloaded.fetch_add(report.pages_sent, Ordering::Relaxed);
         stats.pages_zero_dropped.fetch_add(report.zero_pages_dropped, Ordering::Relaxed);
+        stats.pages_dropped_clean.fetch_add(report.clean_pages_dropped, Ordering::Relaxed);
         stats.bytes_out.fetch_add(report.pages_sent * PAGE_SIZE as u64, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Starts logging the page of every fault this memory takes (clearing the log).
+    pub fn start_fault_log(&self) {
+        self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.state.logging.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops logging faults; returns the pages logged since [`MemoryHandle::start_fault_log`], in
+    /// fault order.
+    pub fn take_fault_log(&self) -> Vec<usize> {
+        self.state.logging.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

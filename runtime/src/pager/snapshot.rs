@@ -75,8 +75,25 @@ impl Snapshot {
     }
 
     /// Records the pages a call touched, to prefetch before the next call of a cold instance.
-    pub fn record_working_set(&self, pages: Vec<usize>) {
+    /// Only pages the initial state holds are kept (the others have nothing to fetch).
+    pub fn record_working_set(&self, mut pages: Vec<usize>) {
+        pages.retain(|&p| self.holds(p));
+        pages.sort_unstable();
+        pages.dedup();
         *self.working_set.lock().unwrap_or_else(|e| e.into_inner()) = pages;
+    }
+
+    /// Adds pages to the recorded working set (those a prefetched call still faulted on).
+    pub fn extend_working_set(&self, pages: &[usize]) {
+        let mut ws = self.working_set.lock().unwrap_or_else(|e| e.into_inner());
+        ws.extend(pages.iter().copied().filter(|&p| self.holds(p)));
+        ws.sort_unstable();
+        ws.dedup();
+    }
+
+    /// Whether page `p` of the initial state has content (is held by the memnode).
+    pub fn holds(&self, p: usize) -> bool {
+        self.nonzero.get(p).copied().unwrap_or(false)
     }
 
     pub(super) fn region(&self) -> RegionId {
@@ -105,10 +122,10 @@ impl Drop for Snapshot {
 const PREFETCH_BATCH: usize = 1024;
 
 /// What a reset did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResetReport {
-    /// Pages the call wrote, dropped back to their initial state.
-    pub pages_reset: usize,
+    /// Pages the call wrote (ascending), dropped back to their initial state.
+    pub written: Vec<usize>,
     /// The call grew the memory beyond its initial size (wasm memories cannot shrink: the
     /// instance should be discarded rather than reused).
     pub grown: bool,
@@ -243,14 +260,14 @@ impl MemoryHandle {
         let mut written = Vec::new();
         sys::scan_written(state.base(), state.base() + len, &mut written)
             .map_err(|source| PagerError::Setup { len, source })?;
-        let mut report = ResetReport { pages_reset: 0, grown: len > snap.size };
+        let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };
         for range in written {
             let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
             for p in start..end {
                 state.table.set(p, snap.initial(p));
             }
             self.discard_range(start, end - start);
-            report.pages_reset += end - start;
+            report.written.extend(start..end);
         }
         Ok(report)
     }
@@ -316,16 +333,33 @@ impl MemoryHandle {
     /// Drops every resident page of an idle, reset memory (they all equal the snapshot); the next
     /// call faults back what it touches. Returns the pages dropped.
     pub fn evict(&self) -> Result<usize, PagerError> {
+        self.evict_pages(None)
+    }
+
+    /// [`MemoryHandle::evict`] of only those of `pages` (ascending) that are resident. No page
+    /// travels: after a reset every resident page equals its initial state, which the memnode
+    /// holds (dirty tracking at its simplest). Pages the memory's own region holds (offloaded
+    /// by [`MemoryHandle::offload_pages`] and fetched back) go back to that state.
+    pub fn evict_pages(&self, pages: Option<&[usize]>) -> Result<usize, PagerError> {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
-        let pages = state.accessible_pages();
+        let limit = state.accessible_pages();
         let mut resident = Vec::new();
-        state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
+        match pages {
+            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
+            Some(pages) => {
+                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
+            }
+        }
         for &p in &resident {
-            state.table.set(p, snap.initial(p));
+            if state.table.is_backed(p) {
+                state.table.set_backed(p, PageState::Remote);
+            } else {
+                state.table.set(p, snap.initial(p));
+            }
         }
         self.discard_pages(&resident);
-        self.shared.stats.pages_evicted.fetch_add(resident.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.pages_dropped_clean.fetch_add(resident.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(resident.len())
     }
 }

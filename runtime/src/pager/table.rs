@@ -23,6 +23,12 @@ pub enum PageState {
     Image = 3,
 }
 
+/// Set beside the state when the memnode holds a current copy of the page (in the memory's own
+/// region): the page was fetched from there and, unless written since, can be dropped without a
+/// write-back.
+const BACKED: u8 = 0b100;
+const STATE: u8 = 0b011;
+
 const CHUNK_PAGES: usize = 4096; // 16 MiB of memory per chunk
 
 #[derive(Debug)]
@@ -40,7 +46,7 @@ impl PageTable {
     pub fn get(&self, page: usize) -> PageState {
         match self.chunks[page / CHUNK_PAGES].get() {
             None => PageState::Zero,
-            Some(chunk) => match chunk[page % CHUNK_PAGES].load(Ordering::Relaxed) {
+            Some(chunk) => match chunk[page % CHUNK_PAGES].load(Ordering::Relaxed) & STATE {
                 1 => PageState::Resident,
                 2 => PageState::Remote,
                 3 => PageState::Image,
@@ -49,13 +55,28 @@ impl PageTable {
         }
     }
 
+    /// Sets a page's state; the memnode copy, if any, is no longer known to be current.
     pub fn set(&self, page: usize, state: PageState) {
+        self.store(page, state as u8);
+    }
+
+    /// Sets a page's state, noting that the memnode holds a current copy of it.
+    pub fn set_backed(&self, page: usize, state: PageState) {
+        self.store(page, state as u8 | BACKED);
+    }
+
+    /// Whether the memnode holds a current copy of the page (see [`PageTable::set_backed`]).
+    pub fn is_backed(&self, page: usize) -> bool {
+        self.chunks[page / CHUNK_PAGES].get().is_some_and(|c| c[page % CHUNK_PAGES].load(Ordering::Relaxed) & BACKED != 0)
+    }
+
+    fn store(&self, page: usize, value: u8) {
         let chunk = &self.chunks[page / CHUNK_PAGES];
-        if state == PageState::Zero && chunk.get().is_none() {
+        if value == PageState::Zero as u8 && chunk.get().is_none() {
             return;
         }
         let chunk = chunk.get_or_init(|| (0..CHUNK_PAGES).map(|_| AtomicU8::new(0)).collect());
-        chunk[page % CHUNK_PAGES].store(state as u8, Ordering::Relaxed);
+        chunk[page % CHUNK_PAGES].store(value, Ordering::Relaxed);
     }
 
     /// Calls `f(page)` for every page in `range` in `state`, skipping chunks never touched.
@@ -104,5 +125,11 @@ mod tests {
         let mut seen = vec![];
         t.for_each_in(0..3 * CHUNK_PAGES + 5, PageState::Remote, |p| seen.push(p));
         assert_eq!(seen, vec![10]);
+        assert!(!t.is_backed(10));
+        t.set_backed(10, PageState::Resident);
+        assert_eq!(t.get(10), PageState::Resident);
+        assert!(t.is_backed(10));
+        t.set(10, PageState::Remote);
+        assert!(!t.is_backed(10));
     }
 }

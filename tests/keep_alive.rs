@@ -1,0 +1,138 @@
+//! Semi-warm keep-alive through the HTTP platform: real `runtime serve` processes (and a real
+//! `memnode` for the failure case) with short policy thresholds, the 64 MiB demo/bigtable.
+
+use std::time::Duration;
+
+use ebb::http::{invoke, metric, upload};
+use ebb::{Memnode, Runtime, TempDir, binary, wait_until};
+
+const TABLE_PAGES: f64 = 16384.0;
+const MIB: f64 = 1048576.0;
+
+fn fmetric(rt: &Runtime, name: &str) -> f64 {
+    metric(rt, &format!("{name}{{function=\"demo/bigtable\"}}"))
+}
+
+fn state(rt: &Runtime, state: &str) -> f64 {
+    metric(rt, &format!("ebb_instances{{function=\"demo/bigtable\",state=\"{state}\"}}"))
+}
+
+/// Starts a runtime with `policy`, semi-warm after 400 ms, a fast drain and a fast tick; runs
+/// one call and waits until the instance is semi-warm and drained. Returns the runtime and the
+/// first call's output.
+fn drained_instance(data: &TempDir, policy: &str, extra: &[&str]) -> (Runtime, String) {
+    let mut args = vec!["--policy", policy, "--semi-warm-after", "400ms", "--drain-rate", "1G", "--policy-tick-ms", "20"];
+    args.extend_from_slice(extra);
+    let rt = Runtime::start(&data.0, &args).unwrap();
+    assert_eq!(upload(&rt, "demo", "bigtable", None).status, 200);
+    let first = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body.starts_with("checksum="), "{}", first.body);
+    // Warm: the local image and the instance's table.
+    let resident = fmetric(&rt, "ebb_function_resident_bytes");
+    assert!(resident >= 128.0 * MIB, "warm resident {resident}");
+    assert!(
+        wait_until(Duration::from_secs(10), || state(&rt, "semi_warm") == 1.0
+            && fmetric(&rt, "ebb_function_resident_bytes") < MIB),
+        "never drained: {} resident, {} semi-warm",
+        fmetric(&rt, "ebb_function_resident_bytes"),
+        state(&rt, "semi_warm")
+    );
+    assert!(fmetric(&rt, "ebb_function_memnode_bytes") >= 64.0 * MIB);
+    (rt, first.body)
+}
+
+#[test]
+fn ebb_warm_then_semi_warm_then_called_prefetches_and_drops_clean_pages() {
+    let data = TempDir::new("ka-ebb");
+    let (rt, checksum) = drained_instance(&data, "ebb", &[]);
+    // Every page that left was clean (the memnode holds the initial state): none written back,
+    // which is exactly the number of pages dirty at the time (calls' writes are reset).
+    let dropped = || fmetric(&rt, "ebb_pages_dropped_clean_total");
+    assert!(wait_until(Duration::from_secs(5), || dropped() >= 2.0 * TABLE_PAGES), "the instance's table and the image: {}", dropped());
+    assert_eq!(fmetric(&rt, "ebb_pages_written_back_total"), 0.0);
+
+    // Called again: the recorded working set comes back in bulk; the call overwrites the whole
+    // table, so every prefetched table page is seen used.
+    let r = invoke(&rt, "demo", "bigtable", "scribble");
+    assert_eq!((r.status, &r.body), (200, &checksum));
+    assert_eq!(fmetric(&rt, "ebb_semi_warm_starts_total"), 1.0);
+    assert!(fmetric(&rt, "ebb_prefetch_pages_total") >= TABLE_PAGES);
+    assert!(fmetric(&rt, "ebb_prefetch_hits_total") >= TABLE_PAGES, "hits {}", fmetric(&rt, "ebb_prefetch_hits_total"));
+    assert!(fmetric(&rt, "ebb_prefetch_misses_total") < 64.0, "misses {}", fmetric(&rt, "ebb_prefetch_misses_total"));
+    assert_eq!(state(&rt, "warm"), 1.0, "the instance is warm again");
+    // The scribble was reset: the next call sees the initial table.
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, checksum);
+    assert_eq!(fmetric(&rt, "ebb_warm_starts_total"), 1.0);
+    assert_eq!(fmetric(&rt, "ebb_cold_starts_total"), 1.0);
+}
+
+#[test]
+fn faasmem_drain_writes_back_and_calls_fault_back() {
+    let data = TempDir::new("ka-faasmem");
+    let (rt, checksum) = drained_instance(&data, "faasmem", &[]);
+    // Without dirty tracking every drained page of the instance travels (the table at least;
+    // the counter is updated at the end of the policy's tick).
+    let written = || fmetric(&rt, "ebb_pages_written_back_total");
+    assert!(wait_until(Duration::from_secs(5), || written() >= TABLE_PAGES), "written back {}", written());
+    let faults = fmetric(&rt, "ebb_call_faults_total");
+    let r = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!((r.status, &r.body), (200, &checksum));
+    // No prefetch: the table faults back (16 pages per fault with the read-around).
+    let faults = fmetric(&rt, "ebb_call_faults_total") - faults;
+    assert!(faults >= TABLE_PAGES / 16.0, "{faults} faults");
+    assert_eq!(fmetric(&rt, "ebb_prefetch_pages_total"), 0.0);
+    assert!(fmetric(&rt, "ebb_function_resident_bytes") >= 64.0 * MIB, "called: resident again");
+}
+
+#[test]
+fn keep_alive_frees_drained_instances() {
+    let data = TempDir::new("ka-expire");
+    let (rt, checksum) = drained_instance(&data, "ebb", &["--keep-alive", "1500ms"]);
+    assert!(wait_until(Duration::from_secs(10), || state(&rt, "semi_warm") == 0.0), "never freed");
+    assert_eq!(state(&rt, "warm"), 0.0);
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, checksum, "a new instance restores from the memnode");
+    assert_eq!(fmetric(&rt, "ebb_cold_starts_total"), 2.0);
+}
+
+#[test]
+fn a_down_memnode_pauses_offloading_and_warm_instances_stay_resident() {
+    let mut memnode = Memnode::start(&[]).unwrap();
+    let data = TempDir::new("ka-down");
+    let args = ["--memnode", memnode.addr.as_str(), "--policy", "ebb", "--semi-warm-after", "400ms", "--policy-tick-ms", "20"];
+    let rt = Runtime::start(&data.0, &args).unwrap();
+    assert_eq!(upload(&rt, "demo", "bigtable", None).status, 200);
+    let checksum = invoke(&rt, "demo", "bigtable", "").body;
+    memnode.kill();
+    assert!(wait_until(Duration::from_secs(5), || metric(&rt, "ebb_memnode_up") == 0.0));
+    let resident = fmetric(&rt, "ebb_function_resident_bytes");
+    std::thread::sleep(Duration::from_millis(800)); // well past the semi-warm threshold
+    assert_eq!(state(&rt, "semi_warm"), 1.0);
+    assert_eq!(fmetric(&rt, "ebb_function_resident_bytes"), resident, "nothing left while the memnode is down");
+    assert!(resident >= 128.0 * MIB, "resident {resident}");
+    // The call runs on what is resident and the local image: no memnode needed.
+    let r = invoke(&rt, "demo", "bigtable", "scribble");
+    assert_eq!((r.status, &r.body), (200, &checksum));
+    assert_eq!(invoke(&rt, "demo", "bigtable", "").body, checksum);
+}
+
+#[test]
+fn invalid_policy_values_are_refused_at_start() {
+    let data = TempDir::new("ka-bad");
+    for (args, expect) in [
+        (&["--drain-rate", "0"][..], "allowed 4K to 1T"),
+        (&["--policy", "lru"][..], "keep-alive, faasmem, ebb or cold"),
+        (&["--semi-warm-after", "20m", "--keep-alive", "10m"][..], "must be shorter than keep-alive"),
+        (&["--init-idle-calls", "0"][..], "allowed 1 to 1000000"),
+    ] {
+        let out = std::process::Command::new(binary("runtime"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data.0)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}

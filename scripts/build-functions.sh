@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 out=functions/build
 flags=(--target=wasm32-wasi --sysroot=/usr -O2 -Wall -Werror -Ifunctions/include -Wl,--strip-all -Wl,--export-table)
-for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp; do
+for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp functions/workloads/*.c; do
   dir=$(basename "$(dirname "$src")")
   name=$(basename "${src%.*}")
   mkdir -p "$out/$dir"

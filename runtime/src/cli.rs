@@ -24,6 +24,9 @@ enum Command {
     Run(RunArgs),
     /// Serve the Faasm-compatible HTTP API.
     Serve(Box<ServeArgs>),
+    /// Replay an invocation trace against one server per policy, side by side; writes CSVs and
+    /// SVG plots and prints a table.
+    Replay(ReplayArgs),
     /// Upload a function to a server.
     Upload {
         user: String,
@@ -164,6 +167,98 @@ impl PolicyArgs {
     }
 }
 
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Trace CSV: Azure Functions 2021 (app,func,end_timestamp,duration) or 2019 (per-minute
+    /// counts).
+    trace: PathBuf,
+    /// Policies to start a server for (each with an embedded memnode).
+    #[arg(long, default_value = "keep-alive,faasmem,ebb,cold", value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Replay against running servers instead (NAME=URL, repeatable); --policies is ignored.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Extra arguments for the servers started (e.g. --server-arg=--semi-warm-min=10s).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Directory of the workload functions (`NAME.wasm`).
+    #[arg(long, default_value = "functions/build/workloads")]
+    functions: PathBuf,
+    /// Workloads the trace's functions map to, round robin: NAME:INPUT,...
+    #[arg(long, default_value = crate::replay::DEFAULT_WORKLOADS)]
+    workloads: String,
+    /// Replay only the first MINUTES of the trace.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Trace time runs this many times faster.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Milliseconds between two memory samples.
+    #[arg(long, default_value_t = 250)]
+    sample_ms: u64,
+    /// Output directory: summary.csv, calls.csv, memory.csv, memory.svg, latency.svg.
+    #[arg(long, default_value = "replay-out")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    if !(args.speed > 0.0 && args.speed <= 1000.0) {
+        anyhow::bail!("--speed {} is out of range: allowed above 0 up to 1000", args.speed);
+    }
+    let mut trace = crate::replay::load_trace(&args.trace)?;
+    if let Some(m) = args.minutes {
+        trace.retain(|c| c.at.as_secs_f64() < m * 60.0);
+    }
+    let data = args.out.join("servers");
+    let mut memnode = None;
+    let targets = if args.targets.is_empty() {
+        let m = memnode.insert(crate::replay::MemnodeProcess::spawn()?);
+        let mut targets = Vec::new();
+        for p in &args.policies {
+            p.parse::<crate::policy::PolicyKind>()?;
+            let dir = data.join(p);
+            let _ = std::fs::remove_dir_all(&dir);
+            targets.push(crate::replay::Target::spawn(p, &dir, &m.addr, &args.server_args)?);
+        }
+        targets
+    } else {
+        args.targets
+            .iter()
+            .map(|t| {
+                let (name, url) = t.split_once('=').with_context(|| format!("--target {t}: expected NAME=URL"))?;
+                Ok(crate::replay::Target::remote(name, url))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let functions: std::collections::HashSet<&str> = trace.iter().map(|c| c.function.as_str()).collect();
+    eprintln!(
+        "replaying {} calls of {} functions ({:.1} min of trace at {}x) against {}",
+        trace.len(),
+        functions.len(),
+        trace.last().map_or(0.0, |c| c.at.as_secs_f64() / 60.0),
+        args.speed,
+        targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let config = crate::replay::ReplayConfig {
+        functions: args.functions.clone(),
+        workloads: crate::replay::parse_workloads(&args.workloads)?,
+        speed: args.speed,
+        sample: Duration::from_millis(args.sample_ms.max(10)),
+        out: args.out.clone(),
+        progress: !args.quiet,
+    };
+    let summaries = crate::replay::replay(&trace, &targets, &config)?;
+    drop(targets);
+    drop(memnode);
+    let _ = std::fs::remove_dir_all(&data);
+    crate::replay::print_table(&summaries);
+    println!("wrote {}/{{summary,calls,memory}}.csv and {{memory,latency}}.svg", args.out.display());
+    Ok(())
+}
+
 /// Where pages go and how they come back.
 #[derive(Debug, Args)]
 pub struct MemoryArgs {
@@ -242,6 +337,7 @@ pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Serve(args) => serve(*args),
+        Command::Replay(args) => replay(args),
         Command::Upload { user, function, file, client } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let (status, body) = client.request("PUT", &format!("/f/{user}/{function}"), &wasm)?;

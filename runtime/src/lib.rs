@@ -6,6 +6,7 @@
 //! - [`registry`] — functions on disk, users' tokens, state.
 //! - [`platform`] — calls: warm instances, chaining, async calls, timeouts, metrics.
 //! - [`policy`] — offload policy: segments, semi-warm timeline, keep-alive.
+//! - [`replay`] — trace replay against servers with different policies (`runtime replay`).
 //! - [`api`] — the Faasm-compatible HTTP API over the platform.
 //! - [`cli`] — the `runtime` command line (the binary is a thin wrapper).
 
@@ -16,3 +17,4 @@ pub mod pager;
 pub mod platform;
 pub mod policy;
 pub mod registry;
+pub mod replay;

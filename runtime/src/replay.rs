@@ -78,7 +78,7 @@ pub fn parse_trace(text: &str) -> anyhow::Result<Vec<TraceCall>> {
              `HashOwner,HashApp,HashFunction,Trigger,1,2,...`"
         );
     }
-    calls.sort_by(|a, b| a.at.cmp(&b.at));
+    calls.sort_by_key(|c| c.at);
     Ok(calls)
 }
 
@@ -272,8 +272,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = ((sorted.len() as f64) * p / 100.0).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
+    // Nearest rank: the smallest value with at least p % of the values at or below it.
+    let mut rank = 1;
+    while rank < sorted.len() && (rank as f64) < sorted.len() as f64 * p / 100.0 {
+        rank += 1;
+    }
+    sorted[rank - 1]
 }
 
 /// Replays `trace` against `targets`; writes `summary.csv`, `calls.csv`, `memory.csv`,

@@ -1,14 +1,19 @@
 //! Bulk movement of a 64 MiB memory over the tcp transport, in one run: the transport's own
 //! stream (a batched read of every page, no faults), an offload, and the fault-back of a fully
-//! offloaded memory touched page by page, without and with read-around. Needs root.
+//! offloaded memory touched page by page, without and with read-around. Then the first call of
+//! a fully offloaded 64 MiB function instance (demo/bigtable, which reads its whole table),
+//! restored lazily by faults (faasmem policy) or with the recorded working set prefetched (ebb
+//! policy), beside a warm call of the same function. Needs root.
 //!
 //! cargo bench --bench restore
 
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ebb::{PagedBuffer, loopback_memnode};
+use ebb::{PagedBuffer, TempDir, function_wasm, loopback_memnode};
 use ebb_runtime::pager::{Pager, PagerConfig};
+use ebb_runtime::platform::{Platform, PlatformConfig};
+use ebb_runtime::policy::{PolicyFile, PolicyKind};
 
 const SIZE: usize = 64 << 20;
 const PAGES: usize = SIZE / 4096;
@@ -62,6 +67,33 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fault_back_64m", |b| b.iter_custom(|iters| fault_back(&p0, iters)));
     let p_ra = pager(255);
     g.bench_function("fault_back_64m_readaround", |b| b.iter_custom(|iters| fault_back(&p_ra, iters)));
+
+    // First call of a fully offloaded 64 MiB instance vs a warm call, over the same memnode.
+    let bigtable = std::fs::read(function_wasm("demo", "bigtable")).expect("bigtable.wasm");
+    let platform = |kind: PolicyKind, dir: &TempDir| {
+        let mut policy = PolicyFile::default();
+        policy.default.kind = kind;
+        let config = PlatformConfig { data_dir: dir.0.clone(), policy, ..Default::default() };
+        let p = Platform::start(config, pager(PagerConfig::default().readaround)).expect("platform");
+        p.upload("bench", "bigtable", &bigtable).expect("upload");
+        // The first call initialises; the first after an offload records the working set.
+        p.invoke("bench", "bigtable", b"").expect("bigtable");
+        p.offload("bench", "bigtable").expect("offload");
+        p.invoke("bench", "bigtable", b"").expect("bigtable");
+        p
+    };
+    let (d1, d2) = (TempDir::new("bench-restore-ebb"), TempDir::new("bench-restore-faasmem"));
+    let (ebb, faasmem) = (platform(PolicyKind::Ebb, &d1), platform(PolicyKind::Faasmem, &d2));
+    g.bench_function("warm_call_64m", |b| b.iter(|| ebb.invoke("bench", "bigtable", b"").expect("bigtable")));
+    for (id, p) in [("first_call_offloaded_64m_prefetch", &ebb), ("first_call_offloaded_64m_lazy", &faasmem)] {
+        g.bench_function(id, |b| {
+            b.iter_batched(
+                || p.offload("bench", "bigtable").expect("offload"),
+                |_| p.invoke("bench", "bigtable", b"").expect("bigtable"),
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -4,8 +4,12 @@
 #  - libclang-dev: the userfaultfd crate generates its bindings with bindgen at build time.
 #  - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32, libc++(abi)-14-dev-wasm32: build the C and
 #    C++ guest functions to wasm32-wasi.
+#  - pkg-config, libibverbs-dev, librdmacm-dev: the rdma transport (rdma-sys links the system verbs
+#    libraries); ibverbs-providers: the soft-RoCE provider copied into the test guest.
+#  - busybox-static, cpio, kmod, xz-utils: the soft-RoCE guest's initramfs (scripts/softroce.sh).
 set -euo pipefail
-pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32)
+pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32
+  pkg-config libibverbs-dev librdmacm-dev ibverbs-providers busybox-static cpio kmod xz-utils iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

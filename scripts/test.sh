@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, builds, runs every test (unit, integration, the
-# real-process failure tests), and compiles the benches. Run as root (userfaultfd needs it).
+# real-process failure tests), compiles the benches, and runs the RDMA suite in soft-RoCE qemu guests
+# (scripts/softroce.sh). Run as root (userfaultfd needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+# The RDMA suite for real, in soft-RoCE qemu guests (EBB_SKIP_SOFTROCE=1 skips it, loudly).
+scripts/softroce.sh all

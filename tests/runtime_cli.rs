@@ -83,3 +83,12 @@ fn runtime_without_userfaultfd_says_what_to_change() {
     assert!(!out.status.success());
     assert!(stderr.contains("userfaultfd is not available") && stderr.contains("/dev/userfaultfd"), "{stderr}");
 }
+
+#[test]
+fn run_over_rdma_without_the_device_names_what_exists_and_tcp() {
+    let out = run(&["--memnode", "rdma://127.0.0.1:9", "--rdma-device", "nosuch0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no RDMA device named nosuch0: this machine has "), "{stderr}");
+    assert!(stderr.contains("Use a tcp:// memnode address instead"), "{stderr}");
+}

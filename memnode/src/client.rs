@@ -43,8 +43,10 @@ pub enum TransportError {
     Checksum { region: RegionId, page: u64 },
     #[error("The memnode at {addr} sent an unexpected reply to {op}: {detail}")]
     Protocol { addr: String, op: &'static str, detail: String },
-    #[error("Unsupported memnode address `{0}`: use HOST:PORT or tcp://HOST:PORT")]
+    #[error("Unsupported memnode address `{0}`: use HOST:PORT, tcp://HOST:PORT or rdma://HOST:PORT")]
     BadAddress(String),
+    #[error("RDMA with the memnode at {addr} failed: {source}")]
+    Rdma { addr: String, #[source] source: crate::rdma::RdmaError },
 }
 
 impl TransportError {
@@ -176,6 +178,8 @@ pub struct TcpConfig {
     /// Pages per read frame (at most 256). Smaller frames let a caller use the first pages of a
     /// batch sooner ([`Transport::read_pages_streaming`]) at a few more headers. Default 64.
     pub read_frame_pages: usize,
+    /// `rdma://` addresses: the local RDMA device to use. Default: the first one.
+    pub rdma_device: Option<String>,
 }
 
 impl fmt::Debug for TcpConfig {
@@ -197,6 +201,7 @@ impl Default for TcpConfig {
             spin: Duration::from_micros(50),
             window: 8,
             read_frame_pages: 64,
+            rdma_device: None,
         }
     }
 }
@@ -227,7 +232,7 @@ impl fmt::Debug for TcpTransport {
     }
 }
 
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     next_tag: u64,
     buf: Vec<u8>,
@@ -387,6 +392,31 @@ impl TcpTransport {
             Err(_) => {}
         }
         result
+    }
+
+    /// A new authenticated connection outside the pool (the RDMA transport keeps one for its
+    /// queue pairs, which the memnode destroys when it closes).
+    pub(crate) fn open_conn(&self) -> Result<Conn, TransportError> {
+        self.open()
+    }
+
+    /// One single-frame request and its reply payload, on `conn` or a pooled connection.
+    pub(crate) fn request(
+        &self,
+        conn: Option<&mut Conn>,
+        name: &'static str,
+        op: Op,
+        region: u64,
+        payload: &[u8],
+    ) -> Result<(Header, Vec<u8>), TransportError> {
+        let run = |conn: &mut Conn| {
+            let h = self.call(name).simple(conn, op, region, payload)?;
+            Ok((h, std::mem::take(&mut conn.buf)))
+        };
+        match conn {
+            Some(conn) => run(conn),
+            None => self.with_conn(true, run),
+        }
     }
 
     fn simple_op(&self, name: &'static str, op: Op, region: u64, payload: &[u8]) -> Result<Header, TransportError> {
@@ -576,12 +606,12 @@ impl<T: Transport> Transport for CountingTransport<T> {
     }
 }
 
-/// Connects to the memnode named by `addr`, choosing the backend from its form.
+/// Connects to the memnode named by `addr`, choosing the backend from its form: `rdma://HOST:PORT`
+/// (control plane over TCP at HOST:PORT, pages by one-sided RDMA), else `tcp://HOST:PORT` or
+/// `HOST:PORT`.
 pub fn connect(addr: &str, config: TcpConfig) -> Result<Arc<dyn Transport>, TransportError> {
-    if addr.starts_with("rdma://") {
-        return Err(TransportError::BadAddress(format!(
-            "{addr} (this build has no RDMA transport yet; start the memnode with --listen HOST:PORT and use tcp://)"
-        )));
+    if let Some(hostport) = addr.strip_prefix("rdma://") {
+        return Ok(Arc::new(crate::rdma::RdmaTransport::connect(hostport, config)?));
     }
     Ok(Arc::new(TcpTransport::connect(addr, config)?))
 }

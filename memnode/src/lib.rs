@@ -9,6 +9,7 @@
 pub mod client;
 mod net;
 pub mod proto;
+pub mod rdma;
 pub mod server;
 pub mod store;
 pub mod tokens;

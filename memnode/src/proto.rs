@@ -102,7 +102,45 @@ pub enum Op {
     Write = 7,
     /// `region`, payload: `u64` new size in bytes. Growing keeps contents; shrinking drops the tail.
     Resize = 8,
+    /// Payload: the client's [`QpInfo`]. The memnode creates a queue pair for this connection (in
+    /// the client identity's protection domain), connects it, and replies with its own
+    /// [`QpInfo`]. The queue pair lives as long as this TCP connection. Refused with `BadRequest`
+    /// by a memnode started without `--rdma-device`.
+    RdmaConnect = 9,
+    /// `region`. Empty payload. Reply payload: [`RegionKey`], the address and remote key of the
+    /// region's memory, registered in the identity's protection domain (valid until the region is
+    /// freed or resized).
+    RdmaRegion = 10,
 }
+
+/// One end of an RDMA reliable connection, exchanged over the TCP control plane.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct QpInfo {
+    /// Queue pair number.
+    pub qpn: U32,
+    /// First packet sequence number.
+    pub psn: U32,
+    /// Port LID (InfiniBand; 0 on RoCE).
+    pub lid: U16,
+    /// Path MTU code (`ibv_mtu`: 1 = 256 … 5 = 4096) of the port; both ends use the smaller.
+    pub mtu: U16,
+    /// GID (RoCE: the address the peer routes to).
+    pub gid: [u8; 16],
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<QpInfo>() == 32);
+
+/// Where a region's memory is for one-sided RDMA.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct RegionKey {
+    pub addr: U64,
+    pub len: U64,
+    pub rkey: U32,
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<RegionKey>() == 24);
 
 impl Op {
     pub fn from_u16(v: u16) -> Option<Op> {
@@ -115,6 +153,8 @@ impl Op {
             6 => Op::Read,
             7 => Op::Write,
             8 => Op::Resize,
+            9 => Op::RdmaConnect,
+            10 => Op::RdmaRegion,
             _ => return None,
         })
     }
@@ -216,7 +256,8 @@ pub fn check_request(header: &Header) -> Result<Op, FrameError> {
     let arg = header.arg.get();
     let count = arg as usize;
     let ok = match op {
-        Op::Hello | Op::Free | Op::Stats => len == 0,
+        Op::Hello | Op::Free | Op::Stats | Op::RdmaRegion => len == 0,
+        Op::RdmaConnect => len == size_of::<QpInfo>(),
         Op::Auth => len <= MAX_TOKEN_LEN,
         Op::Alloc | Op::Resize => len == 8,
         Op::Read => count <= MAX_PAGES_PER_FRAME && len == count * 8,

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::net::{read_frame_start, spin_until_readable};
 use crate::proto::{self, ErrorCode, FrameError, Header, Op, PageDesc, HEADER_LEN, PAGE_SIZE, REPLY_BIT, VERSION};
+use crate::rdma::{Fabric, FabricError, Qp};
 use crate::store::{Identity, RegionId, Store, StoreError};
 pub use crate::tokens::{TokenFileError, Tokens};
 
@@ -31,11 +32,14 @@ pub struct ServerConfig {
     /// How long a connection thread busy-polls for the next request before blocking. Spinning
     /// costs a CPU while a client is active; it saves a wake-up per request. Default 50 µs.
     pub spin: Duration,
+    /// The RDMA device clients may read and write regions through (`--rdma-device`). Without
+    /// it `RdmaConnect` and `RdmaRegion` are refused and only the TCP data path serves.
+    pub rdma: Option<Arc<Fabric>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { tokens: None, max_connections: 1024, spin: Duration::from_micros(50) }
+        ServerConfig { tokens: None, max_connections: 1024, spin: Duration::from_micros(50), rdma: None }
     }
 }
 
@@ -177,6 +181,8 @@ struct Connection<'s> {
     state: State,
     payload: Vec<u8>,
     scratch: Vec<u8>,
+    /// Queue pairs this client connected over this connection; destroyed with it.
+    qps: Vec<Qp>,
 }
 
 impl<'s> Connection<'s> {
@@ -190,6 +196,7 @@ impl<'s> Connection<'s> {
             state: State::New,
             payload: Vec::new(),
             scratch: Vec::new(),
+            qps: Vec::new(),
         })
     }
 
@@ -281,10 +288,20 @@ impl<'s> Connection<'s> {
             }
         };
         let store = self.server.store.clone();
+        let fabric = self.server.config.rdma.clone();
+        // A free or resize first deregisters the region's RDMA memory region, if any.
+        let change = |f: &dyn Fn() -> Result<u64, StoreError>| match &fabric {
+            Some(fabric) => fabric.change_region(region, f),
+            None => f(),
+        };
         let result = match op {
             Op::Alloc => store.alloc(&identity, proto::decode_u64(&self.payload).unwrap_or(0)).map(|id| id.0),
-            Op::Resize => store.resize(&identity, region, proto::decode_u64(&self.payload).unwrap_or(0)).map(|()| region.0),
-            Op::Free => store.free(&identity, region).map(|()| region.0),
+            Op::Resize => {
+                let size = proto::decode_u64(&self.payload).unwrap_or(0);
+                change(&|| store.resize(&identity, region, size).map(|()| region.0))
+            }
+            Op::Free => change(&|| store.free(&identity, region).map(|()| region.0)),
+            Op::RdmaConnect | Op::RdmaRegion => return self.rdma(fabric.as_deref(), &store, &identity, h, op),
             Op::Stats => {
                 let stats = self.server.stats();
                 self.reply(op, tag, 0, 0, stats.as_bytes())?;
@@ -297,6 +314,30 @@ impl<'s> Connection<'s> {
         match result {
             Ok(region) => self.reply(op, tag, region, 0, &[])?,
             Err(e) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+        }
+        Ok(Next::Continue)
+    }
+
+    fn rdma(&mut self, fabric: Option<&Fabric>, store: &Store, identity: &Identity, h: &Header, op: Op) -> io::Result<Next> {
+        let (tag, region) = (h.tag.get(), RegionId(h.region.get()));
+        let Some(fabric) = fabric else {
+            let msg = "this memnode has no RDMA device: start it with --rdma-device DEV, or use a tcp:// address";
+            self.error(tag, region.0, ErrorCode::BadRequest, msg)?;
+            return Ok(Next::Continue);
+        };
+        let reply = if op == Op::RdmaConnect {
+            let peer = proto::QpInfo::read_from_bytes(&self.payload).unwrap_or_default();
+            fabric.connect(identity, &peer).map_err(FabricError::from).map(|(qp, info)| {
+                self.qps.push(qp);
+                info.as_bytes().to_vec()
+            })
+        } else {
+            fabric.region_key(store, identity, region).map(|k| k.as_bytes().to_vec())
+        };
+        match reply {
+            Ok(payload) => self.reply(op, tag, region.0, 0, &payload)?,
+            Err(FabricError::Store(e)) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+            Err(FabricError::Rdma(e)) => self.error(tag, region.0, ErrorCode::BadRequest, &format!("RDMA on {}: {e}", fabric.device()))?,
         }
         Ok(Next::Continue)
     }

@@ -138,6 +138,14 @@ impl Store {
         }
     }
 
+    /// The address and length of `owner`'s region `id`, for registering it with an RDMA device.
+    /// The mapping stays where it is until the region is freed or resized.
+    pub fn region_memory(&self, owner: &Identity, id: RegionId) -> Result<(*mut u8, usize), StoreError> {
+        let region = self.region(owner, id)?;
+        let mut mem = region.mem.write().unwrap_or_else(|e| e.into_inner());
+        Ok((mem.as_mut_ptr(), mem.len()))
+    }
+
     /// Releases a region and its memory.
     pub fn free(&self, owner: &Identity, id: RegionId) -> Result<(), StoreError> {
         let mut r = self.lock();

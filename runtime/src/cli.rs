@@ -262,10 +262,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 /// Where pages go and how they come back.
 #[derive(Debug, Args)]
 pub struct MemoryArgs {
-    /// Memnode to page to (HOST:PORT or tcp://HOST:PORT). Without it an embedded, in-process
-    /// memnode is used.
+    /// Memnode to page to: HOST:PORT or tcp://HOST:PORT (pages over TCP), rdma://HOST:PORT
+    /// (control over TCP at HOST:PORT, pages by one-sided RDMA). Without it an embedded,
+    /// in-process memnode is used.
     #[arg(long)]
     pub memnode: Option<String>,
+    /// Local RDMA device for an rdma:// memnode (default: the first one).
+    #[arg(long)]
+    pub rdma_device: Option<String>,
     /// Token for the memnode (its token file's secret). Default: a random per-process token.
     #[arg(long, env = "EBB_MEMNODE_TOKEN")]
     pub token: Option<String>,
@@ -291,7 +295,11 @@ impl MemoryArgs {
     pub fn pager(&self) -> anyhow::Result<Arc<Pager>> {
         let transport: Arc<dyn Transport> = match &self.memnode {
             Some(addr) => {
-                let mut config = TcpConfig { timeout: Duration::from_millis(self.memnode_timeout_ms), ..Default::default() };
+                let mut config = TcpConfig {
+                    timeout: Duration::from_millis(self.memnode_timeout_ms),
+                    rdma_device: self.rdma_device.clone(),
+                    ..Default::default()
+                };
                 if let Some(token) = &self.token {
                     config.token = token.clone();
                 }

@@ -132,7 +132,8 @@ impl Target {
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--policy", policy, "--memnode", memnode, "--data-dir"])
             .arg(data_dir)
-            .args(extra);
+            .args(extra)
+            .stderr(Stdio::null());
         let (child, addr) = spawn_listening(cmd, "runtime listening on ")?;
         Ok(Target { name: policy.to_string(), url: format!("http://{addr}"), child: Some(child) })
     }
@@ -150,9 +151,10 @@ impl Target {
     }
 }
 
-/// Starts a server and reads its first stdout line, `PREFIX ADDR ...`; returns it and ADDR.
-fn spawn_listening(mut cmd: Command, prefix: &str) -> anyhow::Result<(Child, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+/// Starts a server (`runtime serve`, `memnode`) and waits for its first stdout line,
+/// `PREFIX ADDR ...`; returns the child and ADDR.
+pub fn spawn_listening(mut cmd: Command, prefix: &str) -> anyhow::Result<(Child, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
     let stdout = child.stdout.take().context("piped stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -182,7 +184,7 @@ impl MemnodeProcess {
             bail!("{} is missing: build it (`cargo build -p ebb-memnode`) beside the runtime", memnode.display());
         }
         let mut cmd = Command::new(memnode);
-        cmd.args(["--listen", "127.0.0.1:0", "--capacity", "64G"]);
+        cmd.args(["--listen", "127.0.0.1:0", "--capacity", "64G"]).stderr(Stdio::null());
         let (child, addr) = spawn_listening(cmd, "memnode listening on ")?;
         Ok(MemnodeProcess { addr, child })
     }

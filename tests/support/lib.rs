@@ -1,11 +1,11 @@
 //! Helpers shared by the integration tests and benches: real processes, polling, test modules.
 
-use std::io::{BufRead, BufReader};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use ebb_runtime::replay::spawn_listening;
 
 pub mod http;
 
@@ -51,22 +51,6 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
     path
-}
-
-/// Spawns a server and waits for its first stdout line, `PREFIX ADDR ...`; returns the child and
-/// the address.
-fn spawn_listening(mut cmd: Command, prefix: &str) -> anyhow::Result<(Child, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    match line.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()) {
-        Some(addr) => Ok((child, addr.to_string())),
-        None => {
-            let _ = child.kill();
-            bail!("{cmd:?} did not start: printed {line:?}");
-        }
-    }
 }
 
 /// A real `memnode` process on a free loopback port, killed on drop.

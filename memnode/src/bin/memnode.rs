@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ebb_memnode::rdma::Fabric;
 use ebb_memnode::server::{Server, ServerConfig, Tokens};
 use ebb_memnode::{parse_size, Store};
 
@@ -27,6 +28,10 @@ struct Args {
     /// Microseconds a connection thread busy-polls for the next request before blocking.
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
+    /// RDMA device to serve pages through by one-sided verbs (e.g. mlx4_0, rxe0); clients then
+    /// use rdma://HOST:PORT. The TCP data path keeps working.
+    #[arg(long)]
+    rdma_device: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,11 +46,16 @@ fn main() -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}: is another memnode running there?", args.listen))?;
-    let config = ServerConfig { tokens, spin: Duration::from_micros(args.spin_us), ..Default::default() };
+    let rdma = match &args.rdma_device {
+        Some(dev) => Some(Arc::new(Fabric::open(dev).with_context(|| format!("--rdma-device {dev}"))?)),
+        None => None,
+    };
+    let config = ServerConfig { tokens, spin: Duration::from_micros(args.spin_us), rdma, ..Default::default() };
     let server = Server::new(Arc::new(Store::new(args.capacity)), config);
     let handle = server.spawn(listener)?;
     // Tests and scripts wait for this line.
-    println!("memnode listening on {} with {} bytes", handle.local_addr(), args.capacity);
+    let rdma = args.rdma_device.as_deref().map(|d| format!(", RDMA on {d}")).unwrap_or_default();
+    println!("memnode listening on {} with {} bytes{rdma}", handle.local_addr(), args.capacity);
     handle.join();
     Ok(())
 }

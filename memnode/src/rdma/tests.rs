@@ -1,0 +1,145 @@
+//! The rdma transport against an in-process memnode server with an RDMA device. The tests that
+//! need a device are ignored on machines without one; `scripts/softroce.sh` runs them
+//! (`--include-ignored`) inside a qemu guest with a soft-RoCE device.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use super::*;
+use crate::client::{TcpConfig, Transport, TransportError};
+use crate::proto::{ErrorCode, PAGE_SIZE};
+use crate::server::{Server, ServerConfig, ServerHandle, Tokens};
+use crate::store::Store;
+
+/// The device under test: `EBB_RDMA_DEVICE`, or the first one.
+fn device() -> String {
+    std::env::var("EBB_RDMA_DEVICE").ok().or_else(|| device_names().into_iter().next()).expect("an RDMA device")
+}
+
+fn server(rdma: bool, tokens: Option<Tokens>) -> ServerHandle {
+    let fabric = rdma.then(|| Arc::new(Fabric::open(&device()).expect("open the RDMA device")));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    Server::new(Arc::new(Store::new(256 << 20)), ServerConfig { rdma: fabric, tokens, ..Default::default() })
+        .spawn(listener)
+        .unwrap()
+}
+
+fn connect(s: &ServerHandle, token: Option<&str>) -> RdmaTransport {
+    let mut config = TcpConfig { rdma_device: Some(device()), ..Default::default() };
+    if let Some(t) = token {
+        config.token = t.into();
+    }
+    RdmaTransport::connect(&s.local_addr().to_string(), config).expect("rdma connect")
+}
+
+#[allow(clippy::cast_possible_truncation, reason = "a byte pattern")]
+fn pattern(pages: usize, seed: u8) -> Vec<u8> {
+    (0..pages * PAGE_SIZE).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i / PAGE_SIZE) as u8).collect()
+}
+
+#[test]
+fn a_missing_device_is_named_with_the_available_ones() {
+    let config = TcpConfig { rdma_device: Some("nosuch0".into()), ..Default::default() };
+    let err = RdmaTransport::connect("127.0.0.1:9", config).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TransportError::Rdma { source: RdmaError::NoDevice { .. }, .. }), "{msg}");
+    assert!(msg.contains("no RDMA device named nosuch0: this machine has "), "{msg}");
+    assert!(msg.contains("tcp://"), "{msg}");
+    let available = device_names();
+    if available.is_empty() {
+        assert!(msg.contains("has none"), "{msg}");
+    } else {
+        assert!(available.iter().all(|d| msg.contains(d.as_str())), "{msg}");
+    }
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/softroce.sh runs it in a soft-RoCE guest"]
+fn pages_round_trip_by_one_sided_reads_and_writes() {
+    let s = server(true, None);
+    let t = connect(&s, Some("roundtrip-secret"));
+    assert_eq!(t.kind(), "rdma");
+    let region = t.alloc(4096 * PAGE_SIZE as u64).unwrap();
+    // Runs longer than a work request, scattered pages, and more requests than the window.
+    let pages: Vec<u64> = (0..300).chain((1000..3000).step_by(3)).chain([4095, 3500, 4000]).collect();
+    let data = pattern(pages.len(), 7);
+    t.write_pages(region, &pages, &data).unwrap();
+    let mut out = vec![0u8; data.len()];
+    t.read_pages(region, &pages, &mut out).unwrap();
+    assert!(out == data, "pages read back by RDMA differ from those written");
+    // Streaming delivers every page exactly once, in runs.
+    let mut seen = vec![0u32; pages.len()];
+    let mut out2 = vec![0u8; data.len()];
+    t.read_pages_streaming(region, &pages, &mut out2, &mut |range, bytes| {
+        assert_eq!(bytes.len(), range.len() * PAGE_SIZE);
+        for i in range {
+            seen[i] += 1;
+        }
+    })
+    .unwrap();
+    assert!(seen.iter().all(|&n| n == 1) && out2 == data);
+    // The TCP path of the same identity sees what RDMA wrote: one store behind both.
+    let config = TcpConfig { token: "roundtrip-secret".into(), ..Default::default() };
+    let tcp = crate::client::TcpTransport::connect(&s.local_addr().to_string(), config).unwrap();
+    let mut via_tcp = vec![0u8; data.len()];
+    tcp.read_pages(region, &pages, &mut via_tcp).unwrap();
+    assert!(via_tcp == data, "the TCP path reads other bytes than RDMA wrote");
+    // Out of range is refused before anything is posted.
+    let err = t.read_pages(region, &[4096], &mut [0u8; PAGE_SIZE]).unwrap_err();
+    assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::OutOfRange), .. }), "{err}");
+    // Resizing re-registers: contents stay, the new tail reads as zeros.
+    t.resize(region, 8192 * PAGE_SIZE as u64).unwrap();
+    t.read_pages(region, &pages, &mut out).unwrap();
+    assert!(out == data, "contents changed across a resize");
+    let mut tail = vec![1u8; PAGE_SIZE];
+    t.read_pages(region, &[8000], &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0));
+    t.free(region).unwrap();
+    assert!(t.stats().unwrap().regions.get() == 0);
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/softroce.sh runs it in a soft-RoCE guest"]
+fn guessed_and_stale_keys_cannot_reach_other_regions() {
+    let tokens = Tokens::from_pairs([("alice", "a-secret"), ("bob", "b-secret")]);
+    let s = server(true, Some(tokens));
+    let alice = connect(&s, Some("a-secret"));
+    let region = alice.alloc(64 * PAGE_SIZE as u64).unwrap();
+    let secret = pattern(1, 42);
+    alice.write_pages(region, &[0], &secret).unwrap();
+    let key = alice.region_key(region).unwrap();
+    assert_eq!(alice.read_raw(key.addr.get(), key.rkey.get(), PAGE_SIZE).unwrap(), secret, "the owner reads its page");
+
+    // Bob asks the memnode for Alice's region: refused as if it did not exist.
+    let bob = connect(&s, Some("b-secret"));
+    let err = bob.region_key(region).unwrap_err();
+    assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::NoSuchRegion), .. }), "{err}");
+    // Bob knows (or guesses) Alice's address and key: his queue pair is in another protection
+    // domain, so the READ fails at the memnode's device.
+    let err = bob.read_raw(key.addr.get(), key.rkey.get(), PAGE_SIZE).unwrap_err();
+    assert!(matches!(err, TransportError::Rdma { source: RdmaError::Completion { .. }, .. }), "guessed key: {err}");
+
+    // A stale key: Alice frees the region and allocates another; the old key fails even for her.
+    alice.free(region).unwrap();
+    let again = alice.alloc(64 * PAGE_SIZE as u64).unwrap();
+    alice.write_pages(again, &[0], &pattern(1, 1)).unwrap();
+    let new_key = alice.region_key(again).unwrap();
+    let err = alice.read_raw(key.addr.get(), key.rkey.get(), PAGE_SIZE).unwrap_err();
+    assert!(matches!(err, TransportError::Rdma { source: RdmaError::Completion { .. }, .. }), "stale key: {err}");
+    // That READ broke only its own lane (queue pair); a fresh client still works.
+    let alice2 = connect(&s, Some("a-secret"));
+    let mut out = vec![0u8; PAGE_SIZE];
+    alice2.read_pages(again, &[0], &mut out).unwrap();
+    assert_eq!(out, pattern(1, 1));
+    assert!(new_key.rkey.get() != key.rkey.get() || new_key.addr.get() != key.addr.get());
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/softroce.sh runs it in a soft-RoCE guest"]
+fn a_memnode_without_a_device_refuses_rdma_clearly() {
+    let s = server(false, None);
+    let err = RdmaTransport::connect(&s.local_addr().to_string(), TcpConfig { rdma_device: Some(device()), ..Default::default() })
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::BadRequest), .. }), "{err}");
+    assert!(err.to_string().contains("--rdma-device"), "{err}");
+}

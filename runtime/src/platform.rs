@@ -110,6 +110,8 @@ struct FunctionMetrics {
     dropped_clean: u64,
     reuse: ReuseStats,
     last_call: Option<Instant>,
+    /// Calls since the policy dropped the function's local image.
+    calls_since_image_drop: u64,
 }
 
 const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0];
@@ -298,6 +300,7 @@ impl Platform {
             let m = metrics.entry(f.name.clone()).or_default();
             m.reuse.record(start);
             m.last_call = Some(end);
+            m.calls_since_image_drop += 1;
             m.faults += instance.last_call.faulted.len() as u64;
             match phase {
                 None => m.cold_starts += 1,
@@ -353,9 +356,11 @@ impl Platform {
         }
         for (key, f) in self.registry.all() {
             let policy = self.policy_of(&f).clone();
-            let (semi_warm_after, last_call) = {
+            let (semi_warm_after, last_call, calls_since_drop) = {
                 let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-                metrics.get(&f.name).map_or((policy.semi_warm_min, None), |m| (m.reuse.semi_warm_after(&policy), m.last_call))
+                metrics.get(&f.name).map_or((policy.semi_warm_min, None, 0), |m| {
+                    (m.reuse.semi_warm_after(&policy), m.last_call, m.calls_since_image_drop)
+                })
             };
             let mut moved = Moved::default();
             {
@@ -372,20 +377,29 @@ impl Platform {
                 }
                 idle.retain(|i| !i.instance.must_discard());
             }
-            if up
-                && policy.kind.offloads()
-                && f.busy.load(Ordering::Relaxed) == 0
-                && last_call.is_some_and(|t| now.saturating_duration_since(t) >= semi_warm_after)
-                && let Some(snap) = f.snapshot()
-            {
-                let dropped = snap.drop_local() as u64 / PAGE;
-                moved.dropped_clean += dropped;
+            let mut image_dropped = false;
+            if let Some(snap) = f.snapshot().filter(|_| up && policy.kind.offloads()) {
+                let idle_for = last_call.map(|t| now.saturating_duration_since(t));
+                if snap.is_local() && f.busy.load(Ordering::Relaxed) == 0 && idle_for.is_some_and(|d| d >= semi_warm_after) {
+                    // Semi-warm: the local copy of the initial state goes too.
+                    moved.dropped_clean += snap.drop_local() as u64 / PAGE;
+                    image_dropped = true;
+                } else if !snap.is_local() && calls_since_drop >= 2 && idle_for.is_some_and(|d| d < semi_warm_after) {
+                    // Warm again (a second call since the drop): fetch the image back, off the
+                    // calls' path, so resets restore from local memory again.
+                    if let Err(e) = snap.restore_local() {
+                        tracing::warn!("could not fetch the initial state of {key} back: {e}");
+                    }
+                }
             }
-            if moved.written_back + moved.dropped_clean > 0 {
+            if moved.written_back + moved.dropped_clean > 0 || image_dropped {
                 let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
                 let m = metrics.entry(f.name.clone()).or_default();
                 m.written_back += moved.written_back;
                 m.dropped_clean += moved.dropped_clean;
+                if image_dropped {
+                    m.calls_since_image_drop = 0;
+                }
             }
         }
     }

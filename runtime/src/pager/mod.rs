@@ -765,7 +765,7 @@ impl MemoryHandle {
         if dirty_tracking && state.tracked() {
             let mut ranges = Vec::new();
             let len = limit * PAGE_SIZE;
-            sys::scan_written(state.base(), state.base() + len, &mut ranges)
+            sys::scan_written(state.base(), state.base() + len, true, &mut ranges)
                 .map_err(|source| PagerError::Setup { len, source })?;
             for r in ranges {
                 written.extend((r.start - state.base()) / PAGE_SIZE..(r.end - state.base()) / PAGE_SIZE);

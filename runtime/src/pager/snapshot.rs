@@ -69,6 +69,31 @@ impl Snapshot {
         image.map_or(0, |_| self.nonzero_count * PAGE_SIZE)
     }
 
+    /// Fetches the local image back from the memnode (the function is warm again): resets then
+    /// restore written pages from local memory instead of faulting them back one by one.
+    /// Returns the bytes fetched (0 if the image is already held).
+    pub fn restore_local(&self) -> Result<usize, PagerError> {
+        if self.is_local() {
+            return Ok(0);
+        }
+        let mut image = MmapMut::map_anon(self.size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: self.size, source })?;
+        let pages: Vec<u64> = (0..self.nonzero.len()).filter(|&p| self.nonzero[p]).map(|p| p as u64).collect();
+        let mut buf = vec![0u8; PREFETCH_BATCH.min(pages.len()) * PAGE_SIZE];
+        for chunk in pages.chunks(PREFETCH_BATCH) {
+            let buf = &mut buf[..chunk.len() * PAGE_SIZE];
+            self.transport.read_pages(self.region, chunk, buf)?;
+            for (i, &p) in chunk.iter().enumerate() {
+                let p = usize::try_from(p).expect("page index");
+                image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(&buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+            }
+        }
+        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+        if local.is_none() {
+            *local = Some(image);
+        }
+        Ok(pages.len() * PAGE_SIZE)
+    }
+
     /// The recorded working set (ascending page indexes).
     pub fn working_set(&self) -> Vec<usize> {
         self.working_set.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -117,6 +142,10 @@ impl Drop for Snapshot {
         }
     }
 }
+
+/// Most pages a reset restores in place from the local image (16 MiB); a call that wrote more
+/// has its written pages dropped instead, so large scratch areas do not stay resident.
+pub const RESTORE_IN_PLACE_MAX: usize = 4096;
 
 /// Pages per transport call when prefetching (4 MiB).
 const PREFETCH_BATCH: usize = 1024;
@@ -252,15 +281,52 @@ impl MemoryHandle {
     }
 
     /// Returns the memory to its initial state after a call: the pages the call wrote (and only
-    /// those) are dropped and take their initial state again.
+    /// those) take their initial content again. While the function's local image is held and the
+    /// call wrote at most [`RESTORE_IN_PLACE_MAX`] pages, they are restored in place (a copy per
+    /// page, then write-protected again: no fault at the next touch); otherwise they are dropped
+    /// and fault back from the image or the memnode when touched.
     pub fn reset(&self) -> Result<ResetReport, PagerError> {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("reset needs a captured or adopted snapshot"))?;
         let len = state.accessible_pages() * PAGE_SIZE;
+        let local = snap.local();
         let mut written = Vec::new();
-        sys::scan_written(state.base(), state.base() + len, &mut written)
-            .map_err(|source| PagerError::Setup { len, source })?;
+        let scan = |reprotect, out: &mut Vec<_>| {
+            sys::scan_written(state.base(), state.base() + len, reprotect, out).map_err(|source| PagerError::Setup { len, source })
+        };
         let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };
+        // The image and a memory that did not grow: look first, without re-protecting.
+        if let Some(image) = local.as_deref().filter(|_| !report.grown) {
+            scan(false, &mut written)?;
+            let pages: usize = written.iter().map(|r| r.len() / PAGE_SIZE).sum();
+            if pages <= RESTORE_IN_PLACE_MAX {
+                for range in &written {
+                    let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
+                    // SAFETY: pages `start..end` are resident (just written) and inside the
+                    // accessible part of this memory, whose instance is idle.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(range.start as *mut u8, range.len()) };
+                    for (i, p) in (start..end).enumerate() {
+                        let page = &mut dst[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                        if snap.holds(p) {
+                            page.copy_from_slice(&image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+                        } else {
+                            page.fill(0);
+                        }
+                        state.table.set(p, PageState::Resident);
+                    }
+                    // Protected after the copy, so the copy itself does not count as a write.
+                    state
+                        .uffd
+                        .write_protect(range.start as *mut _, range.len())
+                        .map_err(|e| PagerError::Setup { len: range.len(), source: std::io::Error::other(e.to_string()) })?;
+                    report.written.extend(start..end);
+                }
+                return Ok(report);
+            }
+            written.clear();
+        }
+        drop(local);
+        scan(true, &mut written)?;
         for range in written {
             let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
             for p in start..end {

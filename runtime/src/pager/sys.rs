@@ -187,15 +187,16 @@ fn pagemap() -> io::Result<&'static std::fs::File> {
 }
 
 /// Appends to `out` the address ranges in `[start, end)` written since they were last
-/// write-protected, and write-protects them again (one atomic PAGEMAP_SCAN pass). Needs a range
-/// registered in uffd write-protect mode with UFFD_FEATURE_WP_ASYNC.
-pub fn scan_written(start: usize, end: usize, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
+/// write-protected, and with `reprotect` write-protects them again in the same atomic
+/// PAGEMAP_SCAN pass. Needs a range registered in uffd write-protect mode with
+/// UFFD_FEATURE_WP_ASYNC.
+pub fn scan_written(start: usize, end: usize, reprotect: bool, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
     let mut regions = [PageRegion::default(); 64];
     let mut from = start;
     while from < end {
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_WP_MATCHING,
+            flags: if reprotect { PM_SCAN_WP_MATCHING } else { 0 },
             start: from as u64,
             end: end as u64,
             vec: regions.as_mut_ptr() as u64,

@@ -1,7 +1,8 @@
 //! The cost of one 4 KiB page fault by each path, in one run (so ratios are meaningful on a noisy
 //! machine): an anonymous first touch (the kernel alone), a userfaultfd zero-page fault, one page
 //! read through the tcp transport with no fault (the transport's own round trip), and a remote
-//! fault over tcp with and without read-around. Needs root (userfaultfd).
+//! fault over tcp with and without read-around; with an RDMA device, the rdma transport's round
+//! trip and a remote fault over rdma. Needs root (userfaultfd).
 //!
 //! cargo bench --bench fault_latency
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ebb::{PagedBuffer, loopback_memnode};
+use ebb::{PagedBuffer, loopback_memnode, rdma_memnode, rdma_only};
 use ebb_runtime::pager::{Pager, PagerConfig};
 
 const CHUNK: usize = 16 << 20; // pages touched per setup: 16 MiB
@@ -38,16 +39,40 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
 
     g.bench_function("anon_first_touch", |b| {
-        b.iter_custom(|iters| {
-            faults(
-                iters,
-                || memmap2::MmapMut::map_anon(CHUNK).expect("mmap"),
-                // SAFETY: in bounds of the mapping, which lives for the loop.
-                |m, p| unsafe { m.as_ptr().cast_mut().add(p * 4096).write_volatile(1) },
-            )
-        })
+        b.iter_custom(|iters| faults(iters, || memmap2::MmapMut::map_anon(CHUNK).expect("mmap"), touch_anon))
     });
+    if !rdma_only() {
+        tcp(&mut g);
+    }
+    if let Some((_server, rdma)) = rdma_memnode(4 << 30) {
+        let p0 = Pager::new(PagerConfig { fault_threads: 1, readaround: 0, ..Default::default() }, rdma.clone()).expect("pager (run as root)");
+        let region = rdma.alloc(CHUNK as u64).expect("alloc");
+        rdma.write_pages(region, &[0], &[7u8; 4096]).expect("write");
+        let mut page = vec![0u8; 4096];
+        g.bench_function("rdma_rtt_4k", |b| b.iter(|| rdma.read_pages(region, &[0], &mut page).expect("read")));
+        g.bench_function("remote_rdma_4k", |b| {
+            b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
+                m.touch(p);
+            }))
+        });
+    }
+    g.finish();
+}
 
+/// Filled, then offloaded: every page faults back.
+fn offloaded(p: &Arc<Pager>) -> PagedBuffer {
+    let m = PagedBuffer::new(p, CHUNK);
+    m.fill_pages(3);
+    m.handle.offload().expect("offload");
+    m
+}
+
+fn touch_anon(m: &memmap2::MmapMut, p: usize) {
+    // SAFETY: in bounds of the mapping, which lives for the loop.
+    unsafe { m.as_ptr().cast_mut().add(p * 4096).write_volatile(1) }
+}
+
+fn tcp(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let (_server, transport) = loopback_memnode(4 << 30);
     let pager = |readaround| {
         Pager::new(PagerConfig { fault_threads: 1, readaround, ..Default::default() }, transport.clone()).expect("pager (run as root)")
@@ -65,12 +90,6 @@ fn bench(c: &mut Criterion) {
     let mut page = vec![0u8; 4096];
     g.bench_function("tcp_rtt_4k", |b| b.iter(|| transport.read_pages(region, &[0], &mut page).expect("read")));
 
-    let offloaded = |p: &Arc<Pager>| {
-        let m = PagedBuffer::new(p, CHUNK);
-        m.fill_pages(3);
-        m.handle.offload().expect("offload");
-        m
-    };
     g.bench_function("remote_tcp_4k", |b| {
         b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
             m.touch(p);
@@ -82,7 +101,6 @@ fn bench(c: &mut Criterion) {
             m.touch(p);
         }))
     });
-    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ebb::{PagedBuffer, TempDir, function_wasm, loopback_memnode};
+use ebb::{PagedBuffer, TempDir, function_wasm, loopback_memnode, rdma_memnode, rdma_only};
 use ebb_runtime::pager::{Pager, PagerConfig};
 use ebb_runtime::platform::{Platform, PlatformConfig};
 use ebb_runtime::policy::{PolicyFile, PolicyKind};
@@ -38,6 +38,20 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("restore");
     g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Bytes(SIZE as u64));
+    if let Some((_server, rdma)) = rdma_memnode(8 << 30) {
+        // The rdma transport's own bulk read (the line-rate reference) and a fault-back over it.
+        let region = rdma.alloc(SIZE as u64).expect("alloc");
+        let pages: Vec<u64> = (0..PAGES as u64).collect();
+        rdma.write_pages(region, &pages, &vec![5u8; SIZE]).expect("write");
+        let mut out = vec![0u8; SIZE];
+        g.bench_function("rdma_stream", |b| b.iter(|| rdma.read_pages(region, &pages, &mut out).expect("read")));
+        let p = Pager::new(PagerConfig { fault_threads: 1, readaround: 255, ..Default::default() }, rdma.clone()).expect("pager (run as root)");
+        g.bench_function("fault_back_64m_rdma", |b| b.iter_custom(|iters| fault_back(&p, iters)));
+    }
+    if rdma_only() {
+        g.finish();
+        return;
+    }
 
     let (_server, transport) = loopback_memnode(8 << 30);
     let region = transport.alloc(SIZE as u64).expect("alloc");

@@ -6,8 +6,10 @@
 #   2. a `memnode --rdma-device rxe0` and `runtime run` of tests/modules/pattern.wat over rdma://,
 #      its 64 MiB offloaded and faulted back three times, verified byte for byte by the module.
 #
-#   scripts/softroce.sh [single|two|all]    single: one guest (default); two: memnode and runtime in two
-#                                           guests linked by a qemu UDP socket netdev; all: both
+#   scripts/softroce.sh [single|two|all|bench]
+#       single: one guest (default); two: memnode and runtime in two guests linked by a qemu UDP socket
+#       netdev; all: both; bench: the rdma criterion benches (release build) in one guest, printed as
+#       `guest: EBB-BENCH ...` lines (soft-RoCE under TCG: correctness only, not speed)
 #   EBB_SKIP_SOFTROCE=1                     skip (printed loudly; RDMA then is NOT tested)
 #   EBB_SOFTROCE_CACHE=DIR                  where downloads and unpacked pieces are kept between runs
 #
@@ -23,7 +25,7 @@ if [[ "${EBB_SKIP_SOFTROCE:-}" == 1 ]]; then
   banner "SKIPPED: the soft-RoCE RDMA suite (EBB_SKIP_SOFTROCE=1). RDMA was NOT tested."
   exit 0
 fi
-case "$mode" in single | two | all) ;; *) echo "usage: $0 [single|two|all]" >&2; exit 2 ;; esac
+case "$mode" in single | two | all | bench) ;; *) echo "usage: $0 [single|two|all|bench]" >&2; exit 2 ;; esac
 
 cache=${EBB_SOFTROCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebb/softroce}
 mkdir -p "$cache/debs"
@@ -78,10 +80,19 @@ mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,etc/libibverbs.d,lib/modules,lib64,usr/
 cp /bin/busybox "$rootfs/bin/busybox"
 for f in target/debug/memnode target/debug/runtime "$(command -v rdma)"; do strip -o "$rootfs/bin/$(basename "$f")" "$f"; done
 strip -o "$rootfs/bin/memnode-tests" "$unit"
+if [[ $mode == bench ]]; then
+  for b in fault_latency restore; do
+    exe=$(cargo bench -q --bench "$b" --no-run --message-format=json 2>/dev/null |
+      grep -o "\"executable\":\"[^\"]*/$b-[^\"]*\"" | head -1 | cut -d'"' -f4)
+    [[ -x "$exe" ]] || { echo "softroce: cannot build the $b bench" >&2; exit 1; }
+    strip -o "$rootfs/bin/bench-$b" "$exe"
+  done
+fi
 cp tests/modules/pattern.wat "$rootfs/pattern.wat"
 cp /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$rootfs/usr/lib/x86_64-linux-gnu/libibverbs/"
 cp /etc/libibverbs.d/rxe.driver "$rootfs/etc/libibverbs.d/"
-for bin in "$rootfs"/bin/{memnode,runtime,rdma,memnode-tests} "$rootfs"/usr/lib/x86_64-linux-gnu/libibverbs/*.so; do
+for bin in "$rootfs"/bin/{memnode,runtime,rdma,memnode-tests} "$rootfs"/bin/bench-* "$rootfs"/usr/lib/x86_64-linux-gnu/libibverbs/*.so; do
+  [[ -e $bin ]] || continue
   ldd "$bin" | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}'
 done | sort -u | while read -r lib; do cp -L "$lib" "$rootfs$lib" 2>/dev/null || { mkdir -p "$rootfs$(dirname "$lib")" && cp -L "$lib" "$rootfs$lib"; }; done
 # Kernel modules in load order (xz-decompressed: busybox insmod takes plain .ko).
@@ -135,6 +146,15 @@ case "$role" in
     wait_port "$peer"
     runtime_over_rdma "$peer" two_guest_runtime_run_over_rdma
     ;;
+  bench)
+    cd /tmp
+    for b in fault_latency restore; do
+      EBB_BENCH_RDMA_ONLY=1 "/bin/bench-$b" --bench --noplot >"/tmp/bench_$b.log" 2>&1
+      rc=$?
+      sed 's/^/EBB-BENCH /' "/tmp/bench_$b.log"
+      result "bench_$b" $rc
+    done
+    ;;
 esac
 echo "EBB-SUITE-DONE"
 poweroff -f
@@ -186,6 +206,10 @@ if [[ $mode == two || $mode == all ]]; then
   pkill -f "ebb.role=memnode ebb.addr=10.0.3.1" 2>/dev/null || true
   wait "$mem_pid" || true
   check "$work/runtime.log" two_guest_runtime_run_over_rdma || { status=1; tail -n 60 "$work/runtime.log" "$work/memnode.log" >&2; }
+fi
+if [[ $mode == bench ]]; then
+  boot bench bench 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
+  check "$work/bench.log" bench_fault_latency bench_restore || { status=1; tail -n 60 "$work/bench.log" >&2; }
 fi
 echo "softroce: $mode mode took $(($(date +%s) - start)) s" >&2
 exit $status

@@ -152,6 +152,35 @@ pub fn loopback_memnode(capacity: u64) -> (ebb_memnode::server::ServerHandle, st
     (server, transport)
 }
 
+/// An in-process memnode serving RDMA on this machine's first device (or `EBB_RDMA_DEVICE`) and an
+/// `rdma` transport to it — or, with `EBB_BENCH_RDMA_MEMNODE=HOST:PORT`, a transport to that memnode
+/// (another host's `memnode --rdma-device`). None, with a message, when there is no RDMA device.
+pub fn rdma_memnode(capacity: u64) -> Option<(Option<ebb_memnode::server::ServerHandle>, std::sync::Arc<dyn ebb_memnode::Transport>)> {
+    use ebb_memnode::server::{Server, ServerConfig};
+    let devices = ebb_memnode::rdma::device_names();
+    let Some(device) = std::env::var("EBB_RDMA_DEVICE").ok().or_else(|| devices.first().cloned()) else {
+        eprintln!("skipped: the rdma benchmarks (no RDMA device here; scripts/softroce.sh bench runs them in a soft-RoCE guest)");
+        return None;
+    };
+    let config = ebb_memnode::TcpConfig { rdma_device: Some(device.clone()), ..Default::default() };
+    if let Ok(remote) = std::env::var("EBB_BENCH_RDMA_MEMNODE") {
+        let t = ebb_memnode::connect(&format!("rdma://{remote}"), config).expect("connect to the rdma memnode");
+        return Some((None, t));
+    }
+    let fabric = std::sync::Arc::new(ebb_memnode::rdma::Fabric::open(&device).expect("open the RDMA device"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let store = std::sync::Arc::new(ebb_memnode::Store::new(capacity));
+    let server = Server::new(store, ServerConfig { rdma: Some(fabric), ..Default::default() }).spawn(listener).expect("server");
+    let t = ebb_memnode::connect(&format!("rdma://{}", server.local_addr()), config).expect("rdma connect");
+    Some((Some(server), t))
+}
+
+/// Whether only the rdma benchmarks should run (`EBB_BENCH_RDMA_ONLY=1`: inside the soft-RoCE
+/// guest, where the functions cannot be built).
+pub fn rdma_only() -> bool {
+    std::env::var("EBB_BENCH_RDMA_ONLY").is_ok_and(|v| v == "1")
+}
+
 /// Builds the demo functions once per test process (the same script users run) and returns the
 /// path of `functions/build/DIR/NAME.wasm`.
 pub fn function_wasm(dir: &str, name: &str) -> PathBuf {

@@ -347,7 +347,9 @@ impl MemoryHandle {
 
     /// Installs those of `pages` that hold their initial image and are not resident, in large
     /// batches — from the local image, or from the memnode with transfers and installs overlapped
-    /// frame by frame — so that a call touching them takes no fault. The memory must be idle.
+    /// frame by frame — so that a call touching them takes no fault. It may run beside a call on
+    /// the memory (not beside a reset, evict or offload): a page the guest faults on first is
+    /// installed by the fault handler, and this install skips it.
     /// Returns the pages installed.
     pub fn prefetch(&self, pages: &[usize]) -> Result<usize, PagerError> {
         let state = &self.state;

@@ -93,13 +93,15 @@ pub enum Fill {
 
 /// Installs `len` bytes at `dst` as `fill` says, waking the faulting threads. The one place where
 /// uffd errnos are classified: EAGAIN (the mm changed under us, or a partial copy) is retried from
-/// where it stopped, EEXIST means already served.
+/// where it stopped; EEXIST means the first page left was already served (by a fault handler
+/// racing a prefetch): its waiters are woken and the install goes on after it.
 ///
 /// # Safety
 /// `dst..dst+len` must be inside a range registered with `uffd`, page aligned, and a source
 /// buffer must be valid for `len` bytes of reads.
 pub unsafe fn install(uffd: &Uffd, fill: Fill, dst: usize, len: usize) -> io::Result<Installed> {
     let mut done = 0;
+    let mut already = false;
     loop {
         let (d, n) = (dst + done, len - done);
         let result: Result<usize, nix::errno::Errno> = match fill {
@@ -134,17 +136,23 @@ pub unsafe fn install(uffd: &Uffd, fill: Fill, dst: usize, len: usize) -> io::Re
             }
         };
         match result {
-            Ok(_) => return Ok(Installed::Done),
+            Ok(_) => return Ok(if already { Installed::AlreadyThere } else { Installed::Done }),
             Err(nix::errno::Errno::EEXIST) => {
                 // Wake whoever waits: the page exists but a waiter may still be queued.
-                let _ = uffd.wake(d as *mut _, n);
-                return Ok(Installed::AlreadyThere);
+                let _ = uffd.wake(d as *mut _, PAGE);
+                already = true;
+                done += PAGE;
+                if done >= len {
+                    return Ok(Installed::AlreadyThere);
+                }
             }
             Err(nix::errno::Errno::EAGAIN) => continue,
             Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
         }
     }
 }
+
+const PAGE: usize = ebb_memnode::PAGE_SIZE;
 
 // PAGEMAP_SCAN (Linux 6.7+, `linux/fs.h`); not in the libc crate yet, so its ABI is mirrored here.
 const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)

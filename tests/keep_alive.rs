@@ -57,9 +57,11 @@ fn ebb_warm_then_semi_warm_then_called_prefetches_and_drops_clean_pages() {
     let r = invoke(&rt, "demo", "bigtable", "scribble");
     assert_eq!((r.status, &r.body), (200, &checksum));
     assert_eq!(fmetric(&rt, "ebb_semi_warm_starts_total"), 1.0);
-    assert!(fmetric(&rt, "ebb_prefetch_pages_total") >= TABLE_PAGES);
-    assert!(fmetric(&rt, "ebb_prefetch_hits_total") >= TABLE_PAGES, "hits {}", fmetric(&rt, "ebb_prefetch_hits_total"));
-    assert!(fmetric(&rt, "ebb_prefetch_misses_total") < 64.0, "misses {}", fmetric(&rt, "ebb_prefetch_misses_total"));
+    // The prefetch runs beside the call, so the guest may fault on some pages first (misses);
+    // lazily it would take ~1024 faults (16 pages each).
+    assert!(fmetric(&rt, "ebb_prefetch_pages_total") >= TABLE_PAGES / 2.0);
+    assert!(fmetric(&rt, "ebb_prefetch_hits_total") >= TABLE_PAGES / 2.0, "hits {}", fmetric(&rt, "ebb_prefetch_hits_total"));
+    assert!(fmetric(&rt, "ebb_prefetch_misses_total") < 512.0, "misses {}", fmetric(&rt, "ebb_prefetch_misses_total"));
     assert_eq!(state(&rt, "warm"), 1.0, "the instance is warm again");
     // The scribble was reset: the next call sees the initial table.
     assert_eq!(invoke(&rt, "demo", "bigtable", "").body, checksum);

@@ -248,15 +248,19 @@ impl Platform {
             }
         };
         // An instance that is new, semi-warm or fully offloaded gets the recorded working set
-        // in bulk, installed by a second thread while the call runs (in working-set order, so
-        // mostly ahead of the guest; a page it touches first is faulted in as usual); the pages
-        // the call still faults on join the working set.
+        // in bulk first; the pages its call still faults on join the working set. (Installing
+        // it from a second thread while the call runs was measured slower on these 2-core
+        // machines: the guest, the installer and the transport compete for the cores.)
         let mut prefetched = Vec::new();
         let restoring = match (instance.memory(), f.snapshot()) {
             (Some(m), Some(snap)) if phase != Some(Phase::Warm) || m.count(PageState::Resident) == 0 => {
                 let ws = snap.working_set();
                 if policy.kind.prefetches() && !ws.is_empty() {
                     prefetched = ws.into_iter().filter(|&p| m.page_state(p) == PageState::Image).collect();
+                    if let Err(e) = m.prefetch(&prefetched) {
+                        tracing::warn!("prefetching {} pages of {} failed (the call will fault them): {e}", prefetched.len(), f.name);
+                        prefetched.clear();
+                    }
                 }
                 true
             }
@@ -268,16 +272,7 @@ impl Platform {
             f.running.lock().unwrap_or_else(|e| e.into_inner()).push(h.clone());
         }
         f.busy.fetch_add(1, Ordering::Relaxed);
-        let result = std::thread::scope(|scope| {
-            let prefetch = handle.as_ref().filter(|_| !prefetched.is_empty()).map(|m| scope.spawn(|| m.prefetch(&prefetched)));
-            // The prefetch ends before the reset, which must see every page it installed.
-            let joined = || {
-                if let Some(Ok(Err(e))) = prefetch.map(|p| p.join()) {
-                    tracing::warn!("prefetching {} pages of {} failed (the call faulted them): {e}", prefetched.len(), f.name);
-                }
-            };
-            instance.call_with(input, entry, Some(self.config.call_timeout), joined)
-        });
+        let result = instance.call(input, entry, Some(self.config.call_timeout));
         f.busy.fetch_sub(1, Ordering::Relaxed);
         if let Some(h) = &handle {
             f.running.lock().unwrap_or_else(|e| e.into_inner()).retain(|m| !m.is(h));

@@ -462,18 +462,6 @@ impl Instance {
     /// instance must come from [`Executor::function_instance`]. A call still running after
     /// `limit` is interrupted (the engine's epoch must be ticking) and the instance discarded.
     pub fn call(&mut self, input: &[u8], entry: Entry, limit: Option<std::time::Duration>) -> anyhow::Result<CallOutcome> {
-        self.call_with(input, entry, limit, || {})
-    }
-
-    /// [`Instance::call`], running `after_run` once the guest has returned and before the reset
-    /// (e.g. to wait for a prefetch running beside the call).
-    pub fn call_with(
-        &mut self,
-        input: &[u8],
-        entry: Entry,
-        limit: Option<std::time::Duration>,
-        after_run: impl FnOnce(),
-    ) -> anyhow::Result<CallOutcome> {
         self.store.data_mut().input = input.to_vec();
         self.store.data_mut().output.clear();
         self.store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
@@ -484,7 +472,6 @@ impl Instance {
             Entry::Start => self.run(),
             Entry::Table(index) => self.run_table(index),
         };
-        after_run();
         self.store.data_mut().deadline = None;
         if rc.as_ref().is_err_and(|e| e.downcast_ref::<Timeout>().is_some()) {
             self.discard = true;

@@ -52,7 +52,7 @@ echo "bytes that left this host: $("$R" offload demo bigtable)"
 echo "(same checksum: the table faulted back from the memnode)"
 
 step "page counters from /metrics"
-"$R" metrics | grep -E '^ebb_(faults_total|pages_fetched_total|pages_evicted_total|resident_bytes|remote_bytes|memnode_up|instances_created_total)'
+"$R" metrics | grep -E '^ebb_(faults_total|pages_fetched_total|pager_pages_dropped_clean_total|resident_bytes|remote_bytes|memnode_up|instances_created_total|function_resident_bytes|instances)'
 
 step "runtime run: a C program's memory offloaded between runs and faulted back (embedded memnode)"
 "$R" run functions/build/examples/table.wasm --repeat 3 --offload-every-call --stats

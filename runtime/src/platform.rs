@@ -91,7 +91,7 @@ struct FunctionMetrics {
     /// Call latency histogram: counts per bucket of [`BUCKETS`] (seconds), then +Inf.
     buckets: [u64; BUCKETS.len() + 1],
     sum_seconds: f64,
-    /// Pages that faulted in during calls.
+    /// Pages that faults brought in during calls (with their read-around).
     faults: u64,
     /// Calls that found an instance idle in each phase, or none (`cold_starts`).
     warm_starts: u64,
@@ -521,7 +521,7 @@ impl Platform {
         }
         type Counter = (&'static str, fn(&FunctionMetrics) -> u64);
         let counters: [Counter; 9] = [
-            ("ebb_call_faults_total", |m| m.faults),
+            ("ebb_call_fault_pages_total", |m| m.faults),
             ("ebb_cold_starts_total", |m| m.cold_starts),
             ("ebb_warm_starts_total", |m| m.warm_starts),
             ("ebb_semi_warm_starts_total", |m| m.semi_warm_starts),

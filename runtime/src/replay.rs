@@ -258,7 +258,7 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
-    pub faults_per_call: f64,
+    pub fault_pages_per_call: f64,
     pub bytes_in: f64,
     pub bytes_out: f64,
     pub written_back: f64,
@@ -427,7 +427,7 @@ pub fn replay(trace: &[TraceCall], targets: &[Target], config: &ReplayConfig) ->
             p50_ms: percentile(&lat, 50.0),
             p95_ms: percentile(&lat, 95.0),
             p99_ms: percentile(&lat, 99.0),
-            faults_per_call: m("ebb_call_faults_total") / calls.max(1) as f64,
+            fault_pages_per_call: m("ebb_call_fault_pages_total") / calls.max(1) as f64,
             bytes_in: m("ebb_memnode_bytes_in_total"),
             bytes_out: m("ebb_memnode_bytes_out_total"),
             written_back: m("ebb_pages_written_back_total"),
@@ -444,7 +444,7 @@ pub fn replay(trace: &[TraceCall], targets: &[Target], config: &ReplayConfig) ->
 }
 
 const SUMMARY_HEADER: &str = "policy,calls,errors,avg_resident_bytes,peak_resident_bytes,avg_rss_bytes,p50_ms,p95_ms,p99_ms,\
-faults_per_call,bytes_in,bytes_out,pages_written_back,pages_dropped_clean,prefetch_pages,prefetch_hits,prefetch_misses,\
+fault_pages_per_call,bytes_in,bytes_out,pages_written_back,pages_dropped_clean,prefetch_pages,prefetch_hits,prefetch_misses,\
 cold_starts,semi_warm_starts,memory_vs_keep_alive,p95_vs_keep_alive";
 
 fn write_outputs(
@@ -470,7 +470,7 @@ fn write_outputs(
             s.p50_ms,
             s.p95_ms,
             s.p99_ms,
-            s.faults_per_call,
+            s.fault_pages_per_call,
             s.bytes_in,
             s.bytes_out,
             s.written_back,
@@ -587,7 +587,7 @@ pub fn table(summaries: &[Summary]) -> String {
     let _ = writeln!(
         out,
         "{:<11} {:>6} {:>4} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>6} {:>6}",
-        "policy", "calls", "err", "avg MiB", "peak MiB", "mem %", "p50 ms", "p95 ms", "p99 ms", "p95 x", "flt/call", "in MiB", "out MiB", "cold"
+        "policy", "calls", "err", "avg MiB", "peak MiB", "mem %", "p50 ms", "p95 ms", "p99 ms", "p95 x", "pf/call", "in MiB", "out MiB", "cold"
     );
     for s in summaries {
         let (mem, p95) = base.map_or((f64::NAN, f64::NAN), |b| (100.0 * s.avg_resident / b.avg_resident, s.p95_ms / b.p95_ms));
@@ -604,7 +604,7 @@ pub fn table(summaries: &[Summary]) -> String {
             s.p95_ms,
             s.p99_ms,
             p95,
-            s.faults_per_call,
+            s.fault_pages_per_call,
             mib(s.bytes_in),
             mib(s.bytes_out),
             s.cold_starts

@@ -365,7 +365,8 @@ pub struct Instance {
 /// The pages one call was seen to touch.
 #[derive(Clone, Debug, Default)]
 pub struct CallPages {
-    /// Pages that faulted in during the call, in fault order (the read-around is not included).
+    /// Pages that faulted in during the call, with the read-around each fault brought, in fault
+    /// order.
     pub faulted: Vec<usize>,
     /// Pages the call wrote (ascending), found by the reset.
     pub written: Vec<usize>,

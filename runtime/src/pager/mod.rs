@@ -273,7 +273,7 @@ struct MemoryState {
     /// Set by the first offload of a memory without a snapshot: from then on its writes are
     /// tracked too, so the next offload sends only pages written since.
     write_tracking: AtomicBool,
-    /// While on, the page of every fault served (not the read-around) is logged here.
+    /// While on, the pages every fault installed (with its read-around) are logged here.
     logging: AtomicBool,
     fault_log: Mutex<Vec<usize>>,
 }
@@ -286,9 +286,9 @@ impl MemoryState {
         self.snapshot.get().is_some() || self.write_tracking.load(Ordering::Relaxed)
     }
 
-    fn log_fault(&self, page: usize) {
+    fn log_faults(&self, pages: std::ops::Range<usize>) {
         if self.logging.load(Ordering::Relaxed) {
-            self.fault_log.lock().unwrap_or_else(|e| e.into_inner()).push(page);
+            self.fault_log.lock().unwrap_or_else(|e| e.into_inner()).extend(pages);
         }
     }
 
@@ -416,7 +416,7 @@ impl Shared {
             }
             PageState::Zero => {
                 self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
-                mem.log_fault(page);
+                mem.log_faults(page..page + 1);
                 mem.table.set(page, PageState::Resident);
                 // A read maps the shared zero page; a write gets a private zero-filled page at
                 // once, saving the copy-on-write fault that would follow the zero page. In
@@ -434,7 +434,6 @@ impl Shared {
                 }
             }
             state @ (PageState::Remote | PageState::Image) => {
-                mem.log_fault(page);
                 // Read-around: the following pages in the same state, up to the configured count.
                 let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
                 let mut run = 1;
@@ -515,6 +514,9 @@ impl Shared {
             }
             Source::Missing(why) => Err(why.to_string()),
         };
+        // The read-around counts as touched: the guest reads on in order far more often than not,
+        // and a policy that cannot see reads of resident pages must not take those pages for cold.
+        mem.log_faults(page..page + installed);
         if let Some(why) = fetched.err().or(install_failed) {
             // Pages not installed keep their state; the faulting page, if it was not installed,
             // is released with zeros in a poisoned memory.

@@ -279,6 +279,9 @@ impl Platform {
         }
         let end = Instant::now();
         let touched = instance.last_call.touched();
+        if let Some(snap) = f.snapshot() {
+            snap.note_written(&instance.last_call.written);
+        }
         let refaulted = instance.segments.observe_call(&touched, end, |p| f.initial_segment(p));
         let mut misses = 0;
         if let Some(snap) = f.snapshot() {
@@ -358,10 +361,10 @@ impl Platform {
         }
         for (key, f) in self.registry.all() {
             let policy = self.policy_of(&f).clone();
-            let (semi_warm_after, last_call, calls_since_drop) = {
+            let (semi_warm_after, last_call, calls_since_drop, calls) = {
                 let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-                metrics.get(&f.name).map_or((policy.semi_warm_min, None, 0), |m| {
-                    (m.reuse.semi_warm_after(&policy), m.last_call, m.calls_since_image_drop)
+                metrics.get(&f.name).map_or((policy.semi_warm_min, None, 0, 0), |m| {
+                    (m.reuse.semi_warm_after(&policy), m.last_call, m.calls_since_image_drop, m.ok + m.error)
                 })
             };
             let mut moved = Moved::default();
@@ -386,10 +389,20 @@ impl Platform {
                     // Semi-warm: the local copy of the initial state goes too.
                     moved.dropped_clean += snap.drop_local() as u64 / PAGE;
                     image_dropped = true;
-                } else if !snap.is_local() && calls_since_drop >= 2 && idle_for.is_some_and(|d| d < semi_warm_after) {
-                    // Warm again (a second call since the drop): fetch the image back, off the
-                    // calls' path, so resets restore from local memory again.
-                    if let Err(e) = snap.restore_local() {
+                } else if idle_for.is_some_and(|d| d < semi_warm_after) {
+                    // Warm: once the calls have shown which pages they write (FaaSMem's init
+                    // rule, `init_idle_calls`), the local image keeps only those — what resets
+                    // restore — and fetches back any it lacks (warm again after a drop: from the
+                    // second call on), off the calls' path.
+                    if calls >= u64::from(policy.init_idle_calls) {
+                        match snap.trim_local() {
+                            Ok(bytes) => moved.dropped_clean += bytes as u64 / PAGE,
+                            Err(e) => tracing::warn!("could not trim the local image of {key}: {e}"),
+                        }
+                    }
+                    if (snap.is_local() || calls_since_drop >= 2)
+                        && let Err(e) = snap.restore_local()
+                    {
                         tracing::warn!("could not fetch the initial state of {key} back: {e}");
                     }
                 }
@@ -557,11 +570,8 @@ impl Platform {
             }
             states[2] = f.busy.load(Ordering::Relaxed);
             if let Some(s) = f.snapshot() {
-                let bytes = s.nonzero_pages() as u64 * PAGE;
-                fp.memnode += bytes;
-                if s.is_local() {
-                    fp.resident += bytes;
-                }
+                fp.memnode += s.nonzero_pages() as u64 * PAGE;
+                fp.resident += s.local_bytes() as u64;
             }
             total.resident += fp.resident;
             total.memnode += fp.memnode;

@@ -442,13 +442,20 @@ impl Shared {
                 }
                 match (state, mem.snapshot.get()) {
                     (PageState::Image, Some(snap)) => {
-                        // Held while installing, so an eviction cannot free the image under us.
+                        // A reference held while installing, so a drop cannot free the image under us.
                         let local = snap.local();
-                        let source = match local.as_deref() {
-                            Some(image) => Source::Local(image),
-                            None => Source::Region(snap.region()),
-                        };
-                        self.fill_run(mem, page, run, state, source, addr, buf);
+                        match local.as_ref().filter(|l| l.holds(page)) {
+                            Some(image) => {
+                                // From the local image: the run of pages it holds.
+                                let mut held = 1;
+                                while held < run && image.holds(page + held) {
+                                    held += 1;
+                                }
+                                let source = Source::Local(image.pages(page, held));
+                                self.fill_run(mem, page, held, state, source, addr, buf);
+                            }
+                            None => self.fill_run(mem, page, run, state, Source::Region(snap.region()), addr, buf),
+                        }
                     }
                     (PageState::Image, None) => {
                         let why = "the page table says image but the memory has no snapshot";
@@ -492,10 +499,9 @@ impl Shared {
             }
         };
         let fetched = match source {
-            Source::Local(image) => {
+            Source::Local(bytes) => {
                 // The function's warm initial image, in this process: no network.
                 self.stats.faults_image.fetch_add(1, Ordering::Relaxed);
-                let bytes = &image[page * PAGE_SIZE..(page + run) * PAGE_SIZE];
                 install(0..run, bytes);
                 Ok(())
             }
@@ -542,7 +548,7 @@ impl Shared {
 enum Source<'a> {
     /// A memnode region: the memory's own (offloaded pages) or its snapshot's (initial image).
     Region(RegionId),
-    /// The snapshot's local copy of the initial image.
+    /// The snapshot's local copy of the initial image: the run's bytes.
     Local(&'a [u8]),
     /// An inconsistency: fail the fault with this reason.
     Missing(&'static str),

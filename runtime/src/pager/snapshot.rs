@@ -16,22 +16,57 @@
 //!
 //! So a snapshot is never copied per instance: it is pages that each instance maps lazily.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock};
 
 use ebb_memnode::{PAGE_SIZE, RegionId, Transport};
 use memmap2::MmapMut;
 
 use super::{MemoryHandle, OFFLOAD_BATCH, PageState, PagerError, sys};
 
+/// This host's copy of (some of) the initial state's pages: a mapping of the memory's size, of
+/// which only the pages `held` are filled (the others cost nothing). Immutable once made: a
+/// trimmed or completed image is a new one, swapped in, so readers (faults, resets, prefetches)
+/// hold an `Arc` and no lock while they touch instance memory.
+pub(super) struct LocalImage {
+    map: MmapMut,
+    held: Vec<bool>,
+    count: usize,
+}
+
+impl LocalImage {
+    /// Whether page `p` is in the image.
+    pub(super) fn holds(&self, p: usize) -> bool {
+        self.held.get(p).copied().unwrap_or(false)
+    }
+
+    /// The bytes of pages `first..first + n` (all held).
+    pub(super) fn pages(&self, first: usize, n: usize) -> &[u8] {
+        &self.map[first * PAGE_SIZE..(first + n) * PAGE_SIZE]
+    }
+
+    /// An image of `size` bytes holding `pages` (ascending) with the bytes `fill(p)` gives.
+    fn build<'a>(size: usize, len: usize, pages: &[usize], fill: impl Fn(usize) -> &'a [u8]) -> Result<LocalImage, PagerError> {
+        let mut map = MmapMut::map_anon(size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: size, source })?;
+        let mut held = vec![false; len];
+        for &p in pages {
+            map[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(fill(p));
+            held[p] = true;
+        }
+        Ok(LocalImage { map, held, count: pages.len() })
+    }
+}
+
 /// The initial state of a function's memory.
 pub struct Snapshot {
     /// Pages the last call on a cold instance touched: prefetched before the next such call.
     working_set: std::sync::Mutex<Vec<usize>>,
+    /// Pages calls have written: what a reset must restore, so what a trimmed local image keeps.
+    write_set: std::sync::Mutex<Vec<bool>>,
     size: usize,
     nonzero: Vec<bool>,
     nonzero_count: usize,
     region: RegionId,
-    local: RwLock<Option<MmapMut>>,
+    local: RwLock<Option<Arc<LocalImage>>>,
     transport: Arc<dyn Transport>,
 }
 
@@ -57,41 +92,95 @@ impl Snapshot {
         self.nonzero_count
     }
 
-    /// Whether the local image is still held (the function is warm).
+    /// Whether a local image is held (the function is warm).
     pub fn is_local(&self) -> bool {
         self.local.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Bytes of the initial state held locally.
+    pub fn local_bytes(&self) -> usize {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |l| l.count * PAGE_SIZE)
     }
 
     /// Drops the local image: later faults on initial-state pages fetch from the memnode.
     /// Returns the bytes released.
     pub fn drop_local(&self) -> usize {
         let image = self.local.write().unwrap_or_else(|e| e.into_inner()).take();
-        image.map_or(0, |_| self.nonzero_count * PAGE_SIZE)
+        image.map_or(0, |l| l.count * PAGE_SIZE)
     }
 
-    /// Fetches the local image back from the memnode (the function is warm again): resets then
-    /// restore written pages from local memory instead of faulting them back one by one.
-    /// Returns the bytes fetched (0 if the image is already held).
-    pub fn restore_local(&self) -> Result<usize, PagerError> {
-        if self.is_local() {
-            return Ok(0);
-        }
-        let mut image = MmapMut::map_anon(self.size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: self.size, source })?;
-        let pages: Vec<u64> = (0..self.nonzero.len()).filter(|&p| self.nonzero[p]).map(|p| p as u64).collect();
-        let mut buf = vec![0u8; PREFETCH_BATCH.min(pages.len()) * PAGE_SIZE];
-        for chunk in pages.chunks(PREFETCH_BATCH) {
-            let buf = &mut buf[..chunk.len() * PAGE_SIZE];
-            self.transport.read_pages(self.region, chunk, buf)?;
-            for (i, &p) in chunk.iter().enumerate() {
-                let p = usize::try_from(p).expect("page index");
-                image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(&buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+    /// Notes pages a call wrote (they join the write set).
+    pub fn note_written(&self, pages: &[usize]) {
+        let mut ws = self.write_set.lock().unwrap_or_else(|e| e.into_inner());
+        for &p in pages {
+            if let Some(w) = ws.get_mut(p) {
+                *w = true;
             }
         }
-        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
-        if local.is_none() {
-            *local = Some(image);
+    }
+
+    /// Non-zero pages of the write set, ascending.
+    fn written_nonzero(&self) -> Vec<usize> {
+        let ws = self.write_set.lock().unwrap_or_else(|e| e.into_inner());
+        (0..self.nonzero.len()).filter(|&p| self.nonzero[p] && ws[p]).collect()
+    }
+
+    /// Keeps in the local image only the pages calls have written: resets need only the write
+    /// set, and instances already hold what they read (new instances fetch from the memnode).
+    /// Returns the bytes released.
+    pub fn trim_local(&self) -> Result<usize, PagerError> {
+        let keep = self.write_set.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(old) = self.local() else { return Ok(0) };
+        let kept: Vec<usize> = (0..old.held.len()).filter(|&p| old.held[p] && keep[p]).collect();
+        if kept.len() == old.count {
+            return Ok(0);
         }
-        Ok(pages.len() * PAGE_SIZE)
+        let image = LocalImage::build(self.size, self.nonzero.len(), &kept, |p| old.pages(p, 1))?;
+        let released = (old.count - kept.len()) * PAGE_SIZE;
+        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+        // Swapped only if nothing else replaced or dropped the image meanwhile.
+        if local.as_ref().is_some_and(|l| Arc::ptr_eq(l, &old)) {
+            *local = Some(Arc::new(image));
+            return Ok(released);
+        }
+        Ok(0)
+    }
+
+    /// Fetches the write set's pages the local image lacks from the memnode (the function is
+    /// warm again, or its calls wrote new pages): resets then restore them from local memory
+    /// instead of faulting them back one by one. Returns the bytes fetched.
+    pub fn restore_local(&self) -> Result<usize, PagerError> {
+        let old = self.local();
+        let want: Vec<usize> =
+            self.written_nonzero().into_iter().filter(|&p| !old.as_ref().is_some_and(|l| l.holds(p))).collect();
+        if want.is_empty() && old.is_some() {
+            return Ok(0);
+        }
+        let mut fetched = vec![0u8; want.len() * PAGE_SIZE];
+        let pages: Vec<u64> = want.iter().map(|&p| p as u64).collect();
+        for (i, chunk) in pages.chunks(PREFETCH_BATCH).enumerate() {
+            let start = i * PREFETCH_BATCH * PAGE_SIZE;
+            self.transport.read_pages(self.region, chunk, &mut fetched[start..start + chunk.len() * PAGE_SIZE])?;
+        }
+        let mut all: Vec<usize> = want.clone();
+        if let Some(old) = &old {
+            all.extend((0..old.held.len()).filter(|&p| old.held[p]));
+        }
+        all.sort_unstable();
+        let image = LocalImage::build(self.size, self.nonzero.len(), &all, |p| match want.binary_search(&p) {
+            Ok(i) => &fetched[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+            Err(_) => old.as_ref().expect("held by the old image").pages(p, 1),
+        })?;
+        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+        let unchanged = match (&*local, &old) {
+            (Some(now), Some(old)) => Arc::ptr_eq(now, old),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            *local = Some(Arc::new(image));
+        }
+        Ok(want.len() * PAGE_SIZE)
     }
 
     /// The recorded working set (ascending page indexes).
@@ -125,8 +214,9 @@ impl Snapshot {
         self.region
     }
 
-    pub(super) fn local(&self) -> RwLockReadGuard<'_, Option<MmapMut>> {
-        self.local.read().unwrap_or_else(|e| e.into_inner())
+    /// The local image, if held (a reference: no lock is held while it is used).
+    pub(super) fn local(&self) -> Option<Arc<LocalImage>> {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// What page `p` holds in the initial state.
@@ -228,13 +318,15 @@ impl MemoryHandle {
             return Err(e);
         }
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
+        let held = nonzero.clone();
         let snap = Arc::new(Snapshot {
             working_set: std::sync::Mutex::new(Vec::new()),
+            write_set: std::sync::Mutex::new(vec![false; nonzero.len()]),
             size,
             nonzero,
             nonzero_count,
             region,
-            local: RwLock::new(Some(image)),
+            local: RwLock::new(Some(Arc::new(LocalImage { map: image, held, count: nonzero_count }))),
             transport: self.shared.transport.clone(),
         });
         self.track(&snap)?;
@@ -296,10 +388,11 @@ impl MemoryHandle {
         };
         let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };
         // The image and a memory that did not grow: look first, without re-protecting.
-        if let Some(image) = local.as_deref().filter(|_| !report.grown) {
+        if let Some(image) = local.as_ref().filter(|_| !report.grown) {
             scan(false, &mut written)?;
             let pages: usize = written.iter().map(|r| r.len() / PAGE_SIZE).sum();
             if pages <= RESTORE_IN_PLACE_MAX {
+                let mut lacking = Vec::new();
                 for range in &written {
                     let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
                     // SAFETY: pages `start..end` are resident (just written) and inside the
@@ -307,10 +400,14 @@ impl MemoryHandle {
                     let dst = unsafe { std::slice::from_raw_parts_mut(range.start as *mut u8, range.len()) };
                     for (i, p) in (start..end).enumerate() {
                         let page = &mut dst[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                        if snap.holds(p) {
-                            page.copy_from_slice(&image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
-                        } else {
+                        if !snap.holds(p) {
                             page.fill(0);
+                        } else if image.holds(p) {
+                            page.copy_from_slice(image.pages(p, 1));
+                        } else {
+                            // Not in a trimmed image: dropped below, fetched when touched.
+                            lacking.push(p);
+                            continue;
                         }
                         state.table.set(p, PageState::Resident);
                     }
@@ -321,6 +418,10 @@ impl MemoryHandle {
                         .map_err(|e| PagerError::Setup { len: range.len(), source: std::io::Error::other(e.to_string()) })?;
                     report.written.extend(start..end);
                 }
+                for &p in &lacking {
+                    state.table.set(p, PageState::Image);
+                }
+                self.discard_pages(&lacking);
                 return Ok(report);
             }
             written.clear();
@@ -363,9 +464,9 @@ impl MemoryHandle {
         for run in want.chunk_by(|a, b| *b == *a + 1) {
             for chunk in run.chunks(PREFETCH_BATCH) {
                 let first = chunk[0];
-                match local.as_deref() {
+                match local.as_ref().filter(|l| chunk.iter().all(|&p| l.holds(p))) {
                     Some(image) => {
-                        let bytes = &image[first * PAGE_SIZE..(first + chunk.len()) * PAGE_SIZE];
+                        let bytes = image.pages(first, chunk.len());
                         state
                             .install_pages(first, bytes, PageState::Image)
                             .map_err(|source| PagerError::Setup { len: bytes.len(), source })?;

@@ -49,6 +49,13 @@ fn scenario(transport: Arc<dyn Transport>) {
     assert_eq!(parse(&out.output), (want, 1));
     assert!(a.last_call.written.len() < 64, "{} pages written", a.last_call.written.len());
     assert_eq!(faults(pager.stats()), faults(before), "pages restored in place faulted again");
+    // After an eviction PAGEMAP_SCAN also reports the dropped pages as written: the reset must
+    // skip them (nothing mapped to restore) and still restore the few written ones in place.
+    a.memory().unwrap().evict().unwrap();
+    assert_eq!(parse(&a.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    let before = pager.stats();
+    assert_eq!(parse(&a.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    assert_eq!(faults(pager.stats()), faults(before), "a call after an eviction faulted on restored pages");
 
     // A second instance adopts the initial state without running the zygote again.
     let mut b = exec.function_instance(&f, Stdout::Inherit, None).unwrap();

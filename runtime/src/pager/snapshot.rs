@@ -381,61 +381,60 @@ impl MemoryHandle {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("reset needs a captured or adopted snapshot"))?;
         let len = state.accessible_pages() * PAGE_SIZE;
-        let local = snap.local();
-        let mut written = Vec::new();
-        let scan = |reprotect, out: &mut Vec<_>| {
-            sys::scan_written(state.base(), state.base() + len, reprotect, out).map_err(|source| PagerError::Setup { len, source })
+        // Written pages that are mapped. PAGEMAP_SCAN also reports pages dropped since they were
+        // protected (not mapped: nothing to restore, and never to be touched from here).
+        let scan = |reprotect| -> Result<Vec<usize>, PagerError> {
+            let mut ranges = Vec::new();
+            sys::scan_written(state.base(), state.base() + len, reprotect, &mut ranges)
+                .map_err(|source| PagerError::Setup { len, source })?;
+            let mut pages = Vec::new();
+            for r in ranges {
+                let (start, end) = ((r.start - state.base()) / PAGE_SIZE, (r.end - state.base()) / PAGE_SIZE);
+                pages.extend((start..end).filter(|&p| state.table.get(p) == PageState::Resident));
+            }
+            Ok(pages)
         };
         let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };
-        // The image and a memory that did not grow: look first, without re-protecting.
-        if let Some(image) = local.as_ref().filter(|_| !report.grown) {
-            scan(false, &mut written)?;
-            let pages: usize = written.iter().map(|r| r.len() / PAGE_SIZE).sum();
-            if pages <= RESTORE_IN_PLACE_MAX {
+        // With the image and a memory that did not grow: look first, without re-protecting.
+        if let Some(image) = snap.local().filter(|_| !report.grown) {
+            let written = scan(false)?;
+            if written.len() <= RESTORE_IN_PLACE_MAX {
                 let mut lacking = Vec::new();
-                for range in &written {
-                    let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
-                    // SAFETY: pages `start..end` are resident (just written) and inside the
+                for &p in &written {
+                    // SAFETY: page `p` is mapped (Resident, and just written) inside the
                     // accessible part of this memory, whose instance is idle.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(range.start as *mut u8, range.len()) };
-                    for (i, p) in (start..end).enumerate() {
-                        let page = &mut dst[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                        if !snap.holds(p) {
-                            page.fill(0);
-                        } else if image.holds(p) {
-                            page.copy_from_slice(image.pages(p, 1));
-                        } else {
-                            // Not in a trimmed image: dropped below, fetched when touched.
-                            lacking.push(p);
-                            continue;
-                        }
-                        state.table.set(p, PageState::Resident);
+                    let page = unsafe { std::slice::from_raw_parts_mut((state.base() + p * PAGE_SIZE) as *mut u8, PAGE_SIZE) };
+                    if !snap.holds(p) {
+                        page.fill(0);
+                    } else if image.holds(p) {
+                        page.copy_from_slice(image.pages(p, 1));
+                    } else {
+                        // Not in a trimmed image: dropped below, fetched when touched.
+                        lacking.push(p);
                     }
-                    // Protected after the copy, so the copy itself does not count as a write.
+                }
+                // Protected after the copy, so the copy itself does not count as a write.
+                for run in written.chunk_by(|a, b| *b == *a + 1) {
+                    let (addr, bytes) = (state.base() + run[0] * PAGE_SIZE, run.len() * PAGE_SIZE);
                     state
                         .uffd
-                        .write_protect(range.start as *mut _, range.len())
-                        .map_err(|e| PagerError::Setup { len: range.len(), source: std::io::Error::other(e.to_string()) })?;
-                    report.written.extend(start..end);
+                        .write_protect(addr as *mut _, bytes)
+                        .map_err(|e| PagerError::Setup { len: bytes, source: std::io::Error::other(e.to_string()) })?;
                 }
                 for &p in &lacking {
                     state.table.set(p, PageState::Image);
                 }
                 self.discard_pages(&lacking);
+                report.written = written;
                 return Ok(report);
             }
-            written.clear();
         }
-        drop(local);
-        scan(true, &mut written)?;
-        for range in written {
-            let (start, end) = ((range.start - state.base()) / PAGE_SIZE, (range.end - state.base()) / PAGE_SIZE);
-            for p in start..end {
-                state.table.set(p, snap.initial(p));
-            }
-            self.discard_range(start, end - start);
-            report.written.extend(start..end);
+        let written = scan(true)?;
+        for &p in &written {
+            state.table.set(p, snap.initial(p));
         }
+        self.discard_pages(&written);
+        report.written = written;
         Ok(report)
     }
 

@@ -388,25 +388,8 @@ fn finish(status: u16, body: &[u8]) -> anyhow::Result<()> {
 impl ClientArgs {
     fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let sent = if method == "GET" {
-            let mut req = agent.get(&url);
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        } else {
-            let mut req = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.send(body)
-        };
-        let mut resp = sent.with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
-        Ok((status, body))
+        crate::api::client::request(method, &url, self.token.as_deref(), body, None)
+            .with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))
     }
 }
 

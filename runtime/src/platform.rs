@@ -279,12 +279,10 @@ impl Platform {
         }
         let end = Instant::now();
         let touched = instance.last_call.touched();
-        if let Some(snap) = f.snapshot() {
-            snap.note_written(&instance.last_call.written);
-        }
         let refaulted = instance.segments.observe_call(&touched, end, |p| f.initial_segment(p));
         let mut misses = 0;
         if let Some(snap) = f.snapshot() {
+            snap.note_written(&instance.last_call.written);
             misses = instance.last_call.faulted.iter().filter(|&&p| snap.holds(p)).count();
             if restoring && result.is_ok() {
                 let resident = std::mem::take(&mut instance.last_call.resident);

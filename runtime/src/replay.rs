@@ -197,22 +197,10 @@ impl Drop for MemnodeProcess {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(300))).build().into()
-}
-
 fn http(method: &str, url: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
-    let a = agent();
-    let mut resp = if method == "GET" {
-        a.get(url).call()
-    } else if method == "PUT" {
-        a.put(url).send(body)
-    } else {
-        a.post(url).send(body)
-    }
-    .with_context(|| format!("{method} {url}"))?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default()))
+    let (status, body) = crate::api::client::request(method, url, None, body, Some(Duration::from_secs(300)))
+        .with_context(|| format!("{method} {url}"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Sum of a metric over all its label sets.

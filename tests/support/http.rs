@@ -9,10 +9,6 @@ pub struct Resp {
     pub body: String,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
-}
-
 /// One request; `token` goes in a bearer header. Panics if the server cannot be reached.
 pub fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> Resp {
     try_send(method, url, token, body).unwrap_or_else(|e| panic!("HTTP {method} {url}: {e}"))
@@ -20,27 +16,8 @@ pub fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> Resp {
 
 /// One request; an error if the server cannot be reached.
 pub fn try_send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> Result<Resp, ureq::Error> {
-    let a = agent();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut resp = match method {
-        "GET" => {
-            let mut r = a.get(url);
-            if let Some(auth) = &auth {
-                r = r.header("Authorization", auth);
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
-            if let Some(auth) = &auth {
-                r = r.header("Authorization", auth);
-            }
-            r.send(body)
-        }
-    }?;
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
-    Ok(Resp { status, body })
+    let (status, body) = ebb_runtime::api::client::request(method, url, token, body, None)?;
+    Ok(Resp { status, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// Uploads `wasm` as USER/NAME.

@@ -11,6 +11,8 @@
 //!   GET  /metrics  /ping
 //! ```
 
+pub mod client;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;

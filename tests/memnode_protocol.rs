@@ -149,7 +149,18 @@ fn ten_thousand_hostile_frames_then_normal_service() {
     // Part 2: well-formed but refused requests, pipelined on authenticated connections; each must
     // get the right error code and leave the connection usable.
     let mut bob = greeted(&addr, "bob-secret");
+    // Another connection of alice's identity, in its default session: it has its own region.
     let mut eve = greeted(&addr, "alice-secret");
+    eve.write_all(&frame(Op::Alloc as u16, 3, 0, 0, &(16u64 * 4096).to_le_bytes())).unwrap();
+    let eve_region = {
+        let mut head = [0u8; HEADER_LEN];
+        eve.read_exact(&mut head).unwrap();
+        Header::decode(&head).unwrap().region.get()
+    };
+    // alice's transport holds its region in its own session: eve, the same tenant in another
+    // session, cannot reach it either.
+    eve.write_all(&frame(Op::Read as u16, 4, region.0, 1, &0u64.to_le_bytes())).unwrap();
+    assert_eq!(reply(&mut eve).map(|r| ErrorCode::from_u32(r.1)), Some(Some(ErrorCode::NoSuchRegion)));
     let mut tag = 10;
     while sent < 10_000 {
         tag += 1;
@@ -157,12 +168,12 @@ fn ten_thousand_hostile_frames_then_normal_service() {
             // Another client's region.
             0 => (&mut bob, frame(Op::Read as u16, tag, region.0, 1, &0u64.to_le_bytes()), ErrorCode::NoSuchRegion),
             // Out of range page of our own region.
-            1 => (&mut eve, frame(Op::Read as u16, tag, region.0, 1, &(16 + rng.below(1000)).to_le_bytes()), ErrorCode::OutOfRange),
+            1 => (&mut eve, frame(Op::Read as u16, tag, eve_region, 1, &(16 + rng.below(1000)).to_le_bytes()), ErrorCode::OutOfRange),
             // A page whose checksum does not match.
             2 => {
                 let mut payload = PageDesc { page: 0.into(), crc: 1.into(), reserved: 0.into() }.as_bytes().to_vec();
                 payload.extend(rng.bytes(PAGE_SIZE));
-                (&mut eve, frame(Op::Write as u16, tag, region.0, 1, &payload), ErrorCode::BadChecksum)
+                (&mut eve, frame(Op::Write as u16, tag, eve_region, 1, &payload), ErrorCode::BadChecksum)
             }
             // Beyond capacity.
             3 => (&mut bob, frame(Op::Alloc as u16, tag, 0, 0, &(1u64 << 40).to_le_bytes()), ErrorCode::OutOfCapacity),
@@ -178,11 +189,13 @@ fn ten_thousand_hostile_frames_then_normal_service() {
     assert_eq!(sent, 10_000);
     assert!(memnode.child.try_wait().unwrap().is_none(), "memnode died");
 
-    // Normal service continues, and the rejected checksum write changed nothing.
+    // Normal service continues, and the rejected checksum writes changed nothing.
     let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i * 13 % 256) as u8).collect();
+    eve.write_all(&frame(Op::Read as u16, 5, eve_region, 1, &0u64.to_le_bytes())).unwrap();
+    let (op, _, payload) = reply(&mut eve).unwrap();
+    assert_eq!(op, Op::Read as u16 | proto::REPLY_BIT);
+    assert!(payload[16..].iter().all(|&b| b == 0), "a refused write reached the store");
     let mut out = vec![0xffu8; PAGE_SIZE];
-    alice.read_pages(region, &[0], &mut out).unwrap();
-    assert!(out.iter().all(|&b| b == 0), "a refused write reached the store");
     alice.write_pages(region, &[3, 4], &data).unwrap();
     let mut back = vec![0u8; 2 * PAGE_SIZE];
     alice.read_pages(region, &[3, 4], &mut back).unwrap();
@@ -198,4 +211,238 @@ fn ten_thousand_hostile_frames_then_normal_service() {
     let err = alice.read_pages(region, &[3], &mut out).unwrap_err();
     assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::NoSuchRegion), .. }), "stale id: {err}");
     memnode.kill();
+}
+
+/// An operator's view of a memnode: every session's (name, state, regions, stored bytes).
+fn sessions(addr: &str, operator_token: &str) -> Vec<(String, u32, u64, u64)> {
+    let t = TcpTransport::connect(addr, TcpConfig { token: operator_token.into(), ..Default::default() }).unwrap();
+    t.usage()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let end = e.name.iter().position(|&b| b == 0).unwrap_or(e.name.len());
+            (String::from_utf8_lossy(&e.name[..end]).into_owned(), e.state.get(), e.regions.get(), e.stored.get())
+        })
+        .filter(|(name, _, regions, _)| *regions > 0 || !name.contains("anon-"))
+        .collect()
+}
+
+/// Opens a session with raw frames on one connection (what a client that then crashes did).
+fn raw_session(s: &mut TcpStream, name: &str, nonce: u64) -> proto::SessionReply {
+    let req = proto::SessionRequest { nonce: nonce.into(), flags: proto::SESSION_CLAIM.into(), name_len: (name.len() as u32).into() };
+    let mut payload = req.as_bytes().to_vec();
+    payload.extend_from_slice(name.as_bytes());
+    s.write_all(&frame(Op::Session as u16, 9, 0, 0, &payload)).unwrap();
+    let (op, _, payload) = reply(s).unwrap();
+    assert_eq!(op, Op::Session as u16 | proto::REPLY_BIT, "{}", String::from_utf8_lossy(&payload));
+    zerocopy::FromBytes::read_from_bytes(&payload[..]).unwrap()
+}
+
+fn raw_alloc_and_write(s: &mut TcpStream, pages: u64) -> u64 {
+    s.write_all(&frame(Op::Alloc as u16, 20, 0, 0, &(pages * 4096).to_le_bytes())).unwrap();
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).unwrap();
+    let region = Header::decode(&head).unwrap().region.get();
+    for p in 0..pages {
+        let page = vec![(p as u8) | 1; PAGE_SIZE];
+        let mut payload = PageDesc { page: p.into(), crc: proto::page_crc(&page).into(), reserved: 0.into() }.as_bytes().to_vec();
+        payload.extend_from_slice(&page);
+        s.write_all(&frame(Op::Write as u16, 21 + p, region, 1, &payload)).unwrap();
+        assert_eq!(reply(s).unwrap().0, Op::Write as u16 | proto::REPLY_BIT);
+    }
+    region
+}
+
+#[test]
+fn a_crashed_clients_regions_are_freed_after_lease_and_grace() {
+    let tokens = tempfile_path::write("alice alice-secret\nops ops-secret operator\n");
+    let memnode = Memnode::start(&["--token-file", tokens.0.to_str().unwrap(), "--lease", "300ms", "--grace", "700ms"]).unwrap();
+    let mut s = greeted(&memnode.addr, "alice-secret");
+    let reply = raw_session(&mut s, "crashy", 42);
+    assert_eq!((reply.lease_ms.get(), reply.grace_ms.get()), (300, 700));
+    raw_alloc_and_write(&mut s, 4);
+    let crashy = "tenant alice, session crashy";
+    assert_eq!(sessions(&memnode.addr, "ops-secret"), vec![(crashy.to_string(), proto::USAGE_LIVE, 1, 4 * 4096)]);
+    // The client dies: no EndSession, no more renewals. First the lease lapses (grace), then the
+    // regions go.
+    drop(s);
+    assert!(
+        ebb::wait_until(Duration::from_secs(5), || sessions(&memnode.addr, "ops-secret").first().is_some_and(|e| e.1 == proto::USAGE_GRACE)),
+        "{:?}",
+        sessions(&memnode.addr, "ops-secret")
+    );
+    assert!(ebb::wait_until(Duration::from_secs(5), || sessions(&memnode.addr, "ops-secret").is_empty()), "{:?}", sessions(&memnode.addr, "ops-secret"));
+    // The operator CLI prints the same view.
+    let out = std::process::Command::new(ebb::binary("memnode"))
+        .args(["stats", "--memnode", &memnode.addr, "--token", "ops-secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("IDENTITY / SESSION"));
+}
+
+#[test]
+fn a_restarted_client_frees_what_its_previous_run_left_and_a_live_one_keeps_its_session() {
+    let memnode = Memnode::start(&["--lease", "400ms", "--grace", "60s"]).unwrap();
+    let config = |claim_wait: u64| TcpConfig {
+        token: "stable-token".into(),
+        session: Some("runtime-7".into()),
+        claim_wait: Duration::from_millis(claim_wait),
+        ..Default::default()
+    };
+    // A previous run that crashed with 3 regions (raw: it never ends its session).
+    let mut old = greeted(&memnode.addr, "stable-token");
+    raw_session(&mut old, "runtime-7", 1);
+    for _ in 0..3 {
+        raw_alloc_and_write(&mut old, 2);
+    }
+    // While it still renews, a second client may not take the session.
+    let err = TcpTransport::connect(&memnode.addr, config(100)).unwrap_err();
+    assert!(matches!(err, TransportError::BadSession(_)), "{err}");
+    assert!(err.to_string().contains("held by another client"), "{err}");
+    drop(old);
+    // Restarted: it waits for the old lease to lapse, claims the session and frees the leftovers
+    // at once, long before the 60 s grace period.
+    let t = TcpTransport::connect(&memnode.addr, config(5000)).unwrap();
+    assert_eq!(t.leftovers(), (3, 6 * 4096));
+    assert_eq!(t.stats().unwrap().regions.get(), 0);
+    assert_eq!(t.stats().unwrap().allocated.get(), 0);
+    // Its heartbeat keeps the session live across many leases while it idles.
+    let region = t.alloc(4096).unwrap();
+    t.write_pages(region, &[0], &[9u8; PAGE_SIZE]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut out = vec![0u8; PAGE_SIZE];
+    t.read_pages(region, &[0], &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 9));
+    let err = TcpTransport::connect(&memnode.addr, config(100)).unwrap_err();
+    assert!(err.to_string().contains("held by another client"), "{err}");
+    // A clean end frees everything at once.
+    drop(t);
+    let fresh = TcpTransport::connect(&memnode.addr, config(100)).unwrap();
+    assert_eq!(fresh.leftovers(), (0, 0));
+}
+
+#[test]
+fn quotas_count_stored_pages_and_stats_tell_only_ones_own() {
+    let tokens = tempfile_path::write("alice alice-secret quota=64K\nbob bob-secret\nops ops-secret operator\n");
+    let memnode = Memnode::start(&["--token-file", tokens.0.to_str().unwrap(), "--capacity", "1M"]).unwrap();
+    let t = |token: &str| TcpTransport::connect(&memnode.addr, TcpConfig { token: token.into(), ..Default::default() }).unwrap();
+    let (alice, bob, ops) = (t("alice-secret"), t("bob-secret"), t("ops-secret"));
+    // Declaring is not storing: five regions the size of the whole memnode each.
+    let regions: Vec<_> = (0..5).map(|_| alice.alloc(1 << 20).unwrap()).collect();
+    let page = vec![1u8; PAGE_SIZE];
+    for p in 0..16 {
+        alice.write_pages(regions[(p % 5) as usize], &[p], &page).unwrap();
+    }
+    let err = alice.write_pages(regions[0], &[100], &page).unwrap_err();
+    assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::QuotaExceeded), .. }), "{err}");
+    // Rewriting a stored page costs nothing.
+    alice.write_pages(regions[0], &[0], &page).unwrap();
+    // Bob is unaffected by alice's quota, and sees only his own usage.
+    let b = bob.alloc(64 * 4096).unwrap();
+    bob.write_pages(b, &(0..64).collect::<Vec<_>>(), &vec![2u8; 64 * PAGE_SIZE]).unwrap();
+    let s = bob.stats().unwrap();
+    assert_eq!((s.allocated.get(), s.regions.get(), s.capacity.get()), (64 * 4096, 1, 1 << 20));
+    let s = alice.stats().unwrap();
+    assert_eq!((s.allocated.get(), s.regions.get(), s.capacity.get()), (16 * 4096, 5, 64 << 10));
+    let s = ops.stats().unwrap();
+    assert_eq!((s.allocated.get(), s.regions.get()), (80 * 4096, 6), "the operator sees everything");
+    // Capacity errors do not tell bob about alice's pages: 64 + 190 pages are within bob's quota
+    // (the capacity), but not within what is left of the capacity.
+    let big = bob.alloc(1 << 20).unwrap();
+    let err = bob.write_pages(big, &(0..190).collect::<Vec<_>>(), &vec![3u8; 190 * PAGE_SIZE]).unwrap_err();
+    assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::OutOfCapacity), .. }), "{err}");
+    assert!(!err.to_string().contains(&(16 * 4096).to_string()), "{err}");
+    assert_eq!(bob.usage().unwrap().len(), 1, "bob's usage lists bob's sessions only");
+}
+
+#[test]
+fn token_bytes_are_exact_identities() {
+    let memnode = Memnode::start(&[]).unwrap();
+    // \xff and \xfe are one string under a lossy UTF-8 decoding; they must be two identities.
+    let raw = |token: &[u8]| {
+        let mut s = connect(&memnode.addr);
+        s.write_all(&frame(Op::Hello as u16, 1, 0, 0, &[])).unwrap();
+        reply(&mut s).unwrap();
+        s.write_all(&frame(Op::Auth as u16, 2, 0, 0, token)).unwrap();
+        assert_eq!(reply(&mut s).unwrap().0, Op::Auth as u16 | proto::REPLY_BIT);
+        s
+    };
+    let mut a = raw(b"\xff");
+    let mut b = raw(b"\xfe");
+    let region = raw_alloc_and_write(&mut a, 1);
+    for (tag, op, payload) in [(50, Op::Read, 0u64.to_le_bytes().to_vec()), (51, Op::Free, vec![])] {
+        let arg = if op == Op::Read { 1 } else { 0 };
+        b.write_all(&frame(op as u16, tag, region, arg, &payload)).unwrap();
+        let (rop, code, _) = reply(&mut b).unwrap();
+        assert_eq!((rop, ErrorCode::from_u32(code)), (proto::OP_ERROR, Some(ErrorCode::NoSuchRegion)), "{op:?}");
+    }
+    a.write_all(&frame(Op::Read as u16, 52, region, 1, &0u64.to_le_bytes())).unwrap();
+    assert_eq!(reply(&mut a).unwrap().0, Op::Read as u16 | proto::REPLY_BIT);
+}
+
+/// Threads of a process, from /proc.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn idle_and_slow_sockets_cannot_lock_clients_out() {
+    let memnode = Memnode::start(&["--max-connections", "64", "--handshake-timeout", "500ms", "--idle-timeout", "1s"]).unwrap();
+    let pid = memnode.child.id();
+    let base = threads(pid);
+    // 300 sockets that never say a word: the limit holds before any thread is spawned for them.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&memnode.addr).unwrap()).collect();
+    assert!(ebb::wait_until(Duration::from_secs(2), || threads(pid) <= base + 64 + 2), "{} threads", threads(pid));
+    assert!(threads(pid) <= base + 66, "{} threads for 300 idle sockets", threads(pid));
+    // A slow client trickling a header byte by byte is cut at the handshake deadline too.
+    let mut slow = connect(&memnode.addr);
+    let hello = frame(Op::Hello as u16, 1, 0, 0, &[]);
+    let trickle = std::thread::spawn(move || {
+        for b in hello {
+            if slow.write_all(&[b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut buf = [0u8; 64];
+        matches!(slow.read(&mut buf), Ok(0) | Err(_))
+    });
+    // Within the deadline (plus the time the accept queue needs), every idle socket is closed by
+    // the memnode: a read sees the end of the stream.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {} // the over-the-limit error frame
+            }
+        }
+    }
+    assert!(trickle.join().unwrap(), "the trickling client was not cut off");
+    // Now a real client gets in and is served; idling past the idle timeout does not hurt it
+    // (it does not reuse a connection the memnode may be closing).
+    let t = TcpTransport::connect(&memnode.addr, TcpConfig::default()).unwrap();
+    let region = t.alloc(4096).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    t.write_pages(region, &[0], &[5u8; PAGE_SIZE]).unwrap();
+    // An authenticated raw connection that goes quiet is closed after the idle timeout.
+    let mut quiet = greeted(&memnode.addr, "quiet");
+    quiet.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(quiet.read(&mut buf), Ok(0) | Err(_)));
+}
+
+#[test]
+fn debug_output_never_shows_a_token() {
+    let memnode = Memnode::start(&[]).unwrap();
+    let config = TcpConfig { token: "sekret-token-123".into(), ..Default::default() };
+    let shown = format!("{config:?}");
+    let t = TcpTransport::connect(&memnode.addr, config).unwrap();
+    let shown = format!("{shown} {t:?}");
+    let tokens = ebb_memnode::tokens::Tokens::from_pairs([("alice", "sekret-token-123")]);
+    let shown = format!("{shown} {tokens:?} {:?}", ebb_memnode::Identity::Secret(b"sekret-token-123".to_vec()));
+    assert!(!shown.contains("sekret"), "{shown}");
 }

@@ -72,10 +72,27 @@ fn fill_offload_grow(exec: &Executor, seed: u32, len: usize, shared_pager: bool)
 fn fill_64m_offload_fault_back_embedded() {
     let exec = executor(Arc::new(LocalTransport::embedded(1 << 30)), 2);
     fill_offload_grow(&exec, 0x5eed, 64 * MIB, false);
-    let s = exec.pager().stats();
-    assert_eq!(s.faults_failed, 0);
-    // Zero pages never travel: only non-zero pages were written.
-    assert_eq!(s.bytes_out, s.pages_offloaded * 4096);
+    assert_eq!(exec.pager().stats().faults_failed, 0);
+}
+
+#[test]
+fn zero_pages_never_travel() {
+    // Counted where the pages cross, not by the pager: the transport sees exactly the non-zero
+    // pages (area A and the header page), though the module's memory is far larger and its
+    // stack and data pages were touched too.
+    let counting = Arc::new(ebb_memnode::client::CountingTransport::new(LocalTransport::embedded(1 << 30)));
+    let exec = executor(counting.clone(), 2);
+    let mut inst = pattern_instance(&exec, 0x77, 8 * MIB);
+    assert_eq!(inst.run().unwrap(), 0);
+    // Four pages past area A written with zeros: resident, but nothing to send.
+    let zeros_at = AREA_A + 8 * MIB + 65536;
+    inst.memory_bytes_mut().unwrap()[zeros_at..zeros_at + 4 * 4096].fill(0);
+    let before = counting.pages_written.load(std::sync::atomic::Ordering::Relaxed);
+    let report = inst.memory().unwrap().offload().unwrap();
+    let sent = counting.pages_written.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(sent, (8 * MIB / 4096) as u64 + 1, "pages that crossed the transport");
+    assert!(report.zero_pages_dropped >= 4, "zeroed pages were dropped, not sent: {report:?}");
+    check_area(&mut inst, AREA_A, 8 * MIB, 0x77);
 }
 
 #[test]
@@ -137,6 +154,25 @@ fn silent_memnode_fails_the_call_within_the_bound() {
     let msg = format!("{err:#}");
     assert!(msg.contains("did not answer"), "unclear error: {msg}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn a_poisoned_memory_still_frees_its_region_on_a_healthy_memnode() {
+    let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    let transport = tcp(&memnode.addr);
+    let exec = executor(transport.clone(), 2);
+    let mut inst = pattern_instance(&exec, 11, 4 * MIB);
+    assert_eq!(inst.run().unwrap(), 0);
+    inst.memory().unwrap().offload().unwrap();
+    assert_eq!(transport.stats().unwrap().regions.get(), 1);
+    // Silent for longer than the bound: the call fails and the memory is poisoned...
+    memnode.signal(libc::SIGSTOP);
+    assert!(inst.run().is_err());
+    assert!(inst.memory().unwrap().poisoned().is_some());
+    // ...but the memnode is back: dropping the instance frees its region there at once.
+    memnode.signal(libc::SIGCONT);
+    drop(inst);
+    assert_eq!(transport.stats().unwrap().regions.get(), 0, "the poisoned memory's region leaked");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! - [`client`] — the [`client::Transport`] seam with `local` and `tcp` backends.
 
 pub mod client;
+pub mod lease;
 mod net;
 pub mod proto;
 pub mod rdma;
@@ -16,4 +17,21 @@ pub mod tokens;
 
 pub use client::{connect, LocalTransport, TcpConfig, TcpTransport, Transport, TransportError};
 pub use proto::PAGE_SIZE;
-pub use store::{parse_size, RegionId, Store};
+pub use store::{parse_size, Identity, Owner, RegionId, Store, StoreConfig};
+
+#[cfg(test)]
+mod test_support {
+    use std::time::{Duration, Instant};
+
+    /// Polls `cond` every millisecond until it holds or `timeout` passes.
+    pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cond()
+    }
+}

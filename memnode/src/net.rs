@@ -1,6 +1,6 @@
 //! Small socket helpers shared by the server and the `tcp` client.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -34,20 +34,4 @@ pub fn spin_until_readable(stream: &TcpStream, spin: Duration) -> bool {
         }
         std::hint::spin_loop();
     }
-}
-
-/// Reads exactly `buf.len()` bytes, distinguishing a clean end of stream before the first byte
-/// (`Ok(false)`) from a truncated frame (an `UnexpectedEof` error).
-pub fn read_frame_start(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) if done == 0 => return Ok(false),
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame")),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }

@@ -11,8 +11,11 @@
 //!  +-------+-------+-------+---------------+---------------+-------+-------+
 //! ```
 //!
-//! A connection starts with `Hello` (version check), then `Auth` (token); only then are region
-//! operations accepted. Page data travels as a table of [`PageDesc`] (page index + CRC-32 of the
+//! A connection starts with `Hello` (version check), then `Auth` (token), optionally `Session`
+//! (which lease the connection's regions belong to); only then are region operations accepted.
+//! Regions belong to an identity's session, which lives while its client renews it (any request
+//! does, and `Renew`); a session not renewed for its lease ends, and after a grace period its regions
+//! are freed (see `docs/memnode-protocol.md`). Page data travels as a table of [`PageDesc`] (page index + CRC-32 of the
 //! page's bytes) followed by the pages themselves, so a receiver verifies every page before using it.
 //! The protocol is described for humans in `docs/memnode-protocol.md`.
 
@@ -26,7 +29,7 @@ pub const PAGE_SIZE_U64: u64 = 4096;
 /// First four bytes of every frame: "EBB1" read as a little-endian integer.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"EBB1");
 /// Protocol version spoken by this build. A peer with another version is refused at `Hello`.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 32;
 /// Most pages one `Read` or `Write` frame may carry (1 MiB of page data). Larger batches are split
@@ -34,6 +37,8 @@ pub const HEADER_LEN: usize = 32;
 pub const MAX_PAGES_PER_FRAME: usize = 256;
 /// Longest token accepted by `Auth`.
 pub const MAX_TOKEN_LEN: usize = 256;
+/// Longest session name accepted by `Session`.
+pub const MAX_SESSION_NAME: usize = 64;
 /// Largest payload any frame may carry; a header announcing more is a protocol error and closes the
 /// connection before anything is read.
 pub const MAX_PAYLOAD: usize = MAX_PAGES_PER_FRAME * (PAGE_SIZE + size_of::<PageDesc>());
@@ -81,6 +86,69 @@ pub struct StatsReply {
 }
 const _: () = assert!(size_of::<StatsReply>() == 48);
 
+/// The fixed part of a `Session` request; the session name's bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct SessionRequest {
+    /// The client instance's random nonce: who holds the session.
+    pub nonce: U64,
+    /// [`SESSION_CLAIM`], [`SESSION_FREE_LEFTOVERS`].
+    pub flags: U32,
+    pub name_len: U32,
+}
+const _: () = assert!(size_of::<SessionRequest>() == 16);
+
+/// Take the session for this nonce (a client's first connection). Refused while another nonce
+/// holds it and renews it; a lapsed holder's session is taken over. Without this flag the
+/// connection only attaches to a session its nonce already holds.
+pub const SESSION_CLAIM: u32 = 1;
+/// With [`SESSION_CLAIM`]: free the regions a previous holder left in the session (a restarted
+/// client that cannot use them). Without it they are kept for the new holder (reclaimed).
+pub const SESSION_FREE_LEFTOVERS: u32 = 2;
+
+/// The reply to `Session`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct SessionReply {
+    /// A session not renewed for this long ends.
+    pub lease_ms: U32,
+    /// An ended session's regions are freed this long after it ended.
+    pub grace_ms: U32,
+    /// The memnode closes a connection idle for this long.
+    pub idle_timeout_ms: U32,
+    pub reserved: U32,
+    /// Regions (and their stored bytes) a previous holder left: freed, or kept, as asked.
+    pub leftover_regions: U64,
+    pub leftover_bytes: U64,
+}
+const _: () = assert!(size_of::<SessionReply>() == 32);
+
+/// One session in a `Usage` reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct UsageEntry {
+    /// Bytes the session's regions store (what capacity and quotas count).
+    pub stored: U64,
+    /// Bytes its regions declare.
+    pub declared: U64,
+    pub regions: U64,
+    /// Milliseconds since the session was last renewed.
+    pub renewed_ms_ago: U64,
+    /// The identity's quota in bytes.
+    pub quota: U64,
+    /// [`USAGE_LIVE`], [`USAGE_GRACE`].
+    pub state: U32,
+    pub connections: U32,
+    /// "IDENTITY[, session NAME]", UTF-8, NUL-padded (cut at 96 bytes).
+    pub name: [u8; 96],
+}
+const _: () = assert!(size_of::<UsageEntry>() == 144);
+
+/// The session is renewed within its lease.
+pub const USAGE_LIVE: u32 = 0;
+/// The session's lease lapsed: its regions are freed when the grace period ends.
+pub const USAGE_GRACE: u32 = 1;
+
 /// Request operations. A reply has the same value with [`REPLY_BIT`] set, or is [`OP_ERROR`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
@@ -111,6 +179,17 @@ pub enum Op {
     /// region's memory, registered in the identity's protection domain (valid until the region is
     /// freed or resized).
     RdmaRegion = 10,
+    /// Payload: [`SessionRequest`] then the session name (≤ [`MAX_SESSION_NAME`] bytes). Binds this
+    /// connection to that session of its identity; regions it allocates belong to it. Reply
+    /// payload: [`SessionReply`]. Without it a connection uses the identity's default session.
+    Session = 11,
+    /// Empty payload: renews the connection's session (clients send it while idle).
+    Renew = 12,
+    /// Empty payload: ends the connection's session now, freeing its regions.
+    EndSession = 13,
+    /// Empty payload. Reply payload: [`UsageEntry`] × N — the asking identity's sessions, or every
+    /// identity's for an operator token.
+    Usage = 14,
 }
 
 /// One end of an RDMA reliable connection, exchanged over the TCP control plane.
@@ -155,6 +234,10 @@ impl Op {
             8 => Op::Resize,
             9 => Op::RdmaConnect,
             10 => Op::RdmaRegion,
+            11 => Op::Session,
+            12 => Op::Renew,
+            13 => Op::EndSession,
+            14 => Op::Usage,
             _ => return None,
         })
     }
@@ -174,7 +257,7 @@ pub enum ErrorCode {
     BadToken = 4,
     /// The region does not exist or belongs to another client (deliberately indistinguishable).
     NoSuchRegion = 5,
-    /// The allocation would exceed the memnode's capacity.
+    /// The memnode has no room for the pages (nothing is said about other identities' usage).
     OutOfCapacity = 6,
     /// A page index or size outside the region, or a size that is not page-aligned.
     OutOfRange = 7,
@@ -182,6 +265,10 @@ pub enum ErrorCode {
     BadChecksum = 8,
     /// A request that is well-formed but not allowed in this state (e.g. a second `Hello`).
     BadRequest = 9,
+    /// Storing the pages would exceed the identity's quota.
+    QuotaExceeded = 10,
+    /// The session is held by another live client, or this connection's nonce no longer holds it.
+    SessionRefused = 11,
 }
 
 impl ErrorCode {
@@ -196,6 +283,8 @@ impl ErrorCode {
             7 => ErrorCode::OutOfRange,
             8 => ErrorCode::BadChecksum,
             9 => ErrorCode::BadRequest,
+            10 => ErrorCode::QuotaExceeded,
+            11 => ErrorCode::SessionRefused,
             _ => return None,
         })
     }
@@ -256,7 +345,9 @@ pub fn check_request(header: &Header) -> Result<Op, FrameError> {
     let arg = header.arg.get();
     let count = arg as usize;
     let ok = match op {
-        Op::Hello | Op::Free | Op::Stats | Op::RdmaRegion => len == 0,
+        Op::Hello | Op::Free | Op::Stats | Op::RdmaRegion | Op::Renew | Op::EndSession | Op::Usage => len == 0,
+        // The name length inside the payload is checked by `session_request`.
+        Op::Session => (size_of::<SessionRequest>()..=size_of::<SessionRequest>() + MAX_SESSION_NAME).contains(&len),
         Op::RdmaConnect => len == size_of::<QpInfo>(),
         Op::Auth => len <= MAX_TOKEN_LEN,
         Op::Alloc | Op::Resize => len == 8,
@@ -264,6 +355,13 @@ pub fn check_request(header: &Header) -> Result<Op, FrameError> {
         Op::Write => count <= MAX_PAGES_PER_FRAME && len == count * (size_of::<PageDesc>() + PAGE_SIZE),
     };
     if ok { Ok(op) } else { Err(FrameError::BadPayload { op, arg, len }) }
+}
+
+/// Splits a `Session` payload into its request and name; None when they disagree.
+pub fn session_request(payload: &[u8]) -> Option<(SessionRequest, &[u8])> {
+    let (head, name) = payload.split_at_checked(size_of::<SessionRequest>())?;
+    let req = SessionRequest::read_from_bytes(head).ok()?;
+    (req.name_len.get() as usize == name.len() && name.len() <= MAX_SESSION_NAME).then_some((req, name))
 }
 
 /// The checksum carried with every page.

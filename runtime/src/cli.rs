@@ -270,9 +270,17 @@ pub struct MemoryArgs {
     /// Local RDMA device for an rdma:// memnode (default: the first one).
     #[arg(long)]
     pub rdma_device: Option<String>,
-    /// Token for the memnode (its token file's secret). Default: a random per-process token.
+    /// Token for the memnode (its token file's secret). Default: `runtime serve` keeps a random
+    /// one in DATA_DIR/memnode-identity (so a restarted runtime is the same identity); `runtime
+    /// run` makes a random one per process.
     #[arg(long, env = "EBB_MEMNODE_TOKEN")]
     pub token: Option<String>,
+    /// The memnode session this runtime's regions belong to. A restarted runtime with the same
+    /// session (and token) frees what its previous run left at once, instead of after the lease
+    /// and grace period. Two live runtimes must not share one. Default: `runtime serve` keeps one
+    /// in DATA_DIR/memnode-identity; `runtime run` uses a random one.
+    #[arg(long, env = "EBB_MEMNODE_SESSION")]
+    pub memnode_session: Option<String>,
     /// Milliseconds before a memnode that does not answer turns into an error.
     #[arg(long, default_value_t = 1000)]
     pub memnode_timeout_ms: u64,
@@ -290,9 +298,31 @@ pub struct MemoryArgs {
     pub fault_spin_us: u64,
 }
 
+/// The file under a data directory that holds the runtime's stable memnode identity.
+const IDENTITY_FILE: &str = "memnode-identity";
+
+/// The token and session name kept in `DIR/memnode-identity` (`TOKEN SESSION`), made on first use
+/// (random, mode 0600): what makes a restarted `runtime serve` the same memnode client.
+fn stable_identity(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let path = dir.join(IDENTITY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut parts = text.split_whitespace();
+        if let (Some(token), Some(session), None) = (parts.next(), parts.next(), parts.next()) {
+            return Ok((token.to_string(), session.to_string()));
+        }
+        anyhow::bail!("{} is not `TOKEN SESSION`: fix or delete it (a new identity is then made)", path.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let (token, session) = (ebb_memnode::client::random_token(), format!("rt-{}", &ebb_memnode::client::random_token()[..16]));
+    crate::registry::write_atomically(&path, format!("{token} {session}\n").as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((token, session))
+}
+
 impl MemoryArgs {
-    /// Connects to the memnode (or makes the embedded one) and starts a pager on it.
-    pub fn pager(&self) -> anyhow::Result<Arc<Pager>> {
+    /// Connects to the memnode (or makes the embedded one) and starts a pager on it. With
+    /// `data_dir`, the memnode token and session default to the ones kept there.
+    pub fn pager(&self, data_dir: Option<&std::path::Path>) -> anyhow::Result<Arc<Pager>> {
         let transport: Arc<dyn Transport> = match &self.memnode {
             Some(addr) => {
                 let mut config = TcpConfig {
@@ -300,9 +330,14 @@ impl MemoryArgs {
                     rdma_device: self.rdma_device.clone(),
                     ..Default::default()
                 };
-                if let Some(token) = &self.token {
-                    config.token = token.clone();
+                let kept = match (data_dir, &self.token, &self.memnode_session) {
+                    (Some(dir), None, _) | (Some(dir), _, None) => Some(stable_identity(dir)?),
+                    _ => None,
+                };
+                if let Some(token) = self.token.clone().or_else(|| kept.as_ref().map(|k| k.0.clone())) {
+                    config.token = token;
                 }
+                config.session = self.memnode_session.clone().or_else(|| kept.map(|k| k.1));
                 ebb_memnode::connect(addr, config)?
             }
             None => Arc::new(LocalTransport::embedded(self.embedded_capacity)),
@@ -415,7 +450,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !(1..=60_000).contains(&args.policy.policy_tick_ms) {
         anyhow::bail!("--policy-tick-ms {} is out of range: allowed 1 to 60000", args.policy.policy_tick_ms);
     }
-    let pager = args.memory.pager()?;
+    let pager = args.memory.pager(Some(&args.data_dir))?;
     let config = crate::platform::PlatformConfig {
         data_dir: args.data_dir.clone(),
         max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
@@ -459,7 +494,7 @@ fn print_stats(label: &str, s: &PagerSnapshot) {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let pager = args.memory.pager()?;
+    let pager = args.memory.pager(None)?;
     let exec = Executor::new(pager.clone())?;
     let module = exec.compile(&bytes)?;
     let mut argv = vec![args.file.display().to_string()];

@@ -8,12 +8,16 @@
 //!          completions polled; each completed run is copied out and handed to `ready`
 //!   write: pages copied into slots → WRITE work requests, completions polled
 //! ```
+//! A failed or unknown completion, a poll error or a timeout marks the lane broken: nothing is read
+//! from its buffer again until the lane is rebuilt. The next user of a broken lane destroys its
+//! queue pair (after which the device can no longer write into the buffer, whatever was in
+//! flight), closes its control connection (the memnode destroys its end) and connects a new one.
 //! Pages carry no checksum here: RoCE's ICRC and InfiniBand's link CRCs cover every packet.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
@@ -33,12 +37,14 @@ const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 const SLOTS: usize = 16;
 
 struct Lane {
-    // Field order is drop order: the queue pair, then the registration, then the memory.
+    // Field order is drop order: the queue pair, then the registration, then the memory, then the
+    // control connection whose closing makes the memnode destroy its end.
     qp: Qp,
     mr: Mr,
     buf: MmapMut,
     /// Set after a failed completion: the queue pair is in the error state for good.
     broken: Option<String>,
+    _conn: Conn,
 }
 
 /// The caller's side of a transfer.
@@ -72,14 +78,13 @@ fn chunks(pages: &[u64]) -> Vec<Chunk> {
 /// The `rdma` backend.
 pub struct RdmaTransport {
     control: TcpTransport,
+    pd: Arc<Pd>,
     name: String,
     timeout: Duration,
     device: String,
     lanes: Vec<Mutex<Lane>>,
     next_lane: AtomicUsize,
     keys: Mutex<HashMap<RegionId, RegionKey>>,
-    // The memnode destroys our queue pairs when this connection closes: it lives as long as we do.
-    _qp_conn: Mutex<Conn>,
 }
 
 impl fmt::Debug for RdmaTransport {
@@ -96,39 +101,57 @@ impl RdmaTransport {
         let ctx = Context::open(config.rdma_device.as_deref()).map_err(rdma)?;
         let timeout = config.timeout;
         let control = TcpTransport::connect(hostport, config)?;
-        let mut conn = control.open_conn()?;
         let pd = Pd::new(&ctx).map_err(rdma)?;
         let mut lanes = Vec::with_capacity(LANES);
         for _ in 0..LANES {
-            let qp = Qp::new(&pd).map_err(rdma)?;
-            let (_, reply) = control.request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, qp.info().as_bytes())?;
-            let peer = QpInfo::read_from_bytes(&reply).map_err(|_| TransportError::Protocol {
-                addr: hostport.to_string(),
-                op: "rdma connect",
-                detail: format!("a {}-byte queue pair description", reply.len()),
-            })?;
-            qp.connect(&peer).map_err(rdma)?;
+            let (qp, conn) = connect_qp(&control, &pd, hostport)?;
             let mut buf = MmapMut::map_anon(SLOTS * CHUNK_BYTES)
                 .map_err(|source| TransportError::Io { addr: hostport.to_string(), op: "rdma connect", source })?;
             // SAFETY: `buf` is owned by the lane next to the registration and dropped after it.
             let mr = unsafe { Mr::register(&pd, buf.as_mut_ptr(), buf.len(), false) }.map_err(rdma)?;
-            lanes.push(Mutex::new(Lane { qp, mr, buf, broken: None }));
+            lanes.push(Mutex::new(Lane { qp, mr, buf, broken: None, _conn: conn }));
         }
         Ok(RdmaTransport {
             control,
+            pd,
             name: hostport.to_string(),
             timeout,
             device: ctx.name.clone(),
             lanes,
             next_lane: AtomicUsize::new(0),
             keys: Mutex::new(HashMap::new()),
-            _qp_conn: Mutex::new(conn),
         })
     }
 
     /// The local RDMA device in use.
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// The control plane: the same session over the memnode's TCP protocol (its data path too).
+    pub fn control(&self) -> &TcpTransport {
+        &self.control
+    }
+
+    /// A usable lane: a free one, or the next in turn; a broken one is rebuilt first.
+    fn lane(&self) -> Result<MutexGuard<'_, Lane>, TransportError> {
+        let mut lane = self.any_lane();
+        if let Some(why) = lane.broken.take() {
+            tracing::info!("rebuilding an RDMA lane to {} that failed ({why})", self.name);
+            // Replacing the queue pair destroys the old one first: from then on the device
+            // writes nothing more into the lane's buffer.
+            match connect_qp(&self.control, &self.pd, &self.name) {
+                Ok((qp, conn)) => {
+                    lane.qp = qp;
+                    lane._conn = conn;
+                }
+                Err(e) => {
+                    lane.broken = Some(why);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(lane)
     }
 
     /// Where region `region` is on the memnode, for one-sided access (cached).
@@ -150,13 +173,10 @@ impl RdmaTransport {
     /// whatever region they belong to. For diagnostics and the isolation tests: the memnode's
     /// protection domains must make this fail for anything but this client's own regions.
     pub fn read_raw(&self, addr: u64, rkey: u32, len: usize) -> Result<Vec<u8>, TransportError> {
-        let mut lane = self.lane();
+        let mut lane = self.lane()?;
         let len = len.min(CHUNK_BYTES);
         let mut out = vec![0u8; len];
-        let Lane { qp, mr, buf, broken } = &mut *lane;
-        if let Some(why) = broken {
-            return Err(self.broken(why));
-        }
+        let Lane { qp, mr, buf, broken, .. } = &mut *lane;
         // SAFETY: the first `len` bytes of the lane's registered buffer; we wait for the
         // completion (or break the lane) before the buffer is reused.
         unsafe { qp.post(false, 0, mr, buf.as_mut_ptr(), u32::try_from(len).unwrap_or(0), addr, rkey) }.map_err(|e| self.rdma(e))?;
@@ -175,7 +195,10 @@ impl RdmaTransport {
                     *broken = Some(e.to_string());
                     return Err(self.rdma(e));
                 }
-                Err(e) => return Err(self.rdma(e)),
+                Err(e) => {
+                    *broken = Some(e.to_string());
+                    return Err(self.rdma(e));
+                }
             }
         }
         out.copy_from_slice(&buf[..len]);
@@ -186,16 +209,8 @@ impl RdmaTransport {
         TransportError::Rdma { addr: self.name.clone(), source }
     }
 
-    fn broken(&self, why: &str) -> TransportError {
-        TransportError::Io {
-            addr: self.name.clone(),
-            op: "rdma",
-            source: std::io::Error::other(format!("this RDMA connection failed earlier ({why}); reconnect")),
-        }
-    }
-
     /// A free lane, or the next one in turn.
-    fn lane(&self) -> MutexGuard<'_, Lane> {
+    fn any_lane(&self) -> MutexGuard<'_, Lane> {
         let start = self.next_lane.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.lanes.len() {
             if let Ok(l) = self.lanes[(start + i) % self.lanes.len()].try_lock() {
@@ -230,11 +245,8 @@ impl RdmaTransport {
             });
         }
         let chunks = chunks(pages);
-        let mut lane = self.lane();
-        let Lane { qp, mr, buf, broken } = &mut *lane;
-        if let Some(why) = broken {
-            return Err(self.broken(why));
-        }
+        let mut lane = self.lane()?;
+        let Lane { qp, mr, buf, broken, .. } = &mut *lane;
         let mut free: Vec<usize> = (0..SLOTS).rev().collect();
         let mut slot_of = vec![0usize; chunks.len()];
         let (mut next, mut in_flight) = (0, 0);
@@ -265,7 +277,10 @@ impl RdmaTransport {
                 next += 1;
                 in_flight += 1;
             }
-            let n = qp.poll(&mut wcs).map_err(|e| self.rdma(e))?;
+            let n = qp.poll(&mut wcs).map_err(|e| {
+                *broken = Some(e.to_string());
+                self.rdma(e)
+            })?;
             if n == 0 {
                 if last_progress.elapsed() > self.timeout {
                     *broken = Some(format!("{op} timed out"));
@@ -282,7 +297,10 @@ impl RdmaTransport {
                     return Err(self.rdma(e));
                 }
                 let k = usize::try_from(wc.wr_id).unwrap_or(usize::MAX);
-                let (Some(c), Some(&slot)) = (chunks.get(k), slot_of.get(k)) else {
+                let (Some(c), Some(&slot)) = (chunks.get(k).filter(|_| k < next), slot_of.get(k)) else {
+                    // Something else completed on this queue pair: nothing in its buffer can be
+                    // trusted any more.
+                    *broken = Some(format!("a completion for unknown request {k}"));
                     return Err(TransportError::Protocol { addr: self.name.clone(), op, detail: format!("completion for unknown request {k}") });
                 };
                 if let Data::Read(out, ready) = &mut data {
@@ -343,6 +361,22 @@ impl Transport for RdmaTransport {
     fn stats(&self) -> Result<StatsReply, TransportError> {
         self.control.stats()
     }
+}
+
+/// A new queue pair in `pd` connected to a new one of the memnode's, over a new control
+/// connection of `control`'s session (one per queue pair: the memnode refuses a second).
+fn connect_qp(control: &TcpTransport, pd: &Arc<Pd>, addr: &str) -> Result<(Qp, Conn), TransportError> {
+    let rdma = |source| TransportError::Rdma { addr: addr.to_string(), source };
+    let mut conn = control.open_conn()?;
+    let qp = Qp::new(pd).map_err(rdma)?;
+    let (_, reply) = control.request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, qp.info().as_bytes())?;
+    let peer = QpInfo::read_from_bytes(&reply).map_err(|_| TransportError::Protocol {
+        addr: addr.to_string(),
+        op: "rdma connect",
+        detail: format!("a {}-byte queue pair description", reply.len()),
+    })?;
+    qp.connect(&peer).map_err(rdma)?;
+    Ok((qp, conn))
 }
 
 #[cfg(test)]

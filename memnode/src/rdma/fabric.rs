@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::verbs::{Context, Mr, Pd, Qp, RdmaError};
 use crate::proto::{QpInfo, RegionKey};
-use crate::store::{Identity, RegionId, Store, StoreError};
+use crate::store::{Identity, Owner, RegionId, Store, StoreError};
 
 /// Why an RDMA control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,20 +61,32 @@ impl Fabric {
         Ok((qp, info))
     }
 
-    /// The address and key of `region`'s memory, registering it in its owner's domain if needed.
-    pub fn region_key(&self, store: &Store, identity: &Identity, region: RegionId) -> Result<RegionKey, FabricError> {
+    /// The address and key of `region`'s memory, registering it in its owner's domain if needed
+    /// (which counts the region at its full size from then on: see [`Store::pin`]).
+    pub fn region_key(&self, store: &Store, owner: &Owner, region: RegionId) -> Result<RegionKey, FabricError> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let (addr, len) = store.region_memory(identity, region)?;
+        let (addr, len) = store.pin(owner, region)?;
         if let Some(mr) = keys.get(&region) {
             return Ok(key(mr));
         }
-        let pd = self.domain(identity)?;
+        let pd = self.domain(&owner.identity)?;
         // SAFETY: the region's mapping stays in place until the region is freed or resized, and
         // both first remove (deregister) this entry under the same lock (`change_region`).
         let mr = unsafe { Mr::register(&pd, addr, len, true)? };
         let k = key(&mr);
         keys.insert(region, mr);
         Ok(k)
+    }
+
+    /// Drops `identity`'s protection domain (the caller knows it has no regions and no
+    /// connections left); it is deallocated once the last queue pair or registration using it goes.
+    pub fn forget_identity(&self, identity: &Identity) {
+        self.domains.lock().unwrap_or_else(|e| e.into_inner()).remove(identity);
+    }
+
+    /// Protection domains held now (one per identity in use).
+    pub fn domains(&self) -> usize {
+        self.domains.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Runs a free or resize of `region` with its registration removed first.

@@ -626,11 +626,16 @@ impl Drop for PagedMemory {
         let _ = self.shared.epoll.remove(&self.state.uffd);
         self.shared.memories.write().unwrap_or_else(|e| e.into_inner()).remove(&self.state.key);
         let region = self.state.region.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Freed even when poisoned: the memnode may well be healthy (a checksum, a timeout that
+        // passed). When it is not, the region's session lease frees it on the memnode's side.
         if let Some((region, _)) = region
-            && !self.state.poisoned.load(Ordering::Acquire)
             && let Err(e) = self.shared.transport.free(region)
         {
-            tracing::warn!("could not free memnode region {region}: {e}");
+            if self.state.poisoned.load(Ordering::Acquire) {
+                tracing::debug!("could not free memnode region {region} of a poisoned memory (its lease will): {e}");
+            } else {
+                tracing::warn!("could not free memnode region {region} (its lease will): {e}");
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ pub use ebb_memnode::tokens::{TokenFileError, Tokens};
 
 /// Loads a runtime tokens file: `USER TOKEN` lines with valid user names.
 pub fn load_tokens(path: &Path) -> Result<Tokens, TokenFileError> {
-    Tokens::load_with(path, |user| check_name("user", user).is_ok())
+    Tokens::load_with(path, ebb_memnode::tokens::Fields::Operator, |user| check_name("user", user).is_ok())
 }
 
 use crate::exec::{Executor, Function};
@@ -111,8 +111,8 @@ impl Registry {
         let store_err = |source| UploadError::Store { key: key.clone(), dir: dir.display().to_string(), source };
         std::fs::create_dir_all(&dir).map_err(store_err)?;
         let code = module.serialize().map_err(|e| store_err(std::io::Error::other(format!("{e}"))))?;
-        write_atomically(&dir.join("function.wasm"), wasm).map_err(store_err)?;
-        write_atomically(&dir.join("function.cwasm"), &code).map_err(store_err)?;
+        write_atomically(&dir.join("function.wasm"), wasm, 0o644).map_err(store_err)?;
+        write_atomically(&dir.join("function.cwasm"), &code, 0o644).map_err(store_err)?;
         let function = Arc::new(Function::new(key.to_string(), module));
         self.functions.write().unwrap_or_else(|e| e.into_inner()).insert(key, function.clone());
         Ok(function)
@@ -128,10 +128,30 @@ impl Registry {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes `bytes` to `path` so that a reader (or a restart after a crash) sees either the old file
+/// or the whole new one: a temp file unique to this write (two concurrent writers never share
+/// one), fsynced, renamed over `path`, and the directory fsynced so the rename itself is durable.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn load(dir: &Path, key: &FunctionKey, exec: &Executor) -> anyhow::Result<Function> {

@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = ebb_runtime::api::router(ebb_runtime::api::ApiState { platform: platform.clone(), tokens: None });
+    let app = ebb_runtime::api::router(ebb_runtime::api::ApiState::new(platform.clone(), None));
     rt.spawn(async move { axum::serve(listener, app).await });
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let url = format!("http://{addr}/f/bench/noop");

@@ -29,7 +29,7 @@ fn scenario(transport: Arc<dyn Transport>) {
     let f = Arc::new(Function::new("demo/table", exec.compile(TABLE_WAT.as_bytes()).unwrap()));
     let want = expected_checksum();
 
-    let mut a = exec.function_instance(&f, Stdout::Inherit, None).unwrap();
+    let mut a = exec.function_instance(&f, Stdout::Inherit, None, None).unwrap().0;
     let snap = f.snapshot().expect("captured at the first instance").clone();
     assert_eq!(snap.nonzero_pages(), TABLE_PAGES, "the table's pages, no zero page");
     let out = a.call(b"", Entry::Start, None).unwrap();
@@ -58,7 +58,7 @@ fn scenario(transport: Arc<dyn Transport>) {
     assert_eq!(faults(pager.stats()), faults(before), "a call after an eviction faulted on restored pages");
 
     // A second instance adopts the initial state without running the zygote again.
-    let mut b = exec.function_instance(&f, Stdout::Inherit, None).unwrap();
+    let mut b = exec.function_instance(&f, Stdout::Inherit, None, None).unwrap().0;
     let before = pager.stats();
     let out = b.call(b"", Entry::Start, None).unwrap();
     assert_eq!(parse(&out.output), (want, 1));

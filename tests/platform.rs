@@ -97,7 +97,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(send("PUT", &format!("{}/f/demo/spin", rt.url), None, spin.as_bytes()).status, 200);
     let start = Instant::now();
     let r = invoke(&rt, "demo", "spin", "");
-    assert_eq!(r.status, 500);
+    assert_eq!(r.status, 504, "a call timeout is told apart: {}", r.body);
     assert!(r.body.contains("limit and was interrupted"), "{}", r.body);
     assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
     assert_eq!(invoke(&rt, "demo", "echo", "still here").body, "still here");
@@ -210,7 +210,7 @@ fn a_dead_memnode_fails_calls_and_shows_in_metrics() {
     memnode.kill();
     let start = Instant::now();
     let r = invoke(&rt, "demo", "bigtable", "");
-    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.status, 503, "an unavailable memnode is told apart: {}", r.body);
     assert!(r.body.contains("memnode"), "unclear error: {}", r.body);
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");

@@ -66,6 +66,10 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Compile a module read from stdin to loadable code on stdout (what `serve` runs in a child
+    /// process, under CPU and memory limits, for every upload).
+    #[command(hide = true)]
+    Compile,
 }
 
 #[derive(Debug, Args)]
@@ -101,7 +105,82 @@ struct ServeArgs {
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     max_input: u64,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// What calls, tenants and uploads may use (docs/platform.md lists every limit).
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Calls running at once (worker threads).
+    #[arg(long, default_value_t = 16)]
+    call_threads: usize,
+    /// Calls of one user running at once (default: half the call threads).
+    #[arg(long)]
+    max_calls_per_user: Option<usize>,
+    /// Calls waiting for a thread, over all users; a call beyond gets 503.
+    #[arg(long, default_value_t = 1024)]
+    max_queued: usize,
+    /// Calls of one user waiting for a thread; a call beyond gets 503.
+    #[arg(long, default_value_t = 256)]
+    max_queued_per_user: usize,
+    /// How long a finished async call's record (and output) is kept for polling, e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    call_record_ttl: Duration,
+    /// Most finished call records kept.
+    #[arg(long, default_value_t = 10_000)]
+    call_records: usize,
+    /// Most bytes of outputs kept in finished call records, e.g. 256M.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    call_record_bytes: u64,
+    /// Largest state value, e.g. 256M.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    max_state_value: u64,
+    /// Most state one user may hold, e.g. 1G.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    max_state_per_user: u64,
+    /// Largest module an upload may send, e.g. 64M.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    max_module: u64,
+    /// CPU time one upload's compile may use, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    compile_cpu: Duration,
+    /// Memory one upload's compile may use, e.g. 4G.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    compile_memory: u64,
+}
+
+impl LimitArgs {
+    fn apply(&self, config: &mut crate::platform::PlatformConfig) -> anyhow::Result<()> {
+        let range = |name: &str, v: u64, lo: u64, hi: u64| -> anyhow::Result<()> {
+            if (lo..=hi).contains(&v) { Ok(()) } else { anyhow::bail!("--{name} {v} is out of range: allowed {lo} to {hi}") }
+        };
+        range("call-threads", self.call_threads as u64, 1, 4096)?;
+        let per_user = self.max_calls_per_user.unwrap_or((self.call_threads / 2).max(1));
+        range("max-calls-per-user", per_user as u64, 1, self.call_threads as u64)?;
+        range("max-queued", self.max_queued as u64, 0, 1 << 20)?;
+        range("max-queued-per-user", self.max_queued_per_user as u64, 0, self.max_queued as u64)?;
+        range("call-records", self.call_records as u64, 0, 10_000_000)?;
+        config.pool = crate::platform::PoolConfig {
+            workers: self.call_threads,
+            max_running_per_user: per_user,
+            max_queued: self.max_queued,
+            max_queued_per_user: self.max_queued_per_user,
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        config.records = crate::platform::RecordLimits {
+            ttl: self.call_record_ttl,
+            max_finished: self.call_records,
+            max_output_bytes: size(self.call_record_bytes),
+        };
+        config.state = crate::state::StateLimits { max_value: size(self.max_state_value), max_per_user: size(self.max_state_per_user) };
+        config.compile.max_module = size(self.max_module);
+        config.compile.cpu = self.compile_cpu;
+        config.compile.wall = self.compile_cpu * 2;
+        config.compile.memory = self.compile_memory;
+        Ok(())
+    }
 }
 
 /// Keep-alive and offload policy (docs/platform.md lists every setting and its range).
@@ -290,7 +369,7 @@ pub struct MemoryArgs {
     /// Fault-handler threads.
     #[arg(long, default_value_t = 2)]
     pub fault_threads: usize,
-    /// Following remote pages fetched with a faulting one.
+    /// Following remote pages fetched with a faulting one (0 to 1023).
     #[arg(long, default_value_t = 15)]
     pub readaround: usize,
     /// Microseconds an idle fault-handler thread polls for the next fault before blocking.
@@ -404,7 +483,18 @@ pub fn main() -> anyhow::Result<()> {
             let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
             finish(status, &body)
         }
+        Command::Compile => compile(),
     }
+}
+
+/// `runtime compile`: wasm (or WAT) on stdin, loadable code on stdout.
+fn compile() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut wasm = Vec::new();
+    std::io::stdin().read_to_end(&mut wasm)?;
+    let code = crate::exec::compile_to_bytes(&wasm)?;
+    std::io::stdout().write_all(&code)?;
+    Ok(())
 }
 
 /// Prints a response body; a non-2xx status is an error exit.
@@ -450,15 +540,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !(1..=60_000).contains(&args.policy.policy_tick_ms) {
         anyhow::bail!("--policy-tick-ms {} is out of range: allowed 1 to 60000", args.policy.policy_tick_ms);
     }
-    let pager = args.memory.pager(Some(&args.data_dir))?;
-    let config = crate::platform::PlatformConfig {
+    let mut config = crate::platform::PlatformConfig {
         data_dir: args.data_dir.clone(),
         max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
         call_timeout: Duration::from_secs(args.call_timeout_s),
         policy,
         policy_tick: Duration::from_millis(args.policy.policy_tick_ms),
+        // Uploads are compiled by this binary in bounded child processes.
+        compiler_exe: Some(std::env::current_exe().context("cannot find the runtime binary to compile uploads with")?),
         ..Default::default()
     };
+    args.limits.apply(&mut config)?;
+    if !(1..=86_400).contains(&args.call_timeout_s) {
+        anyhow::bail!("--call-timeout-s {} is out of range: allowed 1 to 86400", args.call_timeout_s);
+    }
+    let pager = args.memory.pager(Some(&args.data_dir))?;
     let platform = crate::platform::Platform::start(config, pager)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -467,7 +563,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let memnode = args.memory.memnode.as_deref().unwrap_or("embedded");
         // Tests and scripts wait for this line.
         println!("runtime listening on {local} (memnode: {memnode}, data: {})", args.data_dir.display());
-        let app = crate::api::router(crate::api::ApiState { platform, tokens });
+        let app = crate::api::router(crate::api::ApiState::new(platform, tokens));
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

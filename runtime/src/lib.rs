@@ -3,7 +3,9 @@
 //! - [`pager`] — paged linear memory: wasmtime `MemoryCreator`, userfaultfd fault handlers, page
 //!   table, offload.
 //! - [`exec`] — the wasmtime engine on paged memory and instances of command modules.
-//! - [`registry`] — functions on disk, users' tokens, state.
+//! - [`registry`] — functions on disk (compiled within bounds), users' tokens.
+//! - [`state`] — Faasm state: values, limits, call-owned locks.
+//! - [`supervise`] — background threads that survive a panic.
 //! - [`platform`] — calls: warm instances, chaining, async calls, timeouts, metrics.
 //! - [`policy`] — offload policy: segments, semi-warm timeline, keep-alive.
 //! - [`replay`] — trace replay against servers with different policies (`runtime replay`).
@@ -18,3 +20,5 @@ pub mod platform;
 pub mod policy;
 pub mod registry;
 pub mod replay;
+pub mod state;
+pub mod supervise;

@@ -3,23 +3,34 @@
 //! Guest pointers are checked against the memory's bounds by wasmtime's `Memory::read`/`write`,
 //! so a bad pointer is a trap with a clear message, never a host crash.
 
-use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::anyhow;
 use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 
-use super::{CallContext, CallOutcome, Function, Host};
-use crate::registry::StateStore;
+use super::{CallContext, CallOutcome, Host, Timeout};
+use crate::state::{StateError, StateStore};
+
+/// Why awaiting a call gave no outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwaitError {
+    /// The call failed, does not exist, or belongs to someone else (all answered alike).
+    Failed(String),
+    /// The awaiting call reached its own deadline first.
+    Timeout,
+}
 
 /// What the platform provides to guests: chained calls and state. (`runtime run` has none.)
+/// Every wait a guest can cause is bounded by its call's `deadline`.
 pub trait Services: Send + Sync {
-    /// Starts a call of `user/function` with `input`; returns its id. An unknown function gives
-    /// an id whose await fails.
-    fn chain(&self, user: &str, function: &str, input: Vec<u8>) -> u32;
-    /// Starts a call of the function-table entry `index` of `function`, in another instance.
-    fn chain_ptr(&self, user: &str, function: Arc<Function>, index: u32, input: Vec<u8>) -> u32;
-    /// Waits for call `id` of `user`; the outcome, or why it failed.
-    fn await_call(&self, user: &str, id: u32) -> Result<CallOutcome, String>;
+    /// Starts a call of `function` of the caller's user with `input`; returns its id. An unknown
+    /// function, or a full call queue, gives an id whose await fails.
+    fn chain(&self, caller: &CallContext, function: &str, input: Vec<u8>) -> u32;
+    /// Starts a call of the function-table entry `index` of the caller's function, in another
+    /// instance.
+    fn chain_ptr(&self, caller: &CallContext, index: u32, input: Vec<u8>) -> u32;
+    /// Waits for call `id` of the caller's user until `deadline`.
+    fn await_call(&self, caller: &CallContext, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, AwaitError>;
     /// The users' state.
     fn state(&self) -> &StateStore;
 }
@@ -124,23 +135,24 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             let name = cstr(&mut caller, name)?;
             let input = bytes(&mut caller, input, len)?;
             // A chained call belongs to the caller's user.
-            Ok(id_ret(c.services.chain(&c.user, &name, input)))
+            Ok(id_ret(c.services.chain(&c, &name, input)))
         })
         .map_err(err)?;
     linker
         .func_wrap("env", "__faasm_chain_ptr", |mut caller: Caller<'_, Host>, index: i32, input: i32, len: i32| -> wasmtime::Result<i32> {
             let c = ctx(&caller, "__faasm_chain_ptr")?;
             let input = bytes(&mut caller, input, len)?;
-            Ok(id_ret(c.services.chain_ptr(&c.user, c.function.clone(), id_arg(index), input)))
+            Ok(id_ret(c.services.chain_ptr(&c, id_arg(index), input)))
         })
         .map_err(err)?;
     linker
         .func_wrap("env", "__faasm_await_call", |caller: Caller<'_, Host>, id: i32| -> wasmtime::Result<i32> {
             let c = ctx(&caller, "__faasm_await_call")?;
-            Ok(match c.services.await_call(&c.user, id_arg(id)) {
+            Ok(match c.services.await_call(&c, id_arg(id), caller.data().deadline) {
                 Ok(outcome) => outcome.rc,
-                Err(why) => {
-                    tracing::warn!("chained call {id} of {} failed: {why}", c.user);
+                Err(AwaitError::Timeout) => return Err(wasmtime::Error::new(Timeout)),
+                Err(AwaitError::Failed(why)) => {
+                    tracing::debug!("chained call {id} of {} failed: {why}", c.user);
                     1
                 }
             })
@@ -154,9 +166,10 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             "__faasm_await_call_output",
             |mut caller: Caller<'_, Host>, id: i32, out_ptr: i32, out_len: i32| -> wasmtime::Result<i32> {
                 let c = ctx(&caller, "__faasm_await_call_output")?;
-                let (rc, output) = match c.services.await_call(&c.user, id_arg(id)) {
+                let (rc, output) = match c.services.await_call(&c, id_arg(id), caller.data().deadline) {
                     Ok(outcome) => (outcome.rc, outcome.output),
-                    Err(why) => (1, format!("FAILED: {why}").into_bytes()),
+                    Err(AwaitError::Timeout) => return Err(wasmtime::Error::new(Timeout)),
+                    Err(AwaitError::Failed(why)) => (1, format!("FAILED: {why}").into_bytes()),
                 };
                 let mem = memory(&mut caller)?;
                 let at = mem.data_size(&caller);
@@ -174,8 +187,12 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_err(e: crate::registry::StateError) -> wasmtime::Error {
-    format_err!("{e}")
+fn state_err(e: StateError) -> wasmtime::Error {
+    match e {
+        // A lock wait that ran past the deadline ends the call as a timeout.
+        StateError::LockTimeout { .. } => wasmtime::Error::new(Timeout),
+        e => format_err!("{e}"),
+    }
 }
 
 fn add_state(linker: &mut Linker<Host>) -> anyhow::Result<()> {
@@ -197,8 +214,7 @@ fn add_state(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             let c = ctx(&caller, "__faasm_write_state")?;
             let key = cstr(&mut caller, key)?;
             let data = bytes(&mut caller, data, len)?;
-            c.services.state().set(&c.user, &key, &data);
-            Ok(())
+            c.services.state().set(&c.user, &key, &data).map_err(state_err)
         })
         .map_err(err)?;
     linker
@@ -246,10 +262,12 @@ fn add_state(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             .func_wrap("env", name, move |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
                 let c = ctx(&caller, name)?;
                 let key = cstr(&mut caller, key)?;
+                // Locks belong to the call: the platform releases what it still holds when it ends.
+                let holder = c.holder;
                 if lock {
-                    c.services.state().lock(&c.user, &key, exclusive);
+                    c.services.state().lock(&c.user, &key, exclusive, holder, caller.data().deadline).map_err(state_err)?;
                 } else {
-                    c.services.state().unlock(&c.user, &key, exclusive);
+                    c.services.state().unlock(&c.user, &key, exclusive, holder);
                 }
                 Ok(())
             })

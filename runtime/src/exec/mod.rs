@@ -14,9 +14,6 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::pager::{MemoryHandle, Pager};
-use crate::policy::Segment;
-
-pub use crate::policy::Segments;
 
 mod host;
 pub mod rewrite;
@@ -52,6 +49,10 @@ pub struct CallContext {
     pub services: Arc<dyn host::Services>,
     pub user: String,
     pub function: Arc<Function>,
+    /// The call running now: its record's id (0 for a call without one), which it may not await.
+    pub call: u32,
+    /// What holds the running call's state locks (unique per call run).
+    pub holder: u64,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -60,7 +61,7 @@ impl std::fmt::Debug for CallContext {
     }
 }
 
-pub use host::Services;
+pub use host::{AwaitError, Services};
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,16 +82,38 @@ impl std::fmt::Debug for Executor {
     }
 }
 
+/// The engine settings every compile and every run share (a compile in another process must
+/// use exactly these for its code to load here).
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config
+        // Copy-on-write images need wasmtime's own mmap memories; with a custom creator the
+        // data segments are copied in (and fault through the pager like any write).
+        .memory_init_cow(false)
+        // Lets the pager stop a guest whose memory lost a page (see `pager`), and calls stop at
+        // their deadline.
+        .epoch_interruption(true);
+    config
+}
+
+fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Module> {
+    let wasm = wat::parse_bytes(bytes).context("the module is neither wasm nor valid WAT")?;
+    let wasm = rewrite::export_mutable_globals(&wasm)?;
+    Module::new(engine, &wasm).map_err(|e| anyhow!("{e:?}")).context("the module does not compile")
+}
+
+/// Compiles `bytes` with the executor's engine settings but without a pager, into loadable code
+/// (what `runtime compile` does in a child process with bounded time and memory).
+pub fn compile_to_bytes(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let engine = Engine::new(&engine_config()).map_err(|e| anyhow!("{e}"))?;
+    let module = compile(&engine, bytes)?;
+    module.serialize().map_err(|e| anyhow!("{e}"))
+}
+
 impl Executor {
     pub fn new(pager: Arc<Pager>) -> anyhow::Result<Executor> {
-        let mut config = Config::new();
-        config
-            .with_host_memory(pager.creator())
-            // Copy-on-write images need wasmtime's own mmap memories; with a custom creator the
-            // data segments are copied in (and fault through the pager like any write).
-            .memory_init_cow(false)
-            // Lets the pager stop a guest whose memory lost a page (see `pager`).
-            .epoch_interruption(true);
+        let mut config = engine_config();
+        config.with_host_memory(pager.creator());
         let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
         let weak = engine.weak();
         pager.set_interrupt(move || {
@@ -115,9 +138,16 @@ impl Executor {
     /// Compiles a module from wasm or WAT bytes, exporting its mutable globals first (see
     /// [`rewrite`]) so that calls can restore them.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Module> {
-        let wasm = wat::parse_bytes(bytes).context("the module is neither wasm nor valid WAT")?;
-        let wasm = rewrite::export_mutable_globals(&wasm)?;
-        Module::new(&self.engine, &wasm).map_err(|e| anyhow!("{e:?}")).context("the module does not compile")
+        compile(&self.engine, bytes)
+    }
+
+    /// Loads code compiled by [`compile_to_bytes`] with a compatible engine (another process of
+    /// this build: see `registry`'s compiler). Wasmtime refuses code from an incompatible engine.
+    pub fn load_compiled(&self, code: &[u8]) -> anyhow::Result<Module> {
+        // SAFETY: the bytes are `Module::serialize` output of this same build's engine config,
+        // produced by this runtime (in process or by its own `runtime compile` child); wasmtime
+        // checks the engine's compatibility before using them.
+        unsafe { Module::deserialize(&self.engine, code) }.map_err(|e| anyhow!("{e:?}")).context("the compiled code is not usable")
     }
 
     fn store(&self, stdout: Stdout, args: &[String], ctx: Option<CallContext>) -> Store<Host> {
@@ -137,7 +167,7 @@ impl Executor {
             // call ran past its deadline, stops.
             let host = ctx.data();
             if let Some(why) = host.memory.as_ref().and_then(|m| m.poisoned()) {
-                return Err(wasmtime::format_err!("the call lost its memory: {why}"));
+                return Err(wasmtime::Error::new(LostMemory(why)));
             }
             if host.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Err(wasmtime::Error::new(Timeout));
@@ -148,18 +178,22 @@ impl Executor {
     }
 
     /// An instance of `function` that starts from the function's initial state: the first one
-    /// runs the init phase (`_faasm_zygote`) and captures it; later ones adopt it without
-    /// copying anything.
+    /// runs the init phase (`_faasm_zygote`) and captures it — returning which pages
+    /// instantiation and the init phase left resident — later ones adopt it without copying
+    /// anything. Instantiation (a module's start function) and the init phase are bounded by
+    /// `limit`, as calls are.
     pub fn function_instance(
         &self,
         function: &Arc<Function>,
         stdout: Stdout,
         services: Option<(Arc<dyn Services>, &str)>,
-    ) -> anyhow::Result<Instance> {
-        let ctx = services.map(|(services, user)| CallContext { services, user: user.to_string(), function: function.clone() });
-        let store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
+        limit: Option<std::time::Duration>,
+    ) -> anyhow::Result<(Instance, Option<InitPages>)> {
+        let ctx = services.map(|(services, user)| CallContext { services, user: user.to_string(), function: function.clone(), call: 0, holder: 0 });
+        let mut store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
+        store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut inst = self.link(store, &function.module)?;
-        let now = std::time::Instant::now();
+        let mut init_pages = None;
         match function.initial.get() {
             Some(initial) => {
                 if let Some(memory) = inst.instance.get_memory(&mut inst.store, "memory") {
@@ -176,27 +210,25 @@ impl Executor {
                 inst.restore_globals()?;
             }
             None => {
-                // Segments: what instantiation left resident is the runtime's, what the init
-                // phase adds is init's.
-                if let Some(handle) = &inst.memory {
-                    inst.segments.label(&handle.resident_pages(), Segment::Runtime, now);
-                }
+                // What instantiation left resident is the runtime's, what the init phase adds
+                // is init's.
+                let runtime = inst.memory.as_ref().map(MemoryHandle::resident_pages).unwrap_or_default();
                 inst.zygote()?;
                 let snapshot = match &inst.memory {
                     Some(handle) => {
-                        inst.segments.label(&handle.resident_pages(), Segment::Init, now);
+                        init_pages = Some(InitPages { runtime, init: handle.resident_pages() });
                         Some(handle.capture()?)
                     }
                     None => None,
                 };
                 inst.globals = inst.read_globals();
                 if let Some(snapshot) = snapshot {
-                    let initial = Initial { snapshot, globals: inst.globals.clone(), segments: inst.segments.clone() };
-                    let _ = function.initial.set(initial);
+                    let _ = function.initial.set(Initial { snapshot, globals: inst.globals.clone() });
                 }
             }
         }
-        Ok(inst)
+        inst.store.data_mut().deadline = None;
+        Ok((inst, init_pages))
     }
 
     /// Instantiates `module` on paged memory and runs its init phase (`_faasm_zygote`, if
@@ -209,7 +241,7 @@ impl Executor {
     }
 
     fn link(&self, mut store: Store<Host>, module: &Module) -> anyhow::Result<Instance> {
-        let instance = self.linker.instantiate(&mut store, module).map_err(|e| anyhow!("{e:?}"))?;
+        let instance = self.linker.instantiate(&mut store, module).map_err(|e| guest_error(e, "instantiation failed"))?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
@@ -219,7 +251,6 @@ impl Executor {
             memory,
             globals: Vec::new(),
             discard: false,
-            segments: Segments::default(),
             last_call: CallPages::default(),
             record_resident: false,
         };
@@ -229,45 +260,20 @@ impl Executor {
     }
 }
 
-/// A compiled function, its warm instances and, once its first instance has run the init phase,
-/// its initial state.
+/// A compiled function and, once its first instance has run the init phase, its initial state.
 pub struct Function {
     pub name: String,
     module: Module,
     initial: std::sync::OnceLock<Initial>,
-    /// Idle instances ready for a call, the most recently used last.
-    pub idle: std::sync::Mutex<Vec<Idle>>,
-    /// Instances running a call now.
-    pub busy: std::sync::atomic::AtomicUsize,
-    /// The memories of the instances running a call now (for accounting).
-    pub running: std::sync::Mutex<Vec<MemoryHandle>>,
 }
 
-/// An idle instance and where it is on the policy's timeline.
-#[derive(Debug)]
-pub struct Idle {
-    pub instance: Instance,
-    /// When its last call ended.
-    pub since: std::time::Instant,
-    pub phase: crate::policy::Phase,
-    pub drain: crate::policy::DrainBudget,
-    /// The warm offload of cold segments was done for this idle period.
-    pub warm_offloaded: bool,
-    /// A semi-warm drain reached the floor.
-    pub drained: bool,
-}
-
-impl Idle {
-    pub fn new(instance: Instance, since: std::time::Instant) -> Idle {
-        Idle {
-            instance,
-            since,
-            phase: crate::policy::Phase::Warm,
-            drain: crate::policy::DrainBudget::default(),
-            warm_offloaded: false,
-            drained: false,
-        }
-    }
+/// The pages the first instance's instantiation and init phase left resident (ascending).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitPages {
+    /// Resident after instantiation (the runtime's pages: data segments, stack).
+    pub runtime: Vec<usize>,
+    /// Resident after the init phase (a superset of `runtime`).
+    pub init: Vec<usize>,
 }
 
 impl std::fmt::Debug for Function {
@@ -278,25 +284,12 @@ impl std::fmt::Debug for Function {
 
 impl Function {
     pub fn new(name: impl Into<String>, module: Module) -> Function {
-        Function {
-            name: name.into(),
-            module,
-            initial: std::sync::OnceLock::new(),
-            idle: std::sync::Mutex::new(Vec::new()),
-            busy: std::sync::atomic::AtomicUsize::new(0),
-            running: std::sync::Mutex::new(Vec::new()),
-        }
+        Function { name: name.into(), module, initial: std::sync::OnceLock::new() }
     }
 
     /// The captured initial state's snapshot, once an instance has been initialised.
     pub fn snapshot(&self) -> Option<&Arc<crate::pager::Snapshot>> {
         self.initial.get().map(|i| &i.snapshot)
-    }
-
-    /// The segment a page of the initial state belongs to (runtime or init), as the instance
-    /// that ran the init phase saw it.
-    pub fn initial_segment(&self, page: usize) -> Option<Segment> {
-        self.initial.get().and_then(|i| i.segments.segment(page))
     }
 }
 
@@ -304,13 +297,29 @@ impl Function {
 struct Initial {
     snapshot: Arc<crate::pager::Snapshot>,
     globals: Vec<(String, Val)>,
-    segments: Segments,
 }
+
+/// The error of a call whose paged memory lost a page (see [`crate::pager::Poison`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the call lost its memory")]
+pub struct LostMemory(#[source] pub crate::pager::Poison);
 
 /// The trap raised when a call runs past its deadline.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the call ran past its time limit and was interrupted")]
 pub struct Timeout;
+
+/// A wasmtime error as an anyhow error that keeps a timeout or a lost memory typed (the platform
+/// tells them apart) and gives any other trap its message, backtrace and `what` as context.
+fn guest_error(e: wasmtime::Error, what: &'static str) -> anyhow::Error {
+    if e.downcast_ref::<Timeout>().is_some() {
+        anyhow::Error::new(Timeout)
+    } else if let Some(lost) = e.downcast_ref::<LostMemory>() {
+        anyhow::Error::new(lost.clone())
+    } else {
+        anyhow!("{e:?}").context(what)
+    }
+}
 
 /// A guest's return code from a finished call: `proc_exit`'s code counts as a return; a timeout
 /// stays a [`Timeout`]; any other trap becomes an error carrying wasmtime's message and backtrace.
@@ -320,10 +329,8 @@ fn outcome(result: wasmtime::Result<i32>) -> anyhow::Result<i32> {
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Ok(exit.0)
-            } else if e.downcast_ref::<Timeout>().is_some() {
-                Err(anyhow::Error::new(Timeout))
             } else {
-                Err(anyhow!("{e:?}")).context("the guest trapped")
+                Err(guest_error(e, "the guest trapped"))
             }
         }
     }
@@ -354,8 +361,6 @@ pub struct Instance {
     memory: Option<MemoryHandle>,
     globals: Vec<(String, Val)>,
     discard: bool,
-    /// Per-page segments and ages, for the offload policy.
-    pub segments: Segments,
     /// What the latest call touched.
     pub last_call: CallPages,
     /// Makes the next call list the pages resident at its end in `last_call.resident`.
@@ -411,7 +416,7 @@ impl Instance {
 
     fn check_memory(&self) -> anyhow::Result<()> {
         match self.memory.as_ref().and_then(|m| m.poisoned()) {
-            Some(why) => Err(anyhow!("the call lost its memory: {why}")),
+            Some(why) => Err(anyhow::Error::new(LostMemory(why))),
             None => Ok(()),
         }
     }
@@ -419,7 +424,7 @@ impl Instance {
     fn zygote(&mut self) -> anyhow::Result<()> {
         if let Some(zygote) = self.instance.get_func(&mut self.store, "_faasm_zygote") {
             let zygote = zygote.typed::<(), i32>(&self.store).map_err(|e| anyhow!("_faasm_zygote must be `() -> i32`: {e}"))?;
-            let rc = zygote.call(&mut self.store, ()).map_err(|e| anyhow!("{e:?}")).context("_faasm_zygote failed");
+            let rc = zygote.call(&mut self.store, ()).map_err(|e| guest_error(e, "_faasm_zygote failed"));
             self.check_memory()?;
             let rc = rc?;
             if rc != 0 {
@@ -456,6 +461,14 @@ impl Instance {
     /// Whether the instance must not be reused (its memory grew, or it was poisoned).
     pub fn must_discard(&self) -> bool {
         self.discard || self.memory.as_ref().is_some_and(|m| m.poisoned().is_some())
+    }
+
+    /// Sets who the next call is: its record's id and the holder of its state locks.
+    pub fn set_call(&mut self, id: u32, holder: u64) {
+        if let Some(ctx) = &mut self.store.data_mut().ctx {
+            ctx.call = id;
+            ctx.holder = holder;
+        }
     }
 
     /// Calls the function once with `input`, then returns the instance to the initial state:

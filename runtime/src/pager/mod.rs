@@ -15,28 +15,30 @@
 //! Each memory's uffd is armed one-shot in a shared epoll set, so at most one handler thread
 //! serves a given memory at a time (its faults come from one guest thread anyway) while different
 //! memories are served in parallel. Page-table entries are therefore changed only by that thread,
-//! or by the memory's owner while the instance is idle ([`MemoryHandle::offload`]).
+//! or by the memory's owner while the instance is idle ([`MemoryHandle::offload`]), after fencing
+//! the fault path (see [`fault`]).
 //!
-//! A fetch that fails (memnode gone, timeout, bad checksum) never installs the remote bytes: the
-//! faulting thread is released with a zero page, the memory is *poisoned* — every later fault on it
-//! is answered with zeros at once and [`MemoryHandle::poisoned`] reports the error — and the
-//! pager's interrupt hook fires so the executor can stop the guest; the call then ends in an error.
+//! Rooms: [`fault`] (handler threads, fills, supervision), [`offload`] (pages to the memnode),
+//! `snapshot` (initial states: capture, adopt, reset, prefetch, evict), `table` (the page table),
+//! `sys` (raw syscalls).
 
+mod fault;
+mod offload;
 mod snapshot;
 mod sys;
 mod table;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ebb_memnode::{RegionId, Transport, TransportError, PAGE_SIZE};
-use userfaultfd::{Event, FeatureFlags, ReadWrite, RegisterMode, Uffd, UffdBuilder};
+use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
+pub use offload::OffloadReport;
 pub use snapshot::{ResetReport, Snapshot};
 pub use table::PageState;
 use table::PageTable;
@@ -46,6 +48,10 @@ const STOP_KEY: u64 = 0;
 /// One page of zeros, the source of zero-filled private pages.
 static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
+/// Most pages a fault's read-around may fetch after the faulting one (4 MiB per fault): each
+/// handler thread holds a buffer of this many pages.
+pub const MAX_READAROUND: usize = 1023;
+
 /// How the pager behaves.
 #[derive(Clone, Debug)]
 pub struct PagerConfig {
@@ -53,7 +59,8 @@ pub struct PagerConfig {
     /// thread at a time, so more threads help only with more concurrently faulting instances.
     pub fault_threads: usize,
     /// Remote pages fetched after a faulting one in the same batch (only contiguous Remote pages).
-    /// Default 15 (64 KiB per fault). 0 fetches only the faulting page.
+    /// Default 15 (64 KiB per fault). 0 fetches only the faulting page; at most
+    /// [`MAX_READAROUND`].
     pub readaround: usize,
     /// How long an idle handler thread polls for the next fault before it blocks. Waking a blocked
     /// thread costs tens of µs on these VMs (shared/notes/kernel.md), more than the rest of a
@@ -94,6 +101,11 @@ pub struct PagerStats {
     /// Bytes read from / written to the memnode.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Fault handlers that panicked or could not wait for events (each poisoned what it served).
+    pub handler_failures: AtomicU64,
+    /// Read-arounds whose later frames arrived after the memory was reset, evicted or offloaded,
+    /// and were dropped.
+    pub readaround_fenced: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -111,6 +123,8 @@ pub struct PagerSnapshot {
     pub pages_prefetched: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub handler_failures: u64,
+    pub readaround_fenced: u64,
 }
 
 impl PagerStats {
@@ -129,6 +143,8 @@ impl PagerStats {
             pages_prefetched: l(&self.pages_prefetched),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
+            handler_failures: l(&self.handler_failures),
+            readaround_fenced: l(&self.readaround_fenced),
         }
     }
 }
@@ -148,10 +164,33 @@ pub enum PagerError {
     Thread(#[source] std::io::Error),
     #[error("The memnode failed while moving pages")]
     Transport(#[from] TransportError),
-    #[error("This memory lost a page it could not fetch ({0}); the instance must be discarded")]
-    Poisoned(String),
+    #[error("This memory lost a page it could not fetch; the instance must be discarded")]
+    Poisoned(#[source] Poison),
     #[error("Snapshot operation refused: {0}")]
     Snapshot(&'static str),
+    #[error("Invalid pager setting: {0}")]
+    Config(String),
+}
+
+/// Why a memory was poisoned: its contents can no longer be trusted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Poison {
+    #[error("the memnode failed while pages were fetched")]
+    Transport(#[source] Arc<TransportError>),
+    #[error("installing pages failed")]
+    Install(#[source] Arc<std::io::Error>),
+    #[error("{0}")]
+    Handler(String),
+    #[error("{0}")]
+    Inconsistent(&'static str),
+}
+
+impl Poison {
+    /// The memnode did not answer, or the connection to it failed (not a refusal by a healthy
+    /// memnode, nor a local failure).
+    pub fn memnode_unavailable(&self) -> bool {
+        matches!(self, Poison::Transport(e) if !e.is_refusal())
+    }
 }
 
 struct Shared {
@@ -193,6 +232,9 @@ impl Pager {
     /// Starts a pager moving pages through `transport`. Fails with a message saying what to change
     /// when this process cannot use userfaultfd.
     pub fn new(config: PagerConfig, transport: Arc<dyn Transport>) -> Result<Arc<Pager>, PagerError> {
+        if config.readaround > MAX_READAROUND {
+            return Err(PagerError::Config(format!("read-around of {} pages: allowed 0 to {MAX_READAROUND}", config.readaround)));
+        }
         new_uffd().map_err(PagerError::Unavailable)?;
         let setup = |source| PagerError::Setup { len: 0, source };
         let shared = Arc::new(Shared {
@@ -211,7 +253,7 @@ impl Pager {
             let s = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ebb-fault-{i}"))
-                .spawn(move || s.handler_loop())
+                .spawn(move || fault::handler_thread(s))
                 .map_err(PagerError::Thread)?;
             threads.push(t);
         }
@@ -267,7 +309,9 @@ struct MemoryState {
     table: PageTable,
     region: Mutex<Option<(RegionId, u64)>>,
     poisoned: AtomicBool,
-    poison: Mutex<Option<String>>,
+    poison: Mutex<Option<Poison>>,
+    /// The fence generation, under the lock every fault-path install holds (see [`fault`]).
+    installs: Mutex<u64>,
     /// The initial state this memory resets to (see `snapshot`); set once captured or adopted.
     snapshot: OnceLock<Arc<snapshot::Snapshot>>,
     /// Set by the first offload of a memory without a snapshot: from then on its writes are
@@ -333,225 +377,54 @@ impl MemoryState {
         self.region.lock().unwrap_or_else(|e| e.into_inner()).map(|(r, _)| r)
     }
 
-    fn poison(&self, why: String) {
+    fn poison(&self, why: Poison) {
         let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none() {
-            tracing::error!("paged memory poisoned: {why}");
+            tracing::error!("paged memory poisoned: {}", error_chain(&why));
             *p = Some(why);
         }
         self.poisoned.store(true, Ordering::Release);
     }
-}
 
-impl Shared {
-    fn handler_loop(self: Arc<Self>) {
-        let mut buf = vec![0u8; (self.config.readaround + 1) * PAGE_SIZE];
-        loop {
-            let key = match self.epoll.wait_one(self.config.spin) {
-                Ok(STOP_KEY) => return,
-                Ok(key) => key,
-                Err(e) => {
-                    tracing::error!("fault handler cannot wait for events: {e}");
-                    return;
-                }
-            };
-            let Some(mem) = self.memories.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() else {
-                continue; // The memory was dropped after the event fired.
-            };
-            loop {
-                match mem.uffd.read_event() {
-                    Ok(Some(Event::Pagefault { addr, rw, .. })) => {
-                        let addr = addr as usize;
-                        let write = rw == ReadWrite::Write;
-                        let served =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| self.resolve(&mem, addr, write, &mut buf)));
-                        if served.is_err() {
-                            // A crashed handler must never leave the guest hanging: release it.
-                            mem.poison("the fault handler panicked".into());
-                            self.fire_interrupt();
-                            self.release_with_zero(&mem, addr);
-                        }
-                    }
-                    Ok(Some(_)) => {} // Only page faults are requested.
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("cannot read userfaultfd events: {e}");
-                        break;
-                    }
-                }
-            }
-            if let Err(e) = self.epoll.rearm(&mem.uffd, key) {
-                // Only fails once the memory's uffd is gone, i.e. the memory was dropped.
-                tracing::debug!("not re-arming a dropped memory: {e}");
-            }
-        }
+    fn installs(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.installs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fire_interrupt(&self) {
-        if let Some(f) = self.interrupt.get() {
-            f();
-        }
+    /// The current fence generation (a fault takes it before it looks at the page table).
+    fn generation(&self) -> u64 {
+        *self.installs()
     }
 
-    fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
-        let page_addr = addr & !(PAGE_SIZE - 1);
-        // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
-        if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::ZeroPage, page_addr, PAGE_SIZE) } {
-            tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
-        }
-        mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
+    /// Fences the fault path before the owner changes the page table (reset, evict, offload,
+    /// adopt): installs of fills that began before this are refused from now on. Waits at most
+    /// for one install in progress, never for a transfer.
+    fn fence(&self) {
+        *self.installs() += 1;
     }
 
-    fn resolve(&self, mem: &MemoryState, addr: usize, write: bool, buf: &mut [u8]) {
-        let page = (addr - mem.base()) / PAGE_SIZE;
-        let page_addr = mem.base() + page * PAGE_SIZE;
-        if mem.poisoned.load(Ordering::Acquire) {
-            self.release_with_zero(mem, addr);
-            return;
+    /// [`MemoryState::install_pages`] if no fence happened since `generation`; `Ok(false)` if one did
+    /// (nothing is installed or changed).
+    fn install_if_current(&self, generation: u64, first: usize, bytes: &[u8], previous: PageState) -> std::io::Result<bool> {
+        let current = self.installs();
+        if *current != generation {
+            return Ok(false);
         }
-        match mem.table.get(page) {
-            PageState::Resident => {
-                self.stats.faults_spurious.fetch_add(1, Ordering::Relaxed);
-                let _ = mem.uffd.wake(page_addr as *mut _, PAGE_SIZE);
-            }
-            PageState::Zero => {
-                self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
-                mem.log_faults(page..page + 1);
-                mem.table.set(page, PageState::Resident);
-                // A read maps the shared zero page; a write gets a private zero-filled page at
-                // once, saving the copy-on-write fault that would follow the zero page. In
-                // tracked memory a read installs a clean (write-protected) private page instead,
-                // so that a later write is noticed.
-                let fill = match (write, mem.tracked()) {
-                    (true, _) => sys::Fill::Copy(ZEROS.as_ptr()),
-                    (false, true) => sys::Fill::CopyClean(ZEROS.as_ptr()),
-                    (false, false) => sys::Fill::ZeroPage,
-                };
-                // SAFETY: the page is inside the registered reservation; ZEROS is one page long.
-                if let Err(e) = unsafe { sys::install(&mem.uffd, fill, page_addr, PAGE_SIZE) } {
-                    mem.poison(format!("installing a zero page at {page_addr:#x} failed: {e}"));
-                    self.fire_interrupt();
-                }
-            }
-            state @ (PageState::Remote | PageState::Image) => {
-                // Read-around: the following pages in the same state, up to the configured count.
-                let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
-                let mut run = 1;
-                while page + run < limit && mem.table.get(page + run) == state {
-                    run += 1;
-                }
-                match (state, mem.snapshot.get()) {
-                    (PageState::Image, Some(snap)) => {
-                        // A reference held while installing, so a drop cannot free the image under us.
-                        let local = snap.local();
-                        match local.as_ref().filter(|l| l.holds(page)) {
-                            Some(image) => {
-                                // From the local image: the run of pages it holds.
-                                let mut held = 1;
-                                while held < run && image.holds(page + held) {
-                                    held += 1;
-                                }
-                                let source = Source::Local(image.pages(page, held));
-                                self.fill_run(mem, page, held, state, source, addr, buf);
-                            }
-                            None => self.fill_run(mem, page, run, state, Source::Region(snap.region()), addr, buf),
-                        }
-                    }
-                    (PageState::Image, None) => {
-                        let why = "the page table says image but the memory has no snapshot";
-                        self.fill_run(mem, page, run, state, Source::Missing(why), addr, buf);
-                    }
-                    _ => {
-                        let source = match mem.region() {
-                            Some(region) => Source::Region(region),
-                            None => Source::Missing("the page table says remote but the memory has no region"),
-                        };
-                        self.fill_run(mem, page, run, state, source, addr, buf);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Fills `run` pages from `page` (all Remote or all Image) from `source`, installing them as
-    /// they arrive; on any failure the memory is poisoned and the faulting thread released.
-    #[expect(clippy::too_many_arguments, reason = "one call site per source; a struct would only rename them")]
-    fn fill_run(
-        &self,
-        mem: &MemoryState,
-        page: usize,
-        run: usize,
-        previous: PageState,
-        source: Source<'_>,
-        addr: usize,
-        buf: &mut [u8],
-    ) {
-        let mut installed = 0;
-        let mut install_failed = None;
-        // Counted and marked before the install wakes the guest, so whoever it wakes sees them.
-        let mut install = |range: std::ops::Range<usize>, bytes: &[u8]| {
-            if install_failed.is_some() {
-                return;
-            }
-            match mem.install_pages(page + range.start, bytes, previous) {
-                Ok(()) => installed = range.end,
-                Err(e) => install_failed = Some(format!("installing pages failed: {e}")),
-            }
-        };
-        let fetched = match source {
-            Source::Local(bytes) => {
-                // The function's warm initial image, in this process: no network.
-                self.stats.faults_image.fetch_add(1, Ordering::Relaxed);
-                install(0..run, bytes);
-                Ok(())
-            }
-            Source::Region(region) => {
-                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
-                let pages: Vec<u64> = (page..page + run).map(|p| p as u64).collect();
-                let buf = &mut buf[..run * PAGE_SIZE];
-                let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
-                    self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
-                    self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    install(range, bytes);
-                };
-                // Pages are installed frame by frame as they arrive: the faulting page's frame
-                // first, so the guest resumes while the rest of the read-around is in flight.
-                self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| e.to_string())
-            }
-            Source::Missing(why) => Err(why.to_string()),
-        };
-        // The read-around counts as touched: the guest reads on in order far more often than not,
-        // and a policy that cannot see reads of resident pages must not take those pages for cold.
-        mem.log_faults(page..page + installed);
-        if let Some(why) = fetched.err().or(install_failed) {
-            // Pages not installed keep their state; the faulting page, if it was not installed,
-            // is released with zeros in a poisoned memory.
-            for p in page + installed..page + run {
-                if previous == PageState::Remote {
-                    mem.table.set_backed(p, previous);
-                } else {
-                    mem.table.set(p, previous);
-                }
-            }
-            self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
-            mem.poison(why);
-            self.fire_interrupt();
-            if installed == 0 {
-                self.release_with_zero(mem, addr);
-            }
-        }
+        self.install_pages(first, bytes, previous)?;
+        drop(current);
+        Ok(true)
     }
 }
 
-/// Where the content of non-resident pages comes from.
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    /// A memnode region: the memory's own (offloaded pages) or its snapshot's (initial image).
-    Region(RegionId),
-    /// The snapshot's local copy of the initial image: the run's bytes.
-    Local(&'a [u8]),
-    /// An inconsistency: fail the fault with this reason.
-    Missing(&'static str),
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The memory creator given to wasmtime (`Config::with_host_memory`).
@@ -610,6 +483,7 @@ impl PagedMemory {
             region: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
+            installs: Mutex::new(0),
             snapshot: OnceLock::new(),
             write_tracking: AtomicBool::new(false),
             logging: AtomicBool::new(false),
@@ -669,17 +543,6 @@ unsafe impl LinearMemory for PagedMemory {
     }
 }
 
-/// What an offload moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OffloadReport {
-    /// Non-zero pages written to the memnode and dropped locally.
-    pub pages_sent: u64,
-    /// All-zero pages dropped locally without being sent.
-    pub zero_pages_dropped: u64,
-    /// Pages the memnode already held unchanged, dropped locally without being sent.
-    pub clean_pages_dropped: u64,
-}
-
 /// Operations on one paged memory from outside wasmtime (by the executor, while the instance is
 /// idle).
 #[derive(Clone)]
@@ -698,8 +561,8 @@ impl std::fmt::Debug for MemoryHandle {
 pub(crate) const OFFLOAD_BATCH: usize = 2048;
 
 impl MemoryHandle {
-    /// The error that poisoned this memory, if any: its contents can no longer be trusted.
-    pub fn poisoned(&self) -> Option<String> {
+    /// Why this memory was poisoned, if it was: its contents can no longer be trusted.
+    pub fn poisoned(&self) -> Option<Poison> {
         if !self.state.poisoned.load(Ordering::Acquire) {
             return None;
         }
@@ -711,9 +574,17 @@ impl MemoryHandle {
         self.state.table.get(p)
     }
 
-    /// Pages in `state` within the accessible size.
+    /// Pages in `state` within the accessible size, in O(1) (pages beyond it are never touched:
+    /// a memory does not shrink).
     pub fn count(&self, state: PageState) -> usize {
-        self.state.table.count(0..self.state.accessible_pages(), state)
+        match state {
+            PageState::Zero => {
+                let table = &self.state.table;
+                let other = table.total(PageState::Resident) + table.total(PageState::Remote) + table.total(PageState::Image);
+                self.state.accessible_pages().saturating_sub(other)
+            }
+            _ => self.state.table.total(state),
+        }
     }
 
     /// Whether both handles refer to the same memory.
@@ -724,116 +595,6 @@ impl MemoryHandle {
     /// Current size in bytes.
     pub fn size(&self) -> usize {
         self.state.accessible.load(Ordering::Acquire)
-    }
-
-    fn ensure_region(&self) -> Result<RegionId, PagerError> {
-        let size = (self.state.accessible_pages() * PAGE_SIZE) as u64;
-        let mut region = self.state.region.lock().unwrap_or_else(|e| e.into_inner());
-        match *region {
-            Some((id, have)) if have >= size => Ok(id),
-            Some((id, _)) => {
-                self.shared.transport.resize(id, size)?;
-                *region = Some((id, size));
-                Ok(id)
-            }
-            None => {
-                let id = self.shared.transport.alloc(size)?;
-                *region = Some((id, size));
-                Ok(id)
-            }
-        }
-    }
-
-    /// Sends every resident non-zero page to the memnode and drops all resident pages locally;
-    /// they fault back on the next touch. All-zero pages are dropped without being sent, and so
-    /// are pages fetched back from the memnode and not written since (dirty tracking).
-    ///
-    /// The instance must be idle: no guest or host code may touch the memory during the call.
-    pub fn offload(&self) -> Result<OffloadReport, PagerError> {
-        self.offload_pages(None, true)
-    }
-
-    /// [`MemoryHandle::offload`] of only those of `pages` (ascending) that are resident, or of
-    /// every resident page for `None`. Without `dirty_tracking` every non-zero page is sent, as a
-    /// swap device that cannot tell clean pages would (the FaaSMem baseline).
-    pub fn offload_pages(&self, pages: Option<&[usize]>, dirty_tracking: bool) -> Result<OffloadReport, PagerError> {
-        if let Some(why) = self.poisoned() {
-            return Err(PagerError::Poisoned(why));
-        }
-        let state = &self.state;
-        let limit = state.accessible_pages();
-        let mut resident = Vec::new();
-        match pages {
-            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
-            Some(pages) => {
-                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
-            }
-        }
-        if resident.is_empty() {
-            return Ok(OffloadReport::default());
-        }
-        // Written since it was last installed: PAGEMAP_SCAN on a tracked memory (re-protecting
-        // what it reports). Untracked memories have never been offloaded, so nothing is backed.
-        let mut written = std::collections::HashSet::new();
-        if dirty_tracking && state.tracked() {
-            let mut ranges = Vec::new();
-            let len = limit * PAGE_SIZE;
-            sys::scan_written(state.base(), state.base() + len, true, &mut ranges)
-                .map_err(|source| PagerError::Setup { len, source })?;
-            for r in ranges {
-                written.extend((r.start - state.base()) / PAGE_SIZE..(r.end - state.base()) / PAGE_SIZE);
-            }
-        }
-        let region = self.ensure_region()?;
-        let mut report = OffloadReport::default();
-        let mut buf = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
-        for batch in resident.chunks(OFFLOAD_BATCH) {
-            let mut sent = Vec::with_capacity(batch.len());
-            let mut zeros = Vec::new();
-            let mut clean = Vec::new();
-            for &p in batch {
-                if dirty_tracking && state.table.is_backed(p) && !written.contains(&p) {
-                    clean.push(p);
-                    continue;
-                }
-                // SAFETY: page `p` is inside the accessible part of the reservation and resident;
-                // the instance is idle, so nothing writes it while it is read.
-                let bytes = unsafe { std::slice::from_raw_parts((state.base() + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
-                if sys::is_zero(bytes) {
-                    zeros.push(p);
-                } else {
-                    let i = sent.len();
-                    buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(bytes);
-                    sent.push(p);
-                }
-            }
-            let indexes: Vec<u64> = sent.iter().map(|&p| p as u64).collect();
-            if !indexes.is_empty() {
-                self.shared.transport.write_pages(region, &indexes, &buf[..sent.len() * PAGE_SIZE])?;
-            }
-            // Mark first, then drop: a fault after the drop must find the new state.
-            for &p in sent.iter().chain(&clean) {
-                state.table.set_backed(p, PageState::Remote);
-            }
-            for &p in &zeros {
-                state.table.set(p, PageState::Zero);
-            }
-            self.discard_pages(&sent);
-            self.discard_pages(&zeros);
-            self.discard_pages(&clean);
-            report.pages_sent += sent.len() as u64;
-            report.zero_pages_dropped += zeros.len() as u64;
-            report.clean_pages_dropped += clean.len() as u64;
-        }
-        // From now on, pages installed here are write-protected so the next offload sees which
-        // ones were written.
-        state.write_tracking.store(true, Ordering::Relaxed);
-        let stats = &self.shared.stats;
-        stats.pages_offloaded.fetch_add(report.pages_sent, Ordering::Relaxed);
-        stats.pages_zero_dropped.fetch_add(report.zero_pages_dropped, Ordering::Relaxed);
-        stats.pages_dropped_clean.fetch_add(report.clean_pages_dropped, Ordering::Relaxed);
-        stats.bytes_out.fetch_add(report.pages_sent * PAGE_SIZE as u64, Ordering::Relaxed);
-        Ok(report)
     }
 
     /// Starts logging the page of every fault this memory takes (clearing the log).

@@ -277,6 +277,7 @@ impl MemoryHandle {
             return Err(PagerError::Poisoned(why));
         }
         let state = &self.state;
+        state.fence();
         let pages = state.accessible_pages();
         if state.snapshot.get().is_some() || state.table.count(0..pages, PageState::Remote) > 0 {
             return Err(PagerError::Snapshot("capture needs a memory with no snapshot and no offloaded pages"));
@@ -354,6 +355,7 @@ impl MemoryHandle {
     /// The memory must already have the snapshot's size.
     pub fn adopt(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
         let state = &self.state;
+        state.fence();
         let pages = state.accessible_pages();
         if pages * PAGE_SIZE != snap.size {
             return Err(PagerError::Snapshot("adopt needs a memory of the snapshot's size"));
@@ -380,6 +382,8 @@ impl MemoryHandle {
     pub fn reset(&self) -> Result<ResetReport, PagerError> {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("reset needs a captured or adopted snapshot"))?;
+        // A read-around still arriving for the call that just ended must not land from now on.
+        state.fence();
         let len = state.accessible_pages() * PAGE_SIZE;
         // Written pages that are mapped. PAGEMAP_SCAN also reports pages dropped since they were
         // protected (not mapped: nothing to restore, and never to be touched from here).
@@ -511,6 +515,7 @@ impl MemoryHandle {
     pub fn evict_pages(&self, pages: Option<&[usize]>) -> Result<usize, PagerError> {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
+        state.fence();
         let limit = state.accessible_pages();
         let mut resident = Vec::new();
         match pages {

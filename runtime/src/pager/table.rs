@@ -6,7 +6,7 @@
 //! relaxed atomics suffice.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// Where a page is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +34,16 @@ const CHUNK_PAGES: usize = 4096; // 16 MiB of memory per chunk
 #[derive(Debug)]
 pub struct PageTable {
     chunks: Box<[OnceLock<Box<[AtomicU8]>>]>,
+    /// Pages in each state (indexed by the state's value; Zero's entry is unused), kept as entries
+    /// change so that counting is O(1).
+    counts: [AtomicUsize; 4],
 }
 
 impl PageTable {
     /// A table for `pages` pages, all [`PageState::Zero`].
     pub fn new(pages: usize) -> PageTable {
         let chunks = (0..pages.div_ceil(CHUNK_PAGES)).map(|_| OnceLock::new()).collect();
-        PageTable { chunks }
+        PageTable { chunks, counts: Default::default() }
     }
 
     pub fn get(&self, page: usize) -> PageState {
@@ -76,7 +79,18 @@ impl PageTable {
             return;
         }
         let chunk = chunk.get_or_init(|| (0..CHUNK_PAGES).map(|_| AtomicU8::new(0)).collect());
-        chunk[page % CHUNK_PAGES].store(value, Ordering::Relaxed);
+        let old = chunk[page % CHUNK_PAGES].swap(value, Ordering::Relaxed) & STATE;
+        let new = value & STATE;
+        if old != new {
+            self.counts[usize::from(old)].fetch_sub(1, Ordering::Relaxed);
+            self.counts[usize::from(new)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Pages in `state` in the whole table, in O(1). (Zero is not counted: use the size.)
+    pub fn total(&self, state: PageState) -> usize {
+        assert!(state != PageState::Zero, "zero pages are the rest of the memory");
+        self.counts[state as usize].load(Ordering::Relaxed)
     }
 
     /// Calls `f(page)` for every page in `range` in `state`, skipping chunks never touched.
@@ -121,6 +135,7 @@ mod tests {
         assert!(t.chunks[3].get().is_none());
         assert_eq!(t.get(10), PageState::Remote);
         assert_eq!(t.count(0..3 * CHUNK_PAGES + 5, PageState::Resident), 1);
+        assert_eq!((t.total(PageState::Resident), t.total(PageState::Remote)), (1, 1));
         assert_eq!(t.count(0..3 * CHUNK_PAGES + 5, PageState::Remote), 1);
         let mut seen = vec![];
         t.for_each_in(0..3 * CHUNK_PAGES + 5, PageState::Remote, |p| seen.push(p));
@@ -131,5 +146,6 @@ mod tests {
         assert!(t.is_backed(10));
         t.set(10, PageState::Remote);
         assert!(!t.is_backed(10));
+        assert_eq!((t.total(PageState::Resident), t.total(PageState::Remote), t.total(PageState::Image)), (1, 1, 0));
     }
 }

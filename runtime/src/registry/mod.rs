@@ -1,22 +1,28 @@
-//! The function registry, users and tokens, and state.
+//! The function registry and users' tokens.
 //!
 //! ```text
-//!   DATA_DIR/functions/USER/FUNCTION/function.wasm    as uploaded (the source of truth)
-//!   DATA_DIR/functions/USER/FUNCTION/function.cwasm   precompiled by this runtime's engine (a cache)
+//!   DATA_DIR/functions/USER/FUNCTION/function.wasm                 as uploaded (the source of truth)
+//!   DATA_DIR/functions/USER/FUNCTION/function-<sha256 of it>.cwasm  precompiled code for exactly it
 //! ```
-//! A restarted runtime loads every stored function from its precompiled code, or recompiles the
-//! wasm when the cache is missing or was made by another engine.
+//! Every file is written to a unique temp file, fsynced and renamed into place, one upload of a
+//! function at a time. The code file is named by the digest of the wasm it was compiled from, so
+//! a crash between the two renames can never pair a module with another module's code: a
+//! restarted runtime loads the code whose digest matches, or recompiles.
+//!
+//! Uploads are compiled by a [`Compiler`]: after static limits (size, sections) are checked, in a
+//! child process (`runtime compile`) with bounded CPU time, wall time and memory, so a module
+//! crafted to make the compiler explode costs an upload error, not the server.
 
-mod state;
+mod compile;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-pub use state::{StateError, StateStore};
+pub use compile::{CompileError, CompileLimits, Compiler};
 pub use ebb_memnode::tokens::{TokenFileError, Tokens};
 
-/// Loads a runtime tokens file: `USER TOKEN` lines with valid user names.
+/// Loads a runtime tokens file: `USER TOKEN [operator]` lines with valid user names.
 pub fn load_tokens(path: &Path) -> Result<Tokens, TokenFileError> {
     Tokens::load_with(path, ebb_memnode::tokens::Fields::Operator, |user| check_name("user", user).is_ok())
 }
@@ -59,8 +65,8 @@ impl FunctionKey {
 pub enum UploadError {
     #[error("{0}")]
     BadName(String),
-    #[error("The module does not compile: {0:#}")]
-    Compile(anyhow::Error),
+    #[error("The module was refused")]
+    Compile(#[from] CompileError),
     #[error("Failed to store function {key} under {dir}")]
     Store { key: FunctionKey, dir: String, #[source] source: std::io::Error },
 }
@@ -69,6 +75,8 @@ pub enum UploadError {
 pub struct Registry {
     dir: PathBuf,
     functions: RwLock<HashMap<FunctionKey, Arc<Function>>>,
+    /// One upload of a function at a time (the disk and the map change together).
+    uploading: Mutex<HashMap<FunctionKey, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -77,22 +85,36 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// The hex SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn code_name(wasm: &[u8]) -> String {
+    format!("function-{}.cwasm", digest(wasm))
+}
+
 impl Registry {
-    /// Opens (creating) the registry under `data_dir` and loads every stored function.
-    pub fn open(data_dir: &Path, exec: &Executor) -> anyhow::Result<Registry> {
+    /// Opens (creating) the registry under `data_dir` and loads every stored function: from its
+    /// precompiled code when that matches the stored wasm and this engine, else by compiling it.
+    pub fn open(data_dir: &Path, exec: &Executor, compiler: &Compiler) -> anyhow::Result<Registry> {
         let dir = data_dir.join("functions");
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display()))?;
         let mut functions = HashMap::new();
         for user in std::fs::read_dir(&dir)? {
             let user = user?;
+            if !user.file_type()?.is_dir() {
+                continue;
+            }
             for func in std::fs::read_dir(user.path())? {
                 let func = func?;
                 let (Some(u), Some(f)) = (user.file_name().to_str().map(String::from), func.file_name().to_str().map(String::from)) else {
                     continue;
                 };
                 let Ok(key) = FunctionKey::new(&u, &f) else { continue };
-                match load(&func.path(), &key, exec) {
+                match load(&func.path(), &key, exec, compiler) {
                     Ok(function) => {
                         functions.insert(key, Arc::new(function));
                     }
@@ -101,18 +123,23 @@ impl Registry {
             }
         }
         tracing::info!("registry: {} functions loaded from {}", functions.len(), dir.display());
-        Ok(Registry { dir, functions: RwLock::new(functions) })
+        Ok(Registry { dir, functions: RwLock::new(functions), uploading: Mutex::new(HashMap::new()) })
     }
 
-    /// Validates and precompiles `wasm`, stores it, and makes it the current version of `key`.
-    pub fn upload(&self, exec: &Executor, key: FunctionKey, wasm: &[u8]) -> Result<Arc<Function>, UploadError> {
-        let module = exec.compile(wasm).map_err(UploadError::Compile)?;
+    /// Validates and compiles `wasm`, stores it, and makes it the current version of `key`.
+    pub fn upload(&self, exec: &Executor, compiler: &Compiler, key: FunctionKey, wasm: &[u8]) -> Result<Arc<Function>, UploadError> {
+        let (module, code) = compiler.compile(exec, wasm)?;
+        let lock = self.uploading.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.dir.join(&key.user).join(&key.function);
         let store_err = |source| UploadError::Store { key: key.clone(), dir: dir.display().to_string(), source };
         std::fs::create_dir_all(&dir).map_err(store_err)?;
-        let code = module.serialize().map_err(|e| store_err(std::io::Error::other(format!("{e}"))))?;
+        // The code first, under the wasm's digest: whichever rename a crash interrupts, the wasm
+        // on disk never meets code compiled from anything else.
+        let code_file = code_name(wasm);
+        write_atomically(&dir.join(&code_file), &code, 0o644).map_err(store_err)?;
         write_atomically(&dir.join("function.wasm"), wasm, 0o644).map_err(store_err)?;
-        write_atomically(&dir.join("function.cwasm"), &code, 0o644).map_err(store_err)?;
+        remove_stale_code(&dir, &code_file);
         let function = Arc::new(Function::new(key.to_string(), module));
         self.functions.write().unwrap_or_else(|e| e.into_inner()).insert(key, function.clone());
         Ok(function)
@@ -125,6 +152,18 @@ impl Registry {
     pub fn all(&self) -> Vec<(FunctionKey, Arc<Function>)> {
         let map = self.functions.read().unwrap_or_else(|e| e.into_inner());
         map.iter().map(|(k, f)| (k.clone(), f.clone())).collect()
+    }
+}
+
+/// Removes code files of earlier versions (best effort: a leftover is ignored at load anyway).
+fn remove_stale_code(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("function") && name.ends_with(".cwasm") && name != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -154,17 +193,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     result
 }
 
-fn load(dir: &Path, key: &FunctionKey, exec: &Executor) -> anyhow::Result<Function> {
-    let cwasm = dir.join("function.cwasm");
-    if cwasm.exists() {
-        // SAFETY: the file was written by `Registry::upload` of this runtime from
-        // `Module::serialize` into a directory only the runtime writes; wasmtime still checks
-        // that it was compiled by a compatible engine and refuses it otherwise.
-        match unsafe { wasmtime::Module::deserialize_file(exec.engine(), &cwasm) } {
-            Ok(module) => return Ok(Function::new(key.to_string(), module)),
-            Err(e) => tracing::info!("recompiling {key}: its precompiled code is not usable ({e})"),
-        }
-    }
+fn load(dir: &Path, key: &FunctionKey, exec: &Executor, compiler: &Compiler) -> anyhow::Result<Function> {
     let wasm = std::fs::read(dir.join("function.wasm"))?;
-    Ok(Function::new(key.to_string(), exec.compile(&wasm)?))
+    let code_file = dir.join(code_name(&wasm));
+    if let Ok(code) = std::fs::read(&code_file) {
+        match exec.load_compiled(&code) {
+            Ok(module) => return Ok(Function::new(key.to_string(), module)),
+            Err(e) => tracing::info!("recompiling {key}: its precompiled code is not usable ({e:#})"),
+        }
+    } else {
+        tracing::info!("recompiling {key}: no precompiled code for its wasm");
+    }
+    let (module, code) = compiler.compile(exec, &wasm)?;
+    if let Err(e) = write_atomically(&code_file, &code, 0o644) {
+        tracing::warn!("could not store the precompiled code of {key}: {e}");
+    }
+    remove_stale_code(dir, &code_name(&wasm));
+    Ok(Function::new(key.to_string(), module))
 }

@@ -1,0 +1,294 @@
+//! The fault path: handler threads that fill missing pages of paged memories.
+//!
+//! ```text
+//!   handler thread ── epoll (one-shot per memory's uffd) ──► read the memory's fault events
+//!     Zero page     → UFFDIO_ZEROPAGE / a zero-filled copy
+//!     Image page    → a run from the local image, or a fetch from the snapshot's region
+//!     Remote page   → a fetch of the page and its read-around from the memory's region,
+//!                     installed frame by frame as the frames arrive
+//!   supervisor (the thread's own loop): a panic or an epoll error poisons the memory being
+//!   served, releases its faulting thread, and the thread serves on
+//! ```
+//! A fetch that fails (memnode gone, timeout, bad checksum) never installs the remote bytes: the
+//! faulting thread is released with a zero page, the memory is *poisoned* — every later fault on it
+//! is answered with zeros at once and [`super::MemoryHandle::poisoned`] reports why — and the
+//! pager's interrupt hook fires so the executor can stop the guest; the call then ends in an error.
+//!
+//! A fault's read-around may still be arriving when the guest, resumed by the first frame, has
+//! finished its call and the memory is reset, evicted or offloaded. Those operations *fence* the
+//! memory first (a generation number under the install lock); a frame whose fault began before the
+//! fence is not installed. So nothing a fetch brought in can land after the memory has moved on.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ebb_memnode::{PAGE_SIZE, RegionId};
+use userfaultfd::{Event, ReadWrite};
+
+use super::{MemoryState, PageState, Poison, STOP_KEY, Shared, ZEROS, sys};
+
+/// Where the content of non-resident pages comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A memnode region: the memory's own (offloaded pages) or its snapshot's (initial image).
+    Region(RegionId),
+    /// The snapshot's local copy of the initial image: the run's bytes.
+    Local(&'a [u8]),
+    /// An inconsistency: fail the fault with this reason.
+    Missing(&'static str),
+}
+
+/// What a handler is in the middle of, for its supervisor.
+#[derive(Default)]
+struct Serving {
+    memory: Option<(Arc<MemoryState>, u64)>,
+    fault: Option<usize>,
+}
+
+/// The body of a fault-handler thread: serves faults until the pager stops. A panic or an error
+/// waiting for events never ends the thread: what it was serving is poisoned and released, and
+/// it serves on.
+pub(super) fn handler_thread(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; (shared.config.readaround + 1) * PAGE_SIZE];
+    let mut failures = 0u32;
+    loop {
+        let mut serving = Serving::default();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| shared.serve(&mut buf, &mut serving, &mut failures)));
+        let why = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("waiting for fault events failed: {e}"),
+            Err(panic) => {
+                let msg = panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                format!("the fault handler panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))
+            }
+        };
+        shared.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("{why}; serving on");
+        shared.abandon(serving, why);
+        failures += 1;
+        // Backs off on repeated errors so a broken epoll set does not spin a CPU.
+        std::thread::sleep(Duration::from_millis(u64::from(failures.min(100)) * 10));
+    }
+}
+
+impl Shared {
+    /// Serves fault events until the stop key fires (`Ok`) or waiting fails (`Err`).
+    fn serve(&self, buf: &mut [u8], serving: &mut Serving, failures: &mut u32) -> std::io::Result<()> {
+        loop {
+            let key = self.epoll.wait_one(self.config.spin)?;
+            if key == STOP_KEY {
+                return Ok(());
+            }
+            *failures = 0;
+            let Some(mem) = self.memories.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() else {
+                continue; // The memory was dropped after the event fired.
+            };
+            serving.memory = Some((mem.clone(), key));
+            loop {
+                match mem.uffd.read_event() {
+                    Ok(Some(Event::Pagefault { addr, rw, .. })) => {
+                        let addr = addr as usize;
+                        serving.fault = Some(addr);
+                        self.resolve(&mem, addr, rw == ReadWrite::Write, buf);
+                        serving.fault = None;
+                    }
+                    Ok(Some(_)) => {} // Only page faults are requested.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("cannot read userfaultfd events: {e}");
+                        break;
+                    }
+                }
+            }
+            serving.memory = None;
+            if let Err(e) = self.epoll.rearm(&mem.uffd, key) {
+                // Only fails once the memory's uffd is gone, i.e. the memory was dropped.
+                tracing::debug!("not re-arming a dropped memory: {e}");
+            }
+        }
+    }
+
+    /// After a handler failed while serving a memory: poisons it, releases the fault it was on
+    /// and every other waiter (they fault again and are answered at once), and gives the memory
+    /// back to the epoll set so its remaining events are served by whichever thread is free.
+    fn abandon(&self, serving: Serving, why: String) {
+        let Some((mem, key)) = serving.memory else { return };
+        mem.poison(Poison::Handler(why));
+        self.fire_interrupt();
+        if let Some(addr) = serving.fault {
+            self.release_with_zero(&mem, addr);
+        }
+        let len = mem.accessible_pages() * PAGE_SIZE;
+        if len > 0 {
+            let _ = mem.uffd.wake(mem.base() as *mut _, len);
+        }
+        let _ = self.epoll.rearm(&mem.uffd, key);
+    }
+
+    pub(super) fn fire_interrupt(&self) {
+        if let Some(f) = self.interrupt.get() {
+            f();
+        }
+    }
+
+    fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
+        if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::ZeroPage, page_addr, PAGE_SIZE) } {
+            tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
+        }
+        mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
+    }
+
+    fn fail(&self, mem: &MemoryState, why: Poison) {
+        self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
+        mem.poison(why);
+        self.fire_interrupt();
+    }
+
+    fn resolve(&self, mem: &MemoryState, addr: usize, write: bool, buf: &mut [u8]) {
+        let page = (addr - mem.base()) / PAGE_SIZE;
+        let page_addr = mem.base() + page * PAGE_SIZE;
+        if mem.poisoned.load(Ordering::Acquire) {
+            self.release_with_zero(mem, addr);
+            return;
+        }
+        // Taken before the page's state is read: a fence after this makes the fill stand down.
+        let generation = mem.generation();
+        match mem.table.get(page) {
+            PageState::Resident => {
+                self.stats.faults_spurious.fetch_add(1, Ordering::Relaxed);
+                let _ = mem.uffd.wake(page_addr as *mut _, PAGE_SIZE);
+            }
+            PageState::Zero => {
+                self.stats.faults_zero.fetch_add(1, Ordering::Relaxed);
+                mem.log_faults(page..page + 1);
+                mem.table.set(page, PageState::Resident);
+                // A read maps the shared zero page; a write gets a private zero-filled page at
+                // once, saving the copy-on-write fault that would follow the zero page. In
+                // tracked memory a read installs a clean (write-protected) private page instead,
+                // so that a later write is noticed.
+                let fill = match (write, mem.tracked()) {
+                    (true, _) => sys::Fill::Copy(ZEROS.as_ptr()),
+                    (false, true) => sys::Fill::CopyClean(ZEROS.as_ptr()),
+                    (false, false) => sys::Fill::ZeroPage,
+                };
+                // SAFETY: the page is inside the registered reservation; ZEROS is one page long.
+                if let Err(e) = unsafe { sys::install(&mem.uffd, fill, page_addr, PAGE_SIZE) } {
+                    self.fail(mem, Poison::Install(Arc::new(e)));
+                }
+            }
+            state @ (PageState::Remote | PageState::Image) => {
+                // Read-around: the following pages in the same state, up to the configured count.
+                let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
+                let mut run = 1;
+                while page + run < limit && mem.table.get(page + run) == state {
+                    run += 1;
+                }
+                let fill = Fill { mem, page, previous: state, generation, addr };
+                match (state, mem.snapshot.get()) {
+                    (PageState::Image, Some(snap)) => {
+                        // A reference held while installing, so a drop cannot free the image under us.
+                        let local = snap.local();
+                        match local.as_ref().filter(|l| l.holds(page)) {
+                            Some(image) => {
+                                // From the local image: the run of pages it holds.
+                                let mut held = 1;
+                                while held < run && image.holds(page + held) {
+                                    held += 1;
+                                }
+                                self.fill_run(&fill, held, Source::Local(image.pages(page, held)), buf);
+                            }
+                            None => self.fill_run(&fill, run, Source::Region(snap.region()), buf),
+                        }
+                    }
+                    (PageState::Image, None) => {
+                        let why = "the page table says image but the memory has no snapshot";
+                        self.fill_run(&fill, run, Source::Missing(why), buf);
+                    }
+                    _ => {
+                        let source = match mem.region() {
+                            Some(region) => Source::Region(region),
+                            None => Source::Missing("the page table says remote but the memory has no region"),
+                        };
+                        self.fill_run(&fill, run, source, buf);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fills `run` pages from `fill.page` (all in state `fill.previous`) from `source`, installing
+    /// them frame by frame as they arrive; on any failure the memory is poisoned and the faulting
+    /// thread released. Frames arriving after the memory was fenced are dropped.
+    fn fill_run(&self, fill: &Fill<'_>, run: usize, source: Source<'_>, buf: &mut [u8]) {
+        let Fill { mem, page, previous, generation, addr } = *fill;
+        let mut installed = 0;
+        let mut failed: Option<Poison> = None;
+        let mut fenced = false;
+        let mut install = |range: std::ops::Range<usize>, bytes: &[u8]| {
+            if failed.is_some() || fenced {
+                return;
+            }
+            match mem.install_if_current(generation, page + range.start, bytes, previous) {
+                Ok(true) => installed = range.end,
+                Ok(false) if range.start == 0 => {
+                    // The faulting page itself: the memory was reset under a guest still waiting
+                    // on it, which breaks the owner's contract. Fail rather than guess.
+                    failed = Some(Poison::Inconsistent("the memory was reset while a fault on it was being served"));
+                }
+                Ok(false) => fenced = true,
+                Err(e) => failed = Some(Poison::Install(Arc::new(e))),
+            }
+        };
+        let fetched = match source {
+            Source::Local(bytes) => {
+                // The function's warm initial image, in this process: no network.
+                self.stats.faults_image.fetch_add(1, Ordering::Relaxed);
+                install(0..run, bytes);
+                Ok(())
+            }
+            Source::Region(region) => {
+                self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
+                let pages: Vec<u64> = (page..page + run).map(|p| p as u64).collect();
+                let buf = &mut buf[..run * PAGE_SIZE];
+                let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+                    self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
+                    self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    install(range, bytes);
+                };
+                // Pages are installed frame by frame as they arrive: the faulting page's frame
+                // first, so the guest resumes while the rest of the read-around is in flight.
+                self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| Poison::Transport(Arc::new(e)))
+            }
+            Source::Missing(why) => Err(Poison::Inconsistent(why)),
+        };
+        if fenced {
+            self.stats.readaround_fenced.fetch_add(1, Ordering::Relaxed);
+        }
+        // The read-around counts as touched: the guest reads on in order far more often than not,
+        // and a policy that cannot see reads of resident pages must not take those pages for cold.
+        mem.log_faults(page..page + installed);
+        // Pages not installed keep their state (an install that fails restores its own).
+        if let Some(why) = fetched.err().or(failed) {
+            if installed == 0 || !fenced {
+                self.fail(mem, why);
+            }
+            if installed == 0 {
+                self.release_with_zero(mem, addr);
+            }
+        }
+    }
+}
+
+/// One fault's fill: the memory, the faulting page and its state, the generation the fault saw.
+#[derive(Clone, Copy)]
+struct Fill<'a> {
+    mem: &'a MemoryState,
+    page: usize,
+    previous: PageState,
+    generation: u64,
+    addr: usize,
+}

@@ -1,0 +1,217 @@
+//! Per-function state of the platform: the instance pool (idle instances with their policy
+//! timeline and segments), the memories of every live instance (for accounting), and counters.
+//!
+//! The executor's [`Function`] knows only its module and initial state; everything here is the
+//! platform's. Counters are relaxed atomics, and gauges (instances per phase) are kept as the idle
+//! list changes, so `/metrics` never walks a list or a page table under a lock calls take.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::exec::{Function, Instance};
+use crate::pager::MemoryHandle;
+use crate::policy::{DrainBudget, Phase, ReuseStats, Segments};
+
+/// An idle instance and where it is on the policy's timeline.
+#[derive(Debug)]
+pub struct Idle {
+    pub instance: Instance,
+    /// Per-page segments and ages, for the offload policy.
+    pub segments: Segments,
+    /// When its last call ended.
+    pub since: Instant,
+    pub phase: Phase,
+    pub drain: DrainBudget,
+    /// The warm offload of cold segments was done for this idle period.
+    pub warm_offloaded: bool,
+    /// A semi-warm drain reached the floor.
+    pub drained: bool,
+}
+
+impl Idle {
+    pub fn new(instance: Instance, segments: Segments, since: Instant) -> Idle {
+        Idle { instance, segments, since, phase: Phase::Warm, drain: DrainBudget::default(), warm_offloaded: false, drained: false }
+    }
+}
+
+/// Call latency buckets (seconds) of the histogram; a last bucket holds the rest (+Inf).
+pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0];
+
+/// One function's counters.
+#[derive(Debug, Default)]
+pub struct FunctionMetrics {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
+    pub buckets: [AtomicU64; BUCKETS.len() + 1],
+    pub sum_micros: AtomicU64,
+    /// Pages that faults brought in during calls (with their read-around).
+    pub faults: AtomicU64,
+    /// Calls that found an instance idle in each phase, or none (`cold_starts`).
+    pub warm_starts: AtomicU64,
+    pub semi_warm_starts: AtomicU64,
+    pub cold_starts: AtomicU64,
+    /// Pages installed from the recorded working set before calls.
+    pub prefetched: AtomicU64,
+    /// Prefetched pages seen touched by their call (written: reads of resident pages cannot be
+    /// seen from user space, so this is a lower bound).
+    pub prefetch_hits: AtomicU64,
+    /// Pages with content that calls still faulted on after a prefetch.
+    pub prefetch_misses: AtomicU64,
+    /// Pages the policy sent to the memnode, and pages it dropped because the memnode already
+    /// held them unchanged.
+    pub written_back: AtomicU64,
+    pub dropped_clean: AtomicU64,
+    /// Calls since the policy dropped the function's local image.
+    pub calls_since_image_drop: AtomicU64,
+    /// Reuse intervals (for the automatic semi-warm threshold) and the last call's end.
+    pub reuse: Mutex<(ReuseStats, Option<Instant>)>,
+}
+
+impl FunctionMetrics {
+    /// Notes a finished call that took `secs`.
+    pub fn call(&self, secs: f64, ok: bool) {
+        let bucket = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "durations in µs fit a u64")]
+        self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        if ok { &self.ok } else { &self.error }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+}
+
+/// The platform's record of one uploaded function.
+#[derive(Debug)]
+pub struct Pooled {
+    pub function: Arc<Function>,
+    idle: Mutex<Vec<Idle>>,
+    /// Idle instances per phase: [warm, semi-warm], kept with the list.
+    phases: [AtomicUsize; 2],
+    /// Instances running a call now.
+    pub busy: AtomicUsize,
+    /// The memories of every live instance (idle or running), for accounting.
+    memories: Mutex<Vec<MemoryHandle>>,
+    pub metrics: FunctionMetrics,
+    /// The segments the first instance's init phase labelled (runtime and init pages).
+    pub initial_segments: OnceLock<Segments>,
+}
+
+fn slot(phase: Phase) -> Option<usize> {
+    match phase {
+        Phase::Warm => Some(0),
+        Phase::SemiWarm => Some(1),
+        Phase::Expired => None,
+    }
+}
+
+impl Pooled {
+    pub fn new(function: Arc<Function>) -> Pooled {
+        Pooled {
+            function,
+            idle: Mutex::new(Vec::new()),
+            phases: Default::default(),
+            busy: AtomicUsize::new(0),
+            memories: Mutex::new(Vec::new()),
+            metrics: FunctionMetrics::default(),
+            initial_segments: OnceLock::new(),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, phase: Phase, delta: isize) {
+        if let Some(i) = slot(phase) {
+            if delta > 0 {
+                self.phases[i].fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+            } else {
+                self.phases[i].fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The most recently used idle instance, if any.
+    pub fn pop_idle(&self) -> Option<Idle> {
+        let i = self.idle().pop()?;
+        self.count(i.phase, -1);
+        Some(i)
+    }
+
+    /// Returns an instance to the pool, unless `max` are idle already (then it is dropped).
+    pub fn push_idle(&self, i: Idle, max: usize) {
+        let mut idle = self.idle();
+        if idle.len() < max {
+            self.count(i.phase, 1);
+            idle.push(i);
+        } else {
+            drop(idle);
+            self.forget(&i.instance);
+        }
+    }
+
+    /// The policy's look at the idle list: sets each instance's phase to `phase_of(it)`, takes
+    /// out the expired ones and those `needs_work` selects (to offload them without holding the
+    /// list: calls meanwhile take the others, or start new instances). Returns (to work on,
+    /// expired); the caller drops the expired ones outside the lock (freeing their memnode
+    /// regions is network I/O) and gives the others back with [`Pooled::push_idle`].
+    pub fn sweep(&self, phase_of: impl Fn(&Idle) -> Phase, needs_work: impl Fn(&Idle) -> bool) -> (Vec<Idle>, Vec<Idle>) {
+        let mut idle = self.idle();
+        let (mut work, mut expired) = (Vec::new(), Vec::new());
+        let mut keep = Vec::with_capacity(idle.len());
+        for mut i in idle.drain(..) {
+            let phase = phase_of(&i);
+            if phase != i.phase {
+                self.count(i.phase, -1);
+                self.count(phase, 1);
+                i.phase = phase;
+            }
+            if phase == Phase::Expired {
+                expired.push(i);
+            } else if needs_work(&i) {
+                self.count(phase, -1);
+                work.push(i);
+            } else {
+                keep.push(i);
+            }
+        }
+        *idle = keep;
+        drop(idle);
+        for i in &expired {
+            self.forget(&i.instance);
+        }
+        (work, expired)
+    }
+
+    /// Memories of the idle instances now (clones of their handles; no instance is held).
+    pub fn idle_memories(&self) -> Vec<MemoryHandle> {
+        self.idle().iter().filter_map(|i| i.instance.memory().cloned()).collect()
+    }
+
+    /// Records a new live instance's memory.
+    pub fn adopt_instance(&self, instance: &Instance) {
+        if let Some(m) = instance.memory() {
+            self.memories.lock().unwrap_or_else(|e| e.into_inner()).push(m.clone());
+        }
+    }
+
+    /// Forgets a dropped (or about to be dropped) instance's memory.
+    pub fn forget(&self, instance: &Instance) {
+        if let Some(m) = instance.memory() {
+            self.memories.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| !x.is(m));
+        }
+    }
+
+    /// Every live instance's memory (clones of the handles).
+    pub fn memories(&self) -> Vec<MemoryHandle> {
+        self.memories.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Idle instances (warm, semi-warm).
+    pub fn phase_counts(&self) -> (usize, usize) {
+        (self.phases[0].load(Ordering::Relaxed), self.phases[1].load(Ordering::Relaxed))
+    }
+}

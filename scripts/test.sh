@@ -4,6 +4,10 @@
 # (scripts/softroce.sh). Run as root (userfaultfd needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: run as root: the paged-memory tests need userfaultfd (and the setup installs packages)" >&2
+  exit 1
+fi
 scripts/setup.sh
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast

@@ -202,17 +202,16 @@ fn instances_dropped_while_others_fault() {
     }
 }
 
-/// A transport that hands over the first `open` pages of a streaming read at once and the rest
-/// only when the test opens the gate: a read-around still in flight after its fault was served.
+/// Hands over the first `open` pages of a streaming read at once and the rest only when the test
+/// opens the gate: a read-around still in flight after its fault was served.
 #[derive(Debug)]
-struct Gated {
-    inner: LocalTransport,
+struct Gate {
     open: usize,
     state: std::sync::Mutex<(bool, bool, bool)>, // (waiting at the gate, gate open, done)
     changed: std::sync::Condvar,
 }
 
-impl Gated {
+impl Gate {
     fn set(&self, f: impl FnOnce(&mut (bool, bool, bool))) {
         f(&mut self.state.lock().unwrap());
         self.changed.notify_all();
@@ -222,60 +221,26 @@ impl Gated {
     }
 }
 
-impl Transport for Gated {
-    fn kind(&self) -> &'static str {
-        "gated"
-    }
-    fn alloc(&self, size: u64) -> Result<ebb_memnode::RegionId, ebb_memnode::TransportError> {
-        self.inner.alloc(size)
-    }
-    fn resize(&self, region: ebb_memnode::RegionId, size: u64) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.resize(region, size)
-    }
-    fn free(&self, region: ebb_memnode::RegionId) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.free(region)
-    }
-    fn read_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.read_pages(region, pages, out)
-    }
-    fn read_pages_streaming(
-        &self,
-        region: ebb_memnode::RegionId,
-        pages: &[u64],
-        out: &mut [u8],
-        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
-    ) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.read_pages(region, pages, out)?;
-        let open = self.open.min(pages.len());
-        ready(0..open, &out[..open * 4096]);
-        if open < pages.len() {
+impl ebb::Hooks for Gate {
+    fn stream(&self, pages: usize, deliver: &mut dyn FnMut(std::ops::Range<usize>)) {
+        let open = self.open.min(pages);
+        deliver(0..open);
+        if open < pages {
             self.set(|s| s.0 = true);
             let mut s = self.state.lock().unwrap();
             while !s.1 {
                 s = self.changed.wait(s).unwrap();
             }
             drop(s);
-            ready(open..pages.len(), &out[open * 4096..]);
+            deliver(open..pages);
         }
         self.set(|s| s.2 = true);
-        Ok(())
-    }
-    fn write_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], data: &[u8]) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.write_pages(region, pages, data)
-    }
-    fn stats(&self) -> Result<ebb_memnode::proto::StatsReply, ebb_memnode::TransportError> {
-        self.inner.stats()
     }
 }
 
 #[test]
 fn a_late_readaround_never_lands_after_the_memory_moved_on() {
-    let gated = Arc::new(Gated {
-        inner: LocalTransport::embedded(1 << 30),
-        open: 16,
-        state: std::sync::Mutex::new((false, false, false)),
-        changed: std::sync::Condvar::new(),
-    });
+    let gated = Arc::new(ebb::Hooked::new(Gate { open: 16, state: std::sync::Mutex::new((false, false, false)), changed: std::sync::Condvar::new() }));
     let pager = Pager::new(PagerConfig { fault_threads: 1, readaround: 255, ..Default::default() }, gated.clone()).unwrap();
     let buf = Arc::new(ebb::PagedBuffer::new(&pager, 4 * MIB));
     buf.fill_pages(3);
@@ -288,7 +253,7 @@ fn a_late_readaround_never_lands_after_the_memory_moved_on() {
         let buf = buf.clone();
         std::thread::spawn(move || buf.touch(0))
     };
-    assert!(ebb::wait_until(Duration::from_secs(10), || gated.get().0), "the fault never reached the transport");
+    assert!(ebb::wait_until(Duration::from_secs(10), || gated.hooks.get().0), "the fault never reached the transport");
     let first = toucher.join().unwrap();
     // The call is over; its memory is evicted while the read-around is still in flight. The evict
     // must neither wait for the transfer nor let the late frames land afterwards.
@@ -298,8 +263,8 @@ fn a_late_readaround_never_lands_after_the_memory_moved_on() {
     };
     assert!(ebb::wait_until(Duration::from_secs(10), || evicting.is_finished()), "evict waited for a transfer");
     evicting.join().unwrap();
-    gated.set(|s| s.1 = true);
-    assert!(ebb::wait_until(Duration::from_secs(10), || gated.get().2), "the transfer never finished");
+    gated.hooks.set(|s| s.1 = true);
+    assert!(ebb::wait_until(Duration::from_secs(10), || gated.hooks.get().2), "the transfer never finished");
     // Let the handler finish the fill it was in.
     assert!(ebb::wait_until(Duration::from_secs(10), || pager.stats().readaround_fenced == 1), "{:?}", pager.stats());
     assert_eq!(buf.handle.count(PageState::Resident), 0, "pages of a stale read-around landed after the evict");
@@ -315,41 +280,21 @@ fn readaround_is_bounded() {
     assert!(err.to_string().contains("allowed 0 to 1023"), "{err}");
 }
 
-/// A transport whose reads panic while `panicking` is set (a bug in a backend, say).
+/// Reads panic while `panicking` is set (a bug in a backend, say).
 #[derive(Debug)]
 struct Panicky {
-    inner: LocalTransport,
     panicking: std::sync::atomic::AtomicBool,
 }
 
-impl Transport for Panicky {
-    fn kind(&self) -> &'static str {
-        "panicky"
-    }
-    fn alloc(&self, size: u64) -> Result<ebb_memnode::RegionId, ebb_memnode::TransportError> {
-        self.inner.alloc(size)
-    }
-    fn resize(&self, region: ebb_memnode::RegionId, size: u64) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.resize(region, size)
-    }
-    fn free(&self, region: ebb_memnode::RegionId) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.free(region)
-    }
-    fn read_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), ebb_memnode::TransportError> {
+impl ebb::Hooks for Panicky {
+    fn before_read(&self) {
         assert!(!self.panicking.load(std::sync::atomic::Ordering::Relaxed), "injected transport panic");
-        self.inner.read_pages(region, pages, out)
-    }
-    fn write_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], data: &[u8]) -> Result<(), ebb_memnode::TransportError> {
-        self.inner.write_pages(region, pages, data)
-    }
-    fn stats(&self) -> Result<ebb_memnode::proto::StatsReply, ebb_memnode::TransportError> {
-        self.inner.stats()
     }
 }
 
 #[test]
 fn a_crashing_fault_handler_poisons_what_it_served_and_serves_on() {
-    let t = Arc::new(Panicky { inner: LocalTransport::embedded(1 << 30), panicking: false.into() });
+    let t = Arc::new(ebb::Hooked::new(Panicky { panicking: false.into() }));
     // One handler thread: if the crash took it, the second memory's fault would never be served.
     let exec = executor(t.clone(), 1);
     let mut a = pattern_instance(&exec, 5, 4 * MIB);
@@ -358,13 +303,13 @@ fn a_crashing_fault_handler_poisons_what_it_served_and_serves_on() {
         assert_eq!(inst.run().unwrap(), 0);
         inst.memory().unwrap().offload().unwrap();
     }
-    t.panicking.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.hooks.panicking.store(true, std::sync::atomic::Ordering::Relaxed);
     let err = a.run().expect_err("a call whose fault handler crashed must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("lost its memory") && msg.contains("panicked"), "{msg}");
     assert!(a.memory().unwrap().poisoned().is_some());
     assert_eq!(exec.pager().stats().handler_failures, 1);
-    t.panicking.store(false, std::sync::atomic::Ordering::Relaxed);
+    t.hooks.panicking.store(false, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(b.run().unwrap(), 0, "the other memory is still served, byte for byte");
     check_area(&mut b, AREA_A, 4 * MIB, 6);
 }

@@ -79,7 +79,7 @@ struct ClientArgs {
     server: String,
     /// Bearer token of the user (`--tokens` file of the server).
     #[arg(long, env = "EBB_TOKEN")]
-    token: Option<String>,
+    token: Option<ebb_memnode::tokens::Secret>,
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +177,9 @@ impl LimitArgs {
         config.state = crate::state::StateLimits { max_value: size(self.max_state_value), max_per_user: size(self.max_state_per_user) };
         config.compile.max_module = size(self.max_module);
         config.compile.cpu = self.compile_cpu;
-        config.compile.wall = self.compile_cpu * 2;
+        // Wall time is a backstop for a compile that waits rather than computes; on a loaded machine
+        // CPU time is the bound that matters.
+        config.compile.wall = self.compile_cpu * 3 + Duration::from_secs(5);
         config.compile.memory = self.compile_memory;
         Ok(())
     }
@@ -353,7 +355,7 @@ pub struct MemoryArgs {
     /// one in DATA_DIR/memnode-identity (so a restarted runtime is the same identity); `runtime
     /// run` makes a random one per process.
     #[arg(long, env = "EBB_MEMNODE_TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<ebb_memnode::tokens::Secret>,
     /// The memnode session this runtime's regions belong to. A restarted runtime with the same
     /// session (and token) frees what its previous run left at once, instead of after the lease
     /// and grace period. Two live runtimes must not share one. Default: `runtime serve` keeps one
@@ -413,7 +415,7 @@ impl MemoryArgs {
                     (Some(dir), None, _) | (Some(dir), _, None) => Some(stable_identity(dir)?),
                     _ => None,
                 };
-                if let Some(token) = self.token.clone().or_else(|| kept.as_ref().map(|k| k.0.clone())) {
+                if let Some(token) = self.token.as_ref().map(|t| t.expose().to_string()).or_else(|| kept.as_ref().map(|k| k.0.clone())) {
                     config.token = token;
                 }
                 config.session = self.memnode_session.clone().or_else(|| kept.map(|k| k.1));
@@ -513,7 +515,7 @@ fn finish(status: u16, body: &[u8]) -> anyhow::Result<()> {
 impl ClientArgs {
     fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        crate::api::client::request(method, &url, self.token.as_deref(), body, None)
+        crate::api::client::request(method, &url, self.token.as_ref().map(|t| t.expose()), body, None)
             .with_context(|| format!("cannot reach the runtime at {}: is `runtime serve` running?", self.server))
     }
 }

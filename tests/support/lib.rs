@@ -244,3 +244,67 @@ impl Drop for Runtime {
         self.kill();
     }
 }
+
+/// What a test does to a [`Hooked`] transport's operations.
+pub trait Hooks: Send + Sync + std::fmt::Debug {
+    /// Before every read (plain or streaming): e.g. panic, to play a broken backend.
+    fn before_read(&self) {}
+    /// Before every write: e.g. block, to play a slow memnode.
+    fn before_write(&self) {}
+    /// How a streaming read of `pages` pages hands them over: `deliver(range)` for consecutive
+    /// ranges covering them. Default: all at once.
+    fn stream(&self, pages: usize, deliver: &mut dyn FnMut(std::ops::Range<usize>)) {
+        deliver(0..pages);
+    }
+}
+
+/// An embedded memnode whose operations a test intercepts through `hooks`.
+#[derive(Debug)]
+pub struct Hooked<H> {
+    pub inner: ebb_memnode::LocalTransport,
+    pub hooks: H,
+}
+
+impl<H: Hooks> Hooked<H> {
+    pub fn new(hooks: H) -> Hooked<H> {
+        Hooked { inner: ebb_memnode::LocalTransport::embedded(1 << 30), hooks }
+    }
+}
+
+impl<H: Hooks> ebb_memnode::Transport for Hooked<H> {
+    fn kind(&self) -> &'static str {
+        "hooked"
+    }
+    fn alloc(&self, size: u64) -> Result<ebb_memnode::RegionId, ebb_memnode::TransportError> {
+        self.inner.alloc(size)
+    }
+    fn resize(&self, region: ebb_memnode::RegionId, size: u64) -> Result<(), ebb_memnode::TransportError> {
+        self.inner.resize(region, size)
+    }
+    fn free(&self, region: ebb_memnode::RegionId) -> Result<(), ebb_memnode::TransportError> {
+        self.inner.free(region)
+    }
+    fn read_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), ebb_memnode::TransportError> {
+        self.hooks.before_read();
+        self.inner.read_pages(region, pages, out)
+    }
+    fn read_pages_streaming(
+        &self,
+        region: ebb_memnode::RegionId,
+        pages: &[u64],
+        out: &mut [u8],
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
+    ) -> Result<(), ebb_memnode::TransportError> {
+        self.hooks.before_read();
+        self.inner.read_pages(region, pages, out)?;
+        self.hooks.stream(pages.len(), &mut |range| ready(range.clone(), &out[range.start * 4096..range.end * 4096]));
+        Ok(())
+    }
+    fn write_pages(&self, region: ebb_memnode::RegionId, pages: &[u64], data: &[u8]) -> Result<(), ebb_memnode::TransportError> {
+        self.hooks.before_write();
+        self.inner.write_pages(region, pages, data)
+    }
+    fn stats(&self) -> Result<ebb_memnode::proto::StatsReply, ebb_memnode::TransportError> {
+        self.inner.stats()
+    }
+}

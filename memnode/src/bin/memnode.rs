@@ -32,7 +32,7 @@ enum Command {
         memnode: String,
         /// A token of the memnode's token file (one marked `operator` sees every identity).
         #[arg(long, env = "EBB_MEMNODE_TOKEN")]
-        token: String,
+        token: ebb_memnode::tokens::Secret,
     },
 }
 
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Stats { memnode, token }) => stats(&memnode, token),
+        Some(Command::Stats { memnode, token }) => stats(&memnode, token.0),
         None => serve(cli.serve),
     }
 }

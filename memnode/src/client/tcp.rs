@@ -444,9 +444,9 @@ impl TcpTransport {
         self.inner.open()
     }
 
-    /// [`TcpTransport::request`] with a longer reply bound than the transport's, on `conn` or a
-    /// pooled connection: setup operations (creating a queue pair, registering a region's memory)
-    /// cost the memnode far more than a page and are not on any fault's path.
+    /// [`TcpTransport::request`] with a longer reply bound than the transport's: setup operations
+    /// (creating a queue pair, registering a region's memory) cost the memnode far more than a
+    /// page and are not on any fault's path.
     pub(crate) fn setup_request(
         &self,
         conn: Option<&mut Conn>,
@@ -456,17 +456,7 @@ impl TcpTransport {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(Header, Vec<u8>), TransportError> {
-        let run = |conn: &mut Conn| {
-            let io = |source| TransportError::Io { addr: self.inner.name.clone(), op: name, source };
-            conn.stream.set_read_timeout(Some(timeout)).map_err(io)?;
-            let result = self.inner.call(name).simple(conn, op, region, payload).map(|h| (h, std::mem::take(&mut conn.buf)));
-            conn.stream.set_read_timeout(Some(self.inner.config.timeout)).map_err(io)?;
-            result
-        };
-        match conn {
-            Some(conn) => run(conn).map_err(|e| self.inner.check_lost(e)),
-            None => self.inner.with_conn(true, run),
-        }
+        self.exchange(conn, name, op, region, payload, Some(timeout))
     }
 
     /// One single-frame request and its reply payload, on `conn` or a pooled connection.
@@ -478,9 +468,29 @@ impl TcpTransport {
         region: u64,
         payload: &[u8],
     ) -> Result<(Header, Vec<u8>), TransportError> {
+        self.exchange(conn, name, op, region, payload, None)
+    }
+
+    /// One request and its reply, with the reply bound `timeout` instead of the transport's.
+    fn exchange(
+        &self,
+        conn: Option<&mut Conn>,
+        name: &'static str,
+        op: Op,
+        region: u64,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<(Header, Vec<u8>), TransportError> {
         let run = |conn: &mut Conn| {
-            let h = self.inner.call(name).simple(conn, op, region, payload)?;
-            Ok((h, std::mem::take(&mut conn.buf)))
+            let io = |source| TransportError::Io { addr: self.inner.name.clone(), op: name, source };
+            if let Some(t) = timeout {
+                conn.stream.set_read_timeout(Some(t)).map_err(io)?;
+            }
+            let result = self.inner.call(name).simple(conn, op, region, payload).map(|h| (h, std::mem::take(&mut conn.buf)));
+            if timeout.is_some() {
+                conn.stream.set_read_timeout(Some(self.inner.config.timeout)).map_err(io)?;
+            }
+            result
         };
         match conn {
             Some(conn) => run(conn).map_err(|e| self.inner.check_lost(e)),

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   RdmaTransport ── TcpTransport (control) ── RdmaConnect ×LANES on one dedicated connection
-//!     lanes: [ queue pair + 512 KiB registered bounce buffer (8 slots of 16 pages) ] × LANES
-//!   read:  runs of neighbouring pages → READ work requests of up to 16 pages, 8 in flight,
+//!     lanes: [ queue pair + 256 KiB registered bounce buffer (4 slots of 16 pages) ] × LANES
+//!   read:  runs of neighbouring pages → READ work requests of up to 16 pages, 4 in flight,
 //!          completions polled; each completed run is copied out and handed to `ready`
 //!   write: pages copied into slots → WRITE work requests, completions polled
 //! ```
@@ -30,15 +30,16 @@ use crate::store::RegionId;
 
 /// Queue pairs per transport: fault-handler threads transfer in parallel on different lanes.
 const LANES: usize = 2;
-/// Pages per work request (neighbouring pages are batched up to this). 64 KiB per request and 8
-/// requests in flight per lane (512 KiB) is far above the bandwidth-delay product of an FDR link
-/// (~14 KB at 2 µs), while bursts stay small enough that an emulated link (soft-RoCE between two
-/// qemu guests over a UDP socket) does not drop them wholesale: with 64-page requests and 16 in
-/// flight, go-back-N retransmissions of 8 MiB bursts stalled transfers past the 1 s bound.
+/// Pages per work request (neighbouring pages are batched up to this). 64 KiB per request and 4
+/// requests in flight per lane (256 KiB) is far above the bandwidth-delay product of an FDR link
+/// (~14 KB at 2 µs), while bursts stay small enough for a link that drops what it cannot take:
+/// RC over soft-RoCE has no congestion control, and between two qemu guests a burst larger than
+/// the receiving emulator's socket buffer is lost and resent (go-back-N). With 64-page requests and
+/// 16 in flight (8 MiB per two lanes) transfers stalled past the memnode timeout (docs/rdma.md).
 const CHUNK_PAGES: usize = 16;
 const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 /// Work requests in flight per lane.
-const SLOTS: usize = 8;
+const SLOTS: usize = 4;
 /// How long the memnode may take to create and connect a queue pair.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -85,7 +85,8 @@ impl ApiState {
 pub struct Caller {
     /// The token's user; None on a server without tokens (loopback only).
     pub user: Option<String>,
-    /// May see every user's metrics and calls: an `operator` token, or anyone without tokens.
+    /// May see every user's metrics and call statuses: an `operator` token, or anyone without
+    /// tokens. (An operator token acts on its own user's functions and state only.)
     pub operator: bool,
 }
 
@@ -136,9 +137,9 @@ async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -
         Ok(who) => who,
         Err(why) => return text(StatusCode::UNAUTHORIZED, why),
     };
+    // An operator sees every user's metrics and calls, but acts only on its own functions and state.
     if let (Some(user), Some(owner)) = (&who.user, path_owner(req.uri().path()))
         && user != owner
-        && !who.operator
     {
         return forbidden(user, owner);
     }
@@ -297,7 +298,6 @@ async fn message(State(s): State<ApiState>, who: Who, body: Bytes) -> Response {
     };
     if let Some(me) = &who.0.user
         && me != &user
-        && !who.0.operator
     {
         return forbidden(me, &user);
     }

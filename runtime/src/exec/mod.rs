@@ -181,15 +181,17 @@ impl Executor {
     /// runs the init phase (`_faasm_zygote`) and captures it — returning which pages
     /// instantiation and the init phase left resident — later ones adopt it without copying
     /// anything. Instantiation (a module's start function) and the init phase are bounded by
-    /// `limit`, as calls are.
+    /// `limit`, as calls are. `services` are the platform's, the calling user and the holder of
+    /// the state locks the init phase takes.
     pub fn function_instance(
         &self,
         function: &Arc<Function>,
         stdout: Stdout,
-        services: Option<(Arc<dyn Services>, &str)>,
+        services: Option<(Arc<dyn Services>, &str, u64)>,
         limit: Option<std::time::Duration>,
     ) -> anyhow::Result<(Instance, Option<InitPages>)> {
-        let ctx = services.map(|(services, user)| CallContext { services, user: user.to_string(), function: function.clone(), call: 0, holder: 0 });
+        // The init phase's state locks belong to `holder` (the call the instance is made for).
+        let ctx = services.map(|(services, user, holder)| CallContext { services, user: user.to_string(), function: function.clone(), call: 0, holder });
         let mut store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
         store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut inst = self.link(store, &function.module)?;

@@ -415,8 +415,8 @@ impl MemoryState {
     }
 }
 
-/// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, one line (what logs, status polls and awaiting guests are told).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

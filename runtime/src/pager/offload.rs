@@ -23,6 +23,20 @@ pub struct OffloadReport {
 
 
 impl MemoryHandle {
+    /// Those of `pages` (ascending) that are resident, or every resident page for `None`.
+    pub(super) fn resident_among(&self, pages: Option<&[usize]>) -> Vec<usize> {
+        let state = &self.state;
+        let limit = state.accessible_pages();
+        let mut resident = Vec::new();
+        match pages {
+            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
+            Some(pages) => {
+                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
+            }
+        }
+        resident
+    }
+
     fn ensure_region(&self) -> Result<RegionId, PagerError> {
         let size = (self.state.accessible_pages() * PAGE_SIZE) as u64;
         let mut region = self.state.region.lock().unwrap_or_else(|e| e.into_inner());
@@ -60,13 +74,7 @@ impl MemoryHandle {
         let state = &self.state;
         state.fence();
         let limit = state.accessible_pages();
-        let mut resident = Vec::new();
-        match pages {
-            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
-            Some(pages) => {
-                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
-            }
-        }
+        let resident = self.resident_among(pages);
         if resident.is_empty() {
             return Ok(OffloadReport::default());
         }

@@ -516,14 +516,7 @@ impl MemoryHandle {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
         state.fence();
-        let limit = state.accessible_pages();
-        let mut resident = Vec::new();
-        match pages {
-            None => state.table.for_each_in(0..limit, PageState::Resident, |p| resident.push(p)),
-            Some(pages) => {
-                resident.extend(pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Resident));
-            }
-        }
+        let resident = self.resident_among(pages);
         for &p in &resident {
             if state.table.is_backed(p) {
                 state.table.set_backed(p, PageState::Remote);

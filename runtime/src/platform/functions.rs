@@ -186,9 +186,14 @@ impl Pooled {
         (work, expired)
     }
 
-    /// Memories of the idle instances now (clones of their handles; no instance is held).
-    pub fn idle_memories(&self) -> Vec<MemoryHandle> {
-        self.idle().iter().filter_map(|i| i.instance.memory().cloned()).collect()
+    /// Takes every idle instance out of the list (to work on them without holding it; no call can
+    /// take them meanwhile). Give them back with [`Pooled::push_idle`].
+    pub fn take_all_idle(&self) -> Vec<Idle> {
+        let taken = std::mem::take(&mut *self.idle());
+        for i in &taken {
+            self.count(i.phase, -1);
+        }
+        taken
     }
 
     /// Records a new live instance's memory.

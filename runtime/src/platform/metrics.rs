@@ -134,7 +134,8 @@ impl Platform {
         ] {
             let _ = writeln!(out, "ebb_faults_total{{kind=\"{kind}\"}} {n}");
         }
-        let single: [(&str, &str, u64); 10] = [
+        let single: [(&str, &str, u64); 11] = [
+            ("ebb_policy_ticks_total", "counter", self.policy_ticks.load(Ordering::Relaxed)),
             ("ebb_pages_fetched_total", "counter", s.pages_fetched),
             ("ebb_pages_offloaded_total", "counter", s.pages_offloaded),
             ("ebb_pager_pages_dropped_clean_total", "counter", s.pages_dropped_clean),

@@ -111,7 +111,7 @@ pub enum CallFailure {
     #[error("{0}")]
     Trap(String),
     /// The call ran past its time limit.
-    #[error("the call ran past the {}-second limit and was interrupted", .0.as_secs())]
+    #[error("the call ran past its {} limit and was interrupted", to_millis(.0))]
     Timeout(Duration),
     /// The memnode did not answer or the connection to it failed: pages could not move.
     #[error("the memnode is unavailable")]
@@ -124,17 +124,12 @@ pub enum CallFailure {
     Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
-/// An error and its sources, one line: what a status poll or an awaiting guest is told.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// A duration for people, to the millisecond.
+fn to_millis(d: &Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
 }
+
+pub use crate::pager::error_chain as chain;
 
 /// Turns an executor error into what happened, by cause.
 fn classify(e: anyhow::Error, limit: Duration) -> CallFailure {
@@ -171,6 +166,8 @@ pub struct Platform {
     memnode_up: AtomicBool,
     /// Panics of supervised threads (each was restarted).
     thread_restarts: Arc<AtomicU64>,
+    /// Looks the policy driver took.
+    policy_ticks: AtomicU64,
     me: Weak<Platform>,
 }
 
@@ -204,6 +201,7 @@ impl Platform {
             next_holder: AtomicU64::new(1),
             memnode_up: AtomicBool::new(true),
             thread_restarts: Arc::new(AtomicU64::new(0)),
+            policy_ticks: AtomicU64::new(0),
             me: me.clone(),
         });
         let weak = Arc::downgrade(&platform);
@@ -277,7 +275,7 @@ impl Platform {
     pub fn invoke(&self, user: &str, function: &str, input: &[u8]) -> Result<CallOutcome, CallError> {
         self.check_input(input)?;
         let p = self.pooled(user, function)?;
-        self.run_call(user, &p, input, Entry::Start, 0).map_err(|failure| CallError::Failed { function: p.function.name.clone(), failure })
+        self.run_call(user, &p, input, Entry::Start, 0, None).map_err(|failure| CallError::Failed { function: p.function.name.clone(), failure })
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
@@ -299,9 +297,9 @@ impl Platform {
         let p = self.pooled(user, function)?;
         let me = self.me.clone();
         let owner = user.to_string();
-        let job = Box::new(move || {
+        let job = Box::new(move |deadline| {
             let result = match me.upgrade() {
-                Some(platform) => platform.run_caught(&owner, &p, &input, Entry::Start, 0),
+                Some(platform) => platform.run_caught(&owner, &p, &input, Entry::Start, 0, deadline),
                 None => Err(CallFailure::Refused("the platform is shutting down".into())),
             };
             done(result);
@@ -325,9 +323,9 @@ impl Platform {
     fn queue_recorded(&self, user: &str, p: Arc<Pooled>, input: Vec<u8>, entry: Entry, id: u32) -> Result<(), pool::PoolFull> {
         let me = self.me.clone();
         let owner = user.to_string();
-        let job = Box::new(move || {
+        let job = Box::new(move |deadline| {
             let status = match me.upgrade() {
-                Some(platform) => match platform.run_caught(&owner, &p, &input, entry, id) {
+                Some(platform) => match platform.run_caught(&owner, &p, &input, entry, id, deadline) {
                     Ok(o) => CallStatus::Done(o),
                     Err(f) => CallStatus::Failed(f),
                 },
@@ -360,18 +358,20 @@ impl Platform {
 
     /// Runs a call, turning a panic anywhere in it into a failure (its record must not stay
     /// running for ever).
-    fn run_caught(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32) -> Result<CallOutcome, CallFailure> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_call(user, p, input, entry, id))).unwrap_or_else(|_| {
+    fn run_caught(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_call(user, p, input, entry, id, deadline))).unwrap_or_else(|_| {
             Err(CallFailure::Internal(Arc::new(std::io::Error::other("the call panicked in the runtime"))))
         })
     }
 
     /// One call: an idle instance or a new one, the working-set prefetch, the call, the reset,
-    /// accounting; state locks the call still holds are released whatever happened.
-    fn run_call(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32) -> Result<CallOutcome, CallFailure> {
+    /// accounting; state locks the call still holds are released whatever happened. The call's
+    /// limit is the call timeout, or less if it must end by `deadline` (run by an awaiting call).
+    fn run_call(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
         let start = Instant::now();
         let holder = self.next_holder.fetch_add(1, Ordering::Relaxed);
-        let result = self.run_on_instance(user, p, input, entry, id, holder);
+        let limit = deadline.map_or(self.config.call_timeout, |d| d.saturating_duration_since(start).min(self.config.call_timeout));
+        let result = self.run_on_instance(user, p, input, entry, id, holder, limit);
         let released = self.state.release_all(holder);
         if released > 0 {
             tracing::debug!("{}: released {released} state locks its call still held", p.function.name);
@@ -383,17 +383,26 @@ impl Platform {
         result
     }
 
-    fn run_on_instance(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32, holder: u64) -> Result<CallOutcome, CallFailure> {
+    #[expect(clippy::too_many_arguments, reason = "one call's parts, passed through from run_call")]
+    fn run_on_instance(
+        &self,
+        user: &str,
+        p: &Arc<Pooled>,
+        input: &[u8],
+        entry: Entry,
+        id: u32,
+        holder: u64,
+        limit: Duration,
+    ) -> Result<CallOutcome, CallFailure> {
         let f = &p.function;
         let policy = self.config.policy.get(&f.name).clone();
-        let limit = self.config.call_timeout;
         let start = Instant::now();
         let (mut instance, mut segments, phase) = match p.pop_idle() {
             Some(idle) => (idle.instance, idle.segments, Some(idle.phase)),
             None => {
                 let services: Arc<dyn Services> = self.me.upgrade().ok_or_else(|| CallFailure::Refused("the platform is shutting down".into()))?;
                 self.instances_created.fetch_add(1, Ordering::Relaxed);
-                let (instance, init) = self.exec.function_instance(f, Stdout::Log, Some((services, user)), Some(limit)).map_err(|e| classify(e, limit))?;
+                let (instance, init) = self.exec.function_instance(f, Stdout::Log, Some((services, user, holder)), Some(limit)).map_err(|e| classify(e, limit))?;
                 let mut segments = Segments::default();
                 if let Some(init) = init {
                     // Segments: what instantiation left resident is the runtime's, what the init
@@ -494,16 +503,25 @@ impl Platform {
 
     /// Evicts every idle instance of a function to its initial state on the memnode and drops the
     /// function's local image: the next calls fault back what they touch. Returns the bytes that
-    /// left this host's memory. The idle list is not held while pages move.
+    /// left this host's memory. The instances are taken out of the idle list while their pages
+    /// move (a call meanwhile starts another), and given back after.
     pub fn offload(&self, user: &str, function: &str) -> Result<u64, CallError> {
         let p = self.pooled(user, function)?;
         let mut bytes = 0u64;
-        for m in p.idle_memories() {
-            let pages = m.evict().map_err(|e| CallError::Failed {
-                function: p.function.name.clone(),
-                failure: CallFailure::Internal(Arc::new(e)),
-            })?;
-            bytes += pages as u64 * PAGE;
+        let mut failed = None;
+        for i in p.take_all_idle() {
+            if let Some(m) = i.instance.memory()
+                && failed.is_none()
+            {
+                match m.evict() {
+                    Ok(pages) => bytes += pages as u64 * PAGE,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            p.push_idle(i, self.config.max_idle);
+        }
+        if let Some(e) = failed {
+            return Err(CallError::Failed { function: p.function.name.clone(), failure: CallFailure::Internal(Arc::new(e)) });
         }
         if let Some(snap) = p.function.snapshot() {
             bytes += snap.drop_local() as u64;
@@ -530,9 +548,10 @@ impl Services for Platform {
             return Err(AwaitError::Failed(format!("call {id} cannot await itself")));
         }
         // Still queued: run it here rather than wait for a worker (no await can then deadlock
-        // the pool). A call of another user, or unknown, is simply not found.
+        // the pool), within this call's deadline. A call of another user, or unknown, is simply
+        // not found.
         if let Some(job) = self.pool.take(&caller.user, id) {
-            job();
+            job(deadline);
         }
         match self.calls.wait(&caller.user, id, deadline) {
             Ok(o) => Ok(o),

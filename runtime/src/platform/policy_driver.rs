@@ -24,6 +24,7 @@ struct Moved {
 impl Platform {
     /// One look at every function's idle instances.
     pub(super) fn policy_tick(&self, now: Instant) {
+        self.policy_ticks.fetch_add(1, Ordering::Relaxed);
         let up = self.pager().transport().stats().is_ok();
         let was_up = self.memnode_up.swap(up, Ordering::Relaxed);
         if up != was_up {

@@ -35,8 +35,10 @@ impl Default for PoolConfig {
     }
 }
 
-/// A call to run.
-pub type Job = Box<dyn FnOnce() + Send>;
+/// A call to run. A worker runs it with no deadline of its own (the call's limit applies); a
+/// call awaiting it that runs it on its own thread passes its own deadline, which the call must
+/// not outlive.
+pub type Job = Box<dyn FnOnce(Option<std::time::Instant>) + Send>;
 
 /// Why a call was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +121,7 @@ impl Shared {
             };
             drop(s);
             // A job records its own outcome; a panic in it must not take the worker.
-            if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| job(None))).is_err() {
                 tracing::error!("a call of {user} panicked; its worker goes on");
             }
             s = self.lock();
@@ -225,7 +227,7 @@ mod tests {
         let (ran_tx, ran_rx) = mpsc::channel::<String>();
         let blocker = |name: &str| -> Job {
             let (rx, tx, name) = (release_rx.clone(), ran_tx.clone(), name.to_string());
-            Box::new(move || {
+            Box::new(move |_| {
                 tx.send(name).unwrap();
                 rx.lock().unwrap().recv().unwrap();
             })

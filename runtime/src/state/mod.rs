@@ -328,7 +328,9 @@ mod tests {
             s2.get("u", "k")
         });
         // The reader is waiting (a condition, not a sleep), and has not got in.
+        let until = Instant::now() + Duration::from_secs(10);
         while s.waiting() == 0 {
+            assert!(Instant::now() < until, "the reader never waited");
             std::thread::yield_now();
         }
         assert!(!t.is_finished(), "a reader got in while a writer held the lock");

@@ -489,3 +489,16 @@ fn calls_never_wait_behind_the_policys_network_io() {
     stalling.armed.store(false, Ordering::Relaxed);
     assert!(platform.metrics_text(ebb_runtime::platform::Viewer::Operator).contains("ebb_calls_total"));
 }
+
+#[test]
+fn an_await_runs_a_queued_call_rather_than_deadlock_the_pool() {
+    // One call thread: the chaining call holds it while it awaits; the chained calls are queued
+    // behind it and would never run if the await only waited.
+    let data = TempDir::new("hard-inline");
+    let rt = Runtime::start(&data.0, &["--call-threads", "1", "--call-timeout-s", "20"]).unwrap();
+    for f in ["chain", "echo"] {
+        assert_eq!(upload(&rt, "demo", f, None).status, 200);
+    }
+    let r = call(&rt, "demo", "chain", b"", None);
+    assert_eq!((r.status, r.body.as_str()), (200, "chain: shout(a) + b"));
+}

@@ -433,6 +433,11 @@ impl TcpTransport {
         self.inner.session.leftovers
     }
 
+    /// How long the memnode may stay silent before an operation fails.
+    pub fn timeout(&self) -> Duration {
+        self.inner.config.timeout
+    }
+
     /// The session's lease, as the memnode gave it.
     pub fn lease(&self) -> Duration {
         self.inner.session.lease

@@ -393,13 +393,25 @@ fn connect_qp(control: &TcpTransport, pd: &Arc<Pd>, addr: &str) -> Result<(Qp, C
         op: "rdma connect",
         detail: format!("a {}-byte queue pair description", reply.len()),
     })?;
-    qp.connect(&peer).map_err(rdma)?;
+    // A request is resent after a quarter of the memnode timeout without an acknowledgement: a
+    // lost packet is recovered well within the bound, and a slow peer (an emulated one on a busy
+    // host) is not flooded with spurious retransmissions — rxe's requester sometimes never
+    // resumed after those (docs/rdma.md).
+    qp.connect(&peer, control.timeout() / 4).map_err(rdma)?;
     Ok((qp, conn))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_timeouts_round_up_to_the_verbs_steps() {
+        assert_eq!(verbs::ack_timeout_exponent(Duration::from_millis(250)), 16); // 268 ms
+        assert_eq!(verbs::ack_timeout_exponent(Duration::from_millis(3750)), 20); // 4.3 s
+        assert_eq!(verbs::ack_timeout_exponent(Duration::ZERO), 12);
+        assert_eq!(verbs::ack_timeout_exponent(Duration::from_secs(3600)), 24);
+    }
 
     #[test]
     fn neighbouring_pages_share_a_work_request() {

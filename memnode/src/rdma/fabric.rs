@@ -56,7 +56,9 @@ impl Fabric {
     /// long as the client's control connection lives.
     pub fn connect(&self, identity: &Identity, peer: &QpInfo) -> Result<(Qp, QpInfo), RdmaError> {
         let qp = Qp::new(&self.domain(identity)?)?;
-        qp.connect(peer)?;
+        // The memnode's queue pair only answers (one-sided operations): its own ACK timeout
+        // never fires; the client's sets the pace.
+        qp.connect(peer, std::time::Duration::from_millis(250))?;
         let info = qp.info();
         Ok((qp, info))
     }

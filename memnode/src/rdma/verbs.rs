@@ -325,6 +325,16 @@ impl Drop for Qp {
     }
 }
 
+/// The verbs' local ACK timeout exponent `n` (4.096 µs × 2^n) that is at least `d`, within 12
+/// (17 ms) to 24 (69 s).
+pub fn ack_timeout_exponent(d: std::time::Duration) -> u8 {
+    let mut n = 12u8;
+    while n < 24 && 4.096e-6 * f64::from(1u32 << n) < d.as_secs_f64() {
+        n += 1;
+    }
+    n
+}
+
 /// Most work requests outstanding on one queue pair.
 pub const QP_DEPTH: u32 = 64;
 
@@ -395,7 +405,10 @@ impl Qp {
     }
 
     /// Connects to `peer`: INIT → RTR → RTS.
-    pub fn connect(&self, peer: &QpInfo) -> Result<(), RdmaError> {
+    /// Connects to `peer` (RTR then RTS). `ack_timeout` is how long a request waits for its
+    /// acknowledgement before it is sent again (rounded up to the verbs' 4.096 µs × 2^n steps;
+    /// 7 tries).
+    pub fn connect(&self, peer: &QpInfo, ack_timeout: std::time::Duration) -> Result<(), RdmaError> {
         let ctx = self.pd.context();
         // SAFETY: zeroed POD.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -426,8 +439,7 @@ impl Qp {
         // SAFETY: zeroed POD.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
         attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
-        // 4.096 µs × 2^14 ≈ 67 ms per try, 7 retries: a dead peer shows within about half a second.
-        attr.timeout = 14;
+        attr.timeout = ack_timeout_exponent(ack_timeout);
         attr.retry_cnt = 7;
         attr.rnr_retry = 7;
         attr.sq_psn = self.psn;

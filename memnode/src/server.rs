@@ -10,7 +10,8 @@
 //! - the connection limit is checked *before* a thread is spawned (over it, the accept thread
 //!   answers with an error and closes);
 //! - a connection must finish `Hello` + `Auth` within the handshake deadline, measured from accept;
-//! - an authenticated connection idle past the idle timeout is closed, and every write has a
+//! - an authenticated connection idle past the idle timeout is closed (one that carries an RDMA
+//!   queue pair is silent by design: TCP keepalive watches it instead), and every write has a
 //!   timeout, so a peer that stops reading cannot block its thread;
 //! - each identity may hold a bounded number of connections;
 //! - regions belong to leased sessions (see [`crate::lease`]): a reaper thread frees the regions of
@@ -33,6 +34,12 @@ use crate::proto::{self, ErrorCode, FrameError, Header, Op, PageDesc, HEADER_LEN
 use crate::rdma::{Fabric, FabricError, Qp};
 use crate::store::{Identity, Owner, RegionId, Store, StoreError};
 pub use crate::tokens::{TokenFileError, Tokens};
+
+/// TCP keepalive on a connection that carries a queue pair: first probe after this many seconds
+/// of silence, then one every interval, and the peer is gone after this many unanswered probes.
+const QP_KEEPALIVE_IDLE_S: u32 = 10;
+const QP_KEEPALIVE_INTERVAL_S: u32 = 5;
+const QP_KEEPALIVE_PROBES: u32 = 3;
 
 /// How a memnode server behaves.
 #[derive(Clone, Debug)]
@@ -692,10 +699,15 @@ impl<'s> Connection<'s> {
                 return Ok(Next::Close);
             }
             let peer = proto::QpInfo::read_from_bytes(&self.payload).unwrap_or_default();
-            fabric.connect(&owner.identity, &peer).map_err(FabricError::from).map(|(qp, info)| {
-                self.qp = Some(qp);
-                info.as_bytes().to_vec()
-            })
+            let connected = fabric.connect(&owner.identity, &peer).map_err(FabricError::from);
+            match connected {
+                Ok((qp, info)) => {
+                    self.qp = Some(qp);
+                    self.carry_queue_pair()?;
+                    Ok(info.as_bytes().to_vec())
+                }
+                Err(e) => Err(e),
+            }
         } else {
             fabric.region_key(store, owner, region).map(|k| k.as_bytes().to_vec())
         };
@@ -705,6 +717,21 @@ impl<'s> Connection<'s> {
             Err(FabricError::Rdma(e)) => self.error(tag, region.0, ErrorCode::BadRequest, &format!("RDMA on {}: {e}", fabric.device()))?,
         }
         Ok(Next::Continue)
+    }
+
+    /// From here on this connection is the lifeline of its queue pair, whose traffic bypasses the
+    /// socket: the socket stays silent for as long as the queue pair is used, so silence is not
+    /// idleness and the idle timeout no longer applies (it closed every RDMA lane after two
+    /// minutes). TCP keepalive notices a peer that vanished instead, within about 25 s, and the
+    /// queue pair goes with the connection.
+    fn carry_queue_pair(&mut self) -> io::Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        self.stream.set_read_timeout(None)?;
+        setsockopt(&self.stream, sockopt::KeepAlive, &true)?;
+        setsockopt(&self.stream, sockopt::TcpKeepIdle, &QP_KEEPALIVE_IDLE_S)?;
+        setsockopt(&self.stream, sockopt::TcpKeepInterval, &QP_KEEPALIVE_INTERVAL_S)?;
+        setsockopt(&self.stream, sockopt::TcpKeepCount, &QP_KEEPALIVE_PROBES)?;
+        Ok(())
     }
 
     fn read(&mut self, store: &Store, owner: &Owner, h: &Header, region: RegionId) -> io::Result<Next> {

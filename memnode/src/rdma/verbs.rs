@@ -404,8 +404,7 @@ impl Qp {
         }
     }
 
-    /// Connects to `peer`: INIT → RTR → RTS.
-    /// Connects to `peer` (RTR then RTS). `ack_timeout` is how long a request waits for its
+    /// Connects to `peer` (INIT → RTR → RTS). `ack_timeout` is how long a request waits for its
     /// acknowledgement before it is sent again (rounded up to the verbs' 4.096 µs × 2^n steps;
     /// 7 tries).
     pub fn connect(&self, peer: &QpInfo, ack_timeout: std::time::Duration) -> Result<(), RdmaError> {

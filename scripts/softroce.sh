@@ -184,10 +184,10 @@ boot() {
   shift 4
   local in_ns=()
   [[ -n "${netns:-}" ]] && in_ns=(ip netns exec "$netns")
-  # -cpu qemu64, not max: with max (5-level paging, PKU, ...) the memnode guest's kernel died now
-  # and then under load with a double fault whose exception frame held garbage (EFLAGS d0bbb202) in
-  # rxe's kmalloc — the emulator's fault, not rxe's; the plain model has run clean since (see
-  # docs/rdma.md).
+  # Single-threaded TCG: the memnode guest's kernel died about once in 25 runs, with -cpu max and
+  # with qemu64 alike, of a double fault in rxe's kmalloc whose saved EFLAGS held a register's value
+  # — the emulator's fault, not rxe's; multi-threaded TCG is the suspect (docs/rdma.md). It is also
+  # faster here: the host has two cores, and the suite is run with the other one busy.
   "${in_ns[@]}" timeout --kill-after=10 "${EBB_SOFTROCE_TIMEOUT:-420}" "${qemu[@]}" -accel "tcg,thread=${EBB_SOFTROCE_TCG_THREAD:-single}" -cpu qemu64 -m 2G -smp 2 \
     -kernel "$vmlinuz" -initrd "$work/initramfs.gz" -nographic -no-reboot "$@" \
     -append "console=ttyS0 quiet panic=-1 ebb.role=$role ebb.addr=$addr ebb.peer=$peer ebb.timeout_ms=${EBB_SOFTROCE_MEMNODE_TIMEOUT_MS:-15000} ebb.repeat=${EBB_SOFTROCE_REPEAT:-3}" >"$work/$name.log" 2>&1 || true

@@ -72,8 +72,10 @@ if missing=$(LD_LIBRARY_PATH=$qemu_dir/usr/lib/x86_64-linux-gnu ldd "$qemu_dir/u
 fi
 
 # --- what runs in the guest --------------------------------------------------------------------
-cargo build -q -p ebb-memnode -p ebb-runtime
-unit=$(cargo test -q -p ebb-memnode --lib --no-run --message-format=json 2>/dev/null |
+# The whole workspace, as scripts/test.sh builds it: selecting packages (-p) unifies features over a
+# smaller set, and wasmtime was built a second time for it.
+cargo build -q --workspace --all-targets
+unit=$(cargo test -q --workspace --lib --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*ebb_memnode-[^"]*"' | head -1 | cut -d'"' -f4)
 [[ -x "$unit" ]] || { echo "softroce: cannot find the ebb-memnode test binary" >&2; exit 1; }
 

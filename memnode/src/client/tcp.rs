@@ -449,35 +449,11 @@ impl TcpTransport {
         self.inner.open()
     }
 
-    /// [`TcpTransport::request`] with a longer reply bound than the transport's: setup operations
-    /// (creating a queue pair, registering a region's memory) cost the memnode far more than a
-    /// page and are not on any fault's path.
-    pub(crate) fn setup_request(
-        &self,
-        conn: Option<&mut Conn>,
-        name: &'static str,
-        op: Op,
-        region: u64,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<(Header, Vec<u8>), TransportError> {
-        self.exchange(conn, name, op, region, payload, Some(timeout))
-    }
-
-    /// One single-frame request and its reply payload, on `conn` or a pooled connection.
+    /// One single-frame request and its reply payload, on `conn` or a pooled connection. The reply
+    /// is bound by `timeout` when given, else by the transport's timeout: setup operations (creating
+    /// a queue pair, registering a region's memory) cost the memnode far more than a page and are
+    /// not on any fault's path, so they get a longer bound.
     pub(crate) fn request(
-        &self,
-        conn: Option<&mut Conn>,
-        name: &'static str,
-        op: Op,
-        region: u64,
-        payload: &[u8],
-    ) -> Result<(Header, Vec<u8>), TransportError> {
-        self.exchange(conn, name, op, region, payload, None)
-    }
-
-    /// One request and its reply, with the reply bound `timeout` instead of the transport's.
-    fn exchange(
         &self,
         conn: Option<&mut Conn>,
         name: &'static str,
@@ -506,7 +482,7 @@ impl TcpTransport {
     /// The sessions and usage this client's token may see: its identity's, or (an operator token)
     /// every identity's.
     pub fn usage(&self) -> Result<Vec<UsageEntry>, TransportError> {
-        let (h, payload) = self.request(None, "usage", Op::Usage, 0, &[])?;
+        let (h, payload) = self.request(None, "usage", Op::Usage, 0, &[], None)?;
         let n = h.arg.get() as usize;
         let entries = <[UsageEntry]>::ref_from_bytes(&payload)
             .ok()

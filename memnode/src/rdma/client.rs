@@ -168,7 +168,7 @@ impl RdmaTransport {
         }
         // Registering pins the region's memory: slow for a large region, so allowed longer (and
         // done right after alloc and resize, off the fault path).
-        let (_, reply) = self.control.setup_request(None, "rdma region", Op::RdmaRegion, region.0, &[], SETUP_TIMEOUT)?;
+        let (_, reply) = self.control.request(None, "rdma region", Op::RdmaRegion, region.0, &[], Some(SETUP_TIMEOUT))?;
         let key = RegionKey::read_from_bytes(&reply).map_err(|_| TransportError::Protocol {
             addr: self.name.clone(),
             op: "rdma region",
@@ -387,7 +387,7 @@ fn connect_qp(control: &TcpTransport, pd: &Arc<Pd>, addr: &str) -> Result<(Qp, C
     let qp = Qp::new(pd).map_err(rdma)?;
     // Creating and connecting the memnode's queue pair takes the memnode's kernel far longer
     // than serving a page (seconds on an emulated device): not bound by the page timeout.
-    let (_, reply) = control.setup_request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, qp.info().as_bytes(), SETUP_TIMEOUT)?;
+    let (_, reply) = control.request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, qp.info().as_bytes(), Some(SETUP_TIMEOUT))?;
     let peer = QpInfo::read_from_bytes(&reply).map_err(|_| TransportError::Protocol {
         addr: addr.to_string(),
         op: "rdma connect",

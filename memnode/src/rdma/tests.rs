@@ -212,8 +212,8 @@ fn a_second_queue_pair_on_one_connection_is_refused() {
     let ctx = verbs::Context::open(Some(&device())).unwrap();
     let pd = verbs::Pd::new(&ctx).unwrap();
     let (qp1, qp2) = (Qp::new(&pd).unwrap(), Qp::new(&pd).unwrap());
-    control.request(Some(&mut conn), "rdma connect", crate::proto::Op::RdmaConnect, 0, qp1.info().as_bytes()).unwrap();
-    let err = control.request(Some(&mut conn), "rdma connect", crate::proto::Op::RdmaConnect, 0, qp2.info().as_bytes()).unwrap_err();
+    control.request(Some(&mut conn), "rdma connect", crate::proto::Op::RdmaConnect, 0, qp1.info().as_bytes(), None).unwrap();
+    let err = control.request(Some(&mut conn), "rdma connect", crate::proto::Op::RdmaConnect, 0, qp2.info().as_bytes(), None).unwrap_err();
     assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::BadRequest), .. }), "{err}");
     assert!(err.to_string().contains("already has a queue pair"), "{err}");
 }

@@ -88,7 +88,9 @@ impl FunctionMetrics {
 pub struct Pooled {
     pub function: Arc<Function>,
     idle: Mutex<Vec<Idle>>,
-    /// Idle instances per phase: [warm, semi-warm], kept with the list.
+    /// Idle instances per phase: [warm, semi-warm], kept with the list. An instance taken out for
+    /// the policy's work ([`Pooled::sweep`], [`Pooled::take_all_idle`]) still counts: it is idle in
+    /// its phase while its pages move, and the gauge must not show it gone and back.
     phases: [AtomicUsize; 2],
     /// Instances running a call now.
     pub busy: AtomicUsize,
@@ -153,11 +155,24 @@ impl Pooled {
         }
     }
 
+    /// Gives back an instance taken out by [`Pooled::sweep`] or [`Pooled::take_all_idle`] (still
+    /// counted in its phase), unless it must be discarded or `max` are idle already.
+    pub fn give_back(&self, i: Idle, max: usize) {
+        let mut idle = self.idle();
+        if idle.len() < max && !i.instance.must_discard() {
+            idle.push(i);
+        } else {
+            drop(idle);
+            self.count(i.phase, -1);
+            self.forget(&i.instance);
+        }
+    }
+
     /// The policy's look at the idle list: sets each instance's phase to `phase_of(it)`, takes
     /// out the expired ones and those `needs_work` selects (to offload them without holding the
     /// list: calls meanwhile take the others, or start new instances). Returns (to work on,
     /// expired); the caller drops the expired ones outside the lock (freeing their memnode
-    /// regions is network I/O) and gives the others back with [`Pooled::push_idle`].
+    /// regions is network I/O) and gives the others back with [`Pooled::give_back`].
     pub fn sweep(&self, phase_of: impl Fn(&Idle) -> Phase, needs_work: impl Fn(&Idle) -> bool) -> (Vec<Idle>, Vec<Idle>) {
         let mut idle = self.idle();
         let (mut work, mut expired) = (Vec::new(), Vec::new());
@@ -172,7 +187,6 @@ impl Pooled {
             if phase == Phase::Expired {
                 expired.push(i);
             } else if needs_work(&i) {
-                self.count(phase, -1);
                 work.push(i);
             } else {
                 keep.push(i);
@@ -187,13 +201,9 @@ impl Pooled {
     }
 
     /// Takes every idle instance out of the list (to work on them without holding it; no call can
-    /// take them meanwhile). Give them back with [`Pooled::push_idle`].
+    /// take them meanwhile). Give them back with [`Pooled::give_back`].
     pub fn take_all_idle(&self) -> Vec<Idle> {
-        let taken = std::mem::take(&mut *self.idle());
-        for i in &taken {
-            self.count(i.phase, -1);
-        }
-        taken
+        std::mem::take(&mut *self.idle())
     }
 
     /// Records a new live instance's memory.
@@ -218,5 +228,65 @@ impl Pooled {
     /// Idle instances (warm, semi-warm).
     pub fn phase_counts(&self) -> (usize, usize) {
         (self.phases[0].load(Ordering::Relaxed), self.phases[1].load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{Executor, Stdout};
+    use crate::pager::{Pager, PagerConfig};
+
+    /// A pool of one function with `n` idle instances, warm since `since`.
+    fn pool(n: usize, since: Instant) -> Pooled {
+        let transport = Arc::new(ebb_memnode::LocalTransport::embedded(1 << 26));
+        let exec = Executor::new(Pager::new(PagerConfig::default(), transport).unwrap()).unwrap();
+        let module = exec.compile(br#"(module (memory (export "memory") 1) (func (export "_start")))"#).unwrap();
+        let f = Arc::new(Function::new("demo/empty", module));
+        let p = Pooled::new(f.clone());
+        for _ in 0..n {
+            let instance = exec.function_instance(&f, Stdout::Inherit, None, None).unwrap().0;
+            p.adopt_instance(&instance);
+            p.push_idle(Idle::new(instance, Segments::default(), since), 8);
+        }
+        p
+    }
+
+    #[test]
+    fn instances_the_policy_works_on_stay_counted_in_their_phase() {
+        let p = pool(3, Instant::now());
+        assert_eq!(p.phase_counts(), (3, 0));
+        // Two turn semi-warm and are taken out to drain; the gauge still shows them semi-warm
+        // (it showed them gone, and a reader took a drain for an expiry).
+        let turned = std::cell::Cell::new(0);
+        let (work, expired) = p.sweep(
+            |_| {
+                turned.set(turned.get() + 1);
+                if turned.get() <= 2 { Phase::SemiWarm } else { Phase::Warm }
+            },
+            |i| i.phase == Phase::SemiWarm,
+        );
+        assert_eq!((work.len(), expired.len()), (2, 0));
+        assert_eq!(p.phase_counts(), (1, 2));
+        let called = p.pop_idle().expect("the warm one is still there for a call");
+        p.forget(&called.instance);
+        assert_eq!(p.phase_counts(), (0, 2));
+        for i in work {
+            p.give_back(i, 8);
+        }
+        assert_eq!(p.phase_counts(), (0, 2));
+        assert_eq!(p.memories().len(), 2);
+        // Given back to a full pool, an instance leaves the count and the accounting.
+        let taken = p.take_all_idle();
+        assert_eq!(p.phase_counts(), (0, 2));
+        for i in taken {
+            p.give_back(i, 1);
+        }
+        assert_eq!(p.phase_counts(), (0, 1));
+        assert_eq!(p.memories().len(), 1);
+        // Expired ones leave at once.
+        let (work, expired) = p.sweep(|_| Phase::Expired, |_| true);
+        assert_eq!((work.len(), expired.len(), p.phase_counts()), (0, 1, (0, 0)));
+        assert!(p.memories().is_empty());
     }
 }

@@ -518,7 +518,7 @@ impl Platform {
                     Err(e) => failed = Some(e),
                 }
             }
-            p.push_idle(i, self.config.max_idle);
+            p.give_back(i, self.config.max_idle);
         }
         if let Some(e) = failed {
             return Err(CallError::Failed { function: p.function.name.clone(), failure: CallFailure::Internal(Arc::new(e)) });

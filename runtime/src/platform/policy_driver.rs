@@ -58,11 +58,7 @@ impl Platform {
                 if let Err(e) = advance(&policy, &mut i, now, &mut moved) {
                     tracing::warn!("offloading an idle instance of {key} failed: {e}");
                 }
-                if i.instance.must_discard() {
-                    f.forget(&i.instance);
-                } else {
-                    f.push_idle(i, self.config.max_idle);
-                }
+                f.give_back(i, self.config.max_idle);
             }
             let image_dropped = self.tend_image(&f, &policy, offloads, last_call.map(|t| now.saturating_duration_since(t)), semi_warm_after, &mut moved);
             m.written_back.fetch_add(moved.written_back, Ordering::Relaxed);
@@ -113,6 +109,8 @@ impl Platform {
 /// Offloads what the policy says one idle instance should no longer keep.
 fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, moved: &mut Moved) -> Result<(), PagerError> {
     let Some(memory) = i.instance.memory().cloned() else { return Ok(()) };
+    // Whether the drain reaches the floor with these pages (then it is done: no further look).
+    let mut reaches_floor = false;
     let pages = match i.phase {
         Phase::Warm if !i.warm_offloaded => {
             i.warm_offloaded = true;
@@ -129,6 +127,7 @@ fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, moved: &mut Moved)
             let mut order = i.segments.drain_order(&resident);
             order.truncate(budget.min(resident.len() - floor));
             order.sort_unstable();
+            reaches_floor = resident.len() - order.len() <= floor;
             order
         }
         _ => return Ok(()),
@@ -138,6 +137,7 @@ fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, moved: &mut Moved)
     }
     offload(&memory, &pages, policy.kind.dirty_tracking(), moved)?;
     i.segments.note_offloaded(&pages);
+    i.drained |= reaches_floor;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ int main(void) {
     for (uint32_t i = 0; i < WORDS; i++) sum = sum * 1099511628211ull + table[i];
     char out[64];
     int len = snprintf(out, sizeof out, "checksum=%016llx", (unsigned long long)sum);
-    faasmSetOutput((const uint8_t *)out, len);
+    faasmSetOutput((const char *)out, len);
     char in[16] = {0};
     long n = faasmGetInputSize();
     if (n > 15) n = 15;

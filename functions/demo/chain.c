@@ -11,7 +11,7 @@ static int shout(void) {
     faasmGetInput((uint8_t *)in, n);
     char out[80];
     int len = snprintf(out, sizeof out, "shout(%s)", in);
-    faasmSetOutput((const uint8_t *)out, len);
+    faasmSetOutput((const char *)out, len);
     return 0;
 }
 
@@ -24,6 +24,6 @@ int main(void) {
     unsigned int rc_b = faasmAwaitCallOutput(b, &out_b, &len_b);
     char result[256];
     int len = snprintf(result, sizeof result, "chain: %.*s + %.*s", len_a, out_a, len_b, out_b);
-    faasmSetOutput((const uint8_t *)result, len);
+    faasmSetOutput((const char *)result, len);
     return rc_a == 0 && rc_b == 0 ? 0 : 1;
 }

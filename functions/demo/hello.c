@@ -4,6 +4,6 @@
 
 int main(void) {
     const char *msg = "Hello from Ebb!";
-    faasmSetOutput((const uint8_t *)msg, (long)strlen(msg));
+    faasmSetOutput((const char *)msg, (long)strlen(msg));
     return 0;
 }

@@ -7,6 +7,6 @@
 int main() {
     std::string s = faasm::getStringInput("hello");
     std::reverse(s.begin(), s.end());
-    faasm::setStringOutput(s);
+    faasm::setStringOutput(s.c_str());
     return 0;
 }

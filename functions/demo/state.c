@@ -13,6 +13,6 @@ int main(void) {
     faasmUnlockStateWrite(key);
     char out[32];
     int len = snprintf(out, sizeof out, "counter=%u", count);
-    faasmSetOutput((const uint8_t *)out, len);
+    faasmSetOutput((const char *)out, len);
     return 0;
 }

@@ -25,7 +25,7 @@ static inline void output_fmt(const char *fmt, ...) {
     va_start(ap, fmt);
     int len = vsnprintf(out, sizeof out, fmt, ap);
     va_end(ap);
-    faasmSetOutput((const uint8_t *)out, len);
+    faasmSetOutput((const char *)out, len);
 }
 
 // xorshift64*: deterministic, so every instance builds the same initial state.

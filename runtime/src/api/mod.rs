@@ -172,7 +172,7 @@ fn call_error(e: CallError) -> Response {
 
 fn upload_error(e: UploadError) -> Response {
     let status = match &e {
-        UploadError::BadName(_) | UploadError::Compile(CompileError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        UploadError::BadName(_) | UploadError::Compile(CompileError::Invalid(_) | CompileError::Unsupported(_)) => StatusCode::BAD_REQUEST,
         UploadError::Compile(CompileError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         UploadError::Compile(CompileError::TooMany { .. } | CompileError::Limit { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
         UploadError::Compile(CompileError::Process { .. }) | UploadError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -41,7 +41,53 @@ pub struct Host {
     deadline: Option<std::time::Instant>,
     /// The instance's paged memory, once instantiated (checked at every epoch tick).
     memory: Option<MemoryHandle>,
+    /// The state values the running call maps (see `host::state`); none outlives its call.
+    views: host::Views,
+    /// The directories the guest sees (its WASI preopens).
+    dirs: Vec<Preopen>,
 }
+
+/// A host directory a guest sees at `guest` (a WASI preopen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: std::path::PathBuf,
+    pub guest: String,
+}
+
+/// The environment Faasm gives every function (Faasm's `WasmEnvironment`): its Python port's
+/// settings, which Faasm's own functions check, and single-threaded maths libraries.
+const FAASM_ENV: [(&str, &str); 7] = [
+    ("MKL_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("PYTHONHASHSEED", "0"),
+    ("PYTHONHOME", "/"),
+    ("PYTHONNOUSERSITE", "on"),
+    ("PYTHONWASM", "1"),
+    ("PYTHON_PATH", "/"),
+];
+
+/// The host file behind a guest path as the guest's libc resolves it against its preopens, for
+/// host calls that take a path (`__faasm_write_state_from_file`): a path whose first component
+/// names a preopen (Faasm's `faasm://x` is `faasm:` then `x`) is in that one, any other under
+/// `/` (the guest's working directory). None for a path that leaves its directory, also by a
+/// symlink, or that does not exist.
+pub fn host_path(dirs: &[Preopen], guest: &str) -> Option<std::path::PathBuf> {
+    let parts: Vec<&str> = guest.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let (dir, rest) = match parts.split_first() {
+        Some((first, rest)) if !guest.starts_with('/') && dirs.iter().any(|d| d.guest == *first) => {
+            (dirs.iter().find(|d| d.guest == *first)?, rest)
+        }
+        _ => (dirs.iter().find(|d| d.guest == "/")?, &parts[..]),
+    };
+    if rest.contains(&"..") {
+        return None;
+    }
+    let real = rest.iter().fold(dir.host.clone(), |p, c| p.join(c)).canonicalize().ok()?;
+    real.starts_with(dir.host.canonicalize().ok()?).then_some(real)
+}
+
+/// `argv[0]` of every function, as Faasm sets it.
+pub const ARGV0: &str = "function.wasm";
 
 /// The platform side of a function's calls, as its guest sees it.
 #[derive(Clone)]
@@ -79,6 +125,27 @@ pub struct Executor {
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executor").field("pager", &self.pager).finish_non_exhaustive()
+    }
+}
+
+/// What an import Ebb does not link belongs to, for the upload's error.
+fn unsupported_family(module: &str, name: &str, ty: &wasmtime::ExternType) -> &'static str {
+    if matches!(ty, wasmtime::ExternType::Memory(_)) {
+        return "an imported memory: wasm threads and shared memories are not supported";
+    }
+    match (module, name) {
+        (_, n) if n.starts_with("MPI_") => "MPI is not supported",
+        (_, n) if n.starts_with("__kmpc_") || n.starts_with("omp_") || n.starts_with("__faasm_sm_") => "OpenMP is not supported",
+        ("env", "__faasm_get_py_user" | "__faasm_get_py_func" | "__faasm_get_py_entry" | "__faasm_chain_py") => {
+            "Python functions are not supported"
+        }
+        (_, n) if n.starts_with("__faasm_s3_") => "Faasm's S3 calls are not supported",
+        ("env", "__faasm_migrate_point") => "migrating a running call is not supported",
+        ("env", "__faasm_host_interface_test") => "Faasm's own host-interface tests are not supported",
+        ("wasi", _) | (_, "thread-spawn" | "thread_spawn") => "wasm threads are not supported",
+        ("env", n) if n.starts_with("__faasm") => "not in Ebb's host interface",
+        ("wasi_snapshot_preview1", _) => "a WASI preview1 call this runtime does not provide",
+        _ => "not in Ebb's host interface",
     }
 }
 
@@ -141,6 +208,25 @@ impl Executor {
         compile(&self.engine, bytes)
     }
 
+    /// Checks that everything `module` imports is linked here, with the right types. The error
+    /// names each missing import and what it belongs to (docs/platform.md lists what Ebb does not
+    /// support, and why).
+    pub fn check_imports(&self, module: &Module) -> Result<(), String> {
+        let mut store = self.store(Stdout::Log, &[], None).map_err(|e| format!("{e:#}"))?;
+        let missing: Vec<String> = module
+            .imports()
+            .filter(|i| self.linker.get(&mut store, i.module(), i.name()).is_err())
+            .map(|i| format!("{}.{} ({})", i.module(), i.name(), unsupported_family(i.module(), i.name(), &i.ty())))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the module imports what Ebb does not provide: {}; rebuild it without these (see docs/platform.md, \"Not supported\")",
+                missing.join(", ")
+            ));
+        }
+        self.linker.instantiate_pre(module).map(drop).map_err(|e| format!("the module's imports do not match Ebb's host interface: {e}"))
+    }
+
     /// Loads code compiled by [`compile_to_bytes`] with a compatible engine (another process of
     /// this build: see `registry`'s compiler). Wasmtime refuses code from an incompatible engine.
     pub fn load_compiled(&self, code: &[u8]) -> anyhow::Result<Module> {
@@ -150,15 +236,23 @@ impl Executor {
         unsafe { Module::deserialize(&self.engine, code) }.map_err(|e| anyhow!("{e:?}")).context("the compiled code is not usable")
     }
 
-    fn store(&self, stdout: Stdout, args: &[String], ctx: Option<CallContext>) -> Store<Host> {
+    fn store(&self, stdout: Stdout, args: &[String], ctx: Option<CallContext>) -> anyhow::Result<Store<Host>> {
+        let dirs = match &ctx {
+            Some(c) => c.services.files(&c.user, &c.function.name)?,
+            None => Vec::new(),
+        };
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(args).inherit_stderr();
+        wasi.args(args).envs(&FAASM_ENV).inherit_stderr();
         match stdout {
             Stdout::Inherit => wasi.inherit_stdout(),
             Stdout::Log => wasi.stdout(tokio::io::stderr()),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
-        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None };
+        for d in &dirs {
+            wasi.preopened_dir(&d.host, &d.guest, wasmtime_wasi::FsPerms::ReadWrite)
+                .map_err(|e| anyhow!("cannot give the function its directory {}: {e}", d.host.display()))?;
+        }
+        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None, views: Default::default(), dirs };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
         // Set before anything runs: an epoch tick may come during instantiation already.
@@ -174,7 +268,7 @@ impl Executor {
             }
             Ok(UpdateDeadline::Continue(1))
         });
-        store
+        Ok(store)
     }
 
     /// An instance of `function` that starts from the function's initial state: the first one
@@ -192,7 +286,7 @@ impl Executor {
     ) -> anyhow::Result<(Instance, Option<InitPages>)> {
         // The init phase's state locks belong to `holder` (the call the instance is made for).
         let ctx = services.map(|(services, user, holder)| CallContext { services, user: user.to_string(), function: function.clone(), call: 0, holder });
-        let mut store = self.store(stdout, std::slice::from_ref(&function.name), ctx);
+        let mut store = self.store(stdout, &[ARGV0.to_string()], ctx)?;
         store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut inst = self.link(store, &function.module)?;
         let mut init_pages = None;
@@ -236,7 +330,7 @@ impl Executor {
     /// Instantiates `module` on paged memory and runs its init phase (`_faasm_zygote`, if
     /// exported). Its memory persists from run to run (see [`Instance::run`]).
     pub fn instantiate(&self, module: &Module, args: &[String], stdout: Stdout) -> anyhow::Result<Instance> {
-        let store = self.store(stdout, args, None);
+        let store = self.store(stdout, args, None)?;
         let mut inst = self.link(store, module)?;
         inst.zygote()?;
         Ok(inst)
@@ -427,6 +521,7 @@ impl Instance {
         if let Some(zygote) = self.instance.get_func(&mut self.store, "_faasm_zygote") {
             let zygote = zygote.typed::<(), i32>(&self.store).map_err(|e| anyhow!("_faasm_zygote must be `() -> i32`: {e}"))?;
             let rc = zygote.call(&mut self.store, ()).map_err(|e| guest_error(e, "_faasm_zygote failed"));
+            self.store.data_mut().views.clear();
             self.check_memory()?;
             let rc = rc?;
             if rc != 0 {
@@ -480,6 +575,7 @@ impl Instance {
     pub fn call(&mut self, input: &[u8], entry: Entry, limit: Option<std::time::Duration>) -> anyhow::Result<CallOutcome> {
         self.store.data_mut().input = input.to_vec();
         self.store.data_mut().output.clear();
+        self.store.data_mut().views.clear();
         self.store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         if let Some(handle) = &self.memory {
             handle.start_fault_log();
@@ -489,6 +585,7 @@ impl Instance {
             Entry::Table(index) => self.run_table(index),
         };
         self.store.data_mut().deadline = None;
+        self.store.data_mut().views.clear();
         if rc.as_ref().is_err_and(|e| e.downcast_ref::<Timeout>().is_some()) {
             self.discard = true;
         }

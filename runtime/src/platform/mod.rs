@@ -16,6 +16,7 @@
 //! phase, the call, any wait in a host call — is bounded by the call timeout.
 
 mod calls;
+mod files;
 mod functions;
 mod metrics;
 mod policy_driver;
@@ -563,5 +564,10 @@ impl Services for Platform {
 
     fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    fn files(&self, user: &str, function: &str) -> anyhow::Result<Vec<crate::exec::Preopen>> {
+        files::function_dirs(&self.config.data_dir, user, function)
+            .map_err(|e| anyhow::anyhow!("cannot make the files of {function} under {}: {e}", self.config.data_dir.display()))
     }
 }

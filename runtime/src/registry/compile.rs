@@ -58,6 +58,8 @@ pub enum CompileError {
     TooMany { what: &'static str, count: u64, limit: u64 },
     #[error("The module does not compile: {0:#}")]
     Invalid(anyhow::Error),
+    #[error("The module cannot run on Ebb: {0}")]
+    Unsupported(String),
     #[error("Compiling the module ran past its {what} limit ({limit}) and was stopped")]
     Limit { what: &'static str, limit: String },
     #[error("Could not run the compiler process {exe}")]
@@ -99,12 +101,14 @@ impl Compiler {
         let code = match &self.exe {
             None => {
                 let module = exec.compile(&wasm).map_err(CompileError::Invalid)?;
+                exec.check_imports(&module).map_err(CompileError::Unsupported)?;
                 let code = module.serialize().map_err(|e| CompileError::Invalid(anyhow::anyhow!("{e}")))?;
                 return Ok((module, code));
             }
             Some(exe) => compile_in_child(exe, &wasm, l)?,
         };
         let module = exec.load_compiled(&code).map_err(CompileError::Invalid)?;
+        exec.check_imports(&module).map_err(CompileError::Unsupported)?;
         Ok((module, code))
     }
 }

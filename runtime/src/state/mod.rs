@@ -18,6 +18,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
+/// A value's name: (user, key).
+type UserKey = (String, String);
+
 /// Who holds a lock: one call (its call id, or an id the platform gives a call without one).
 pub type Holder = u64;
 
@@ -49,6 +52,8 @@ pub enum StateError {
     UserFull { user: String, size: usize, limit: usize },
     #[error("Waiting for the lock on state key {key} ran past the call's deadline")]
     LockTimeout { key: String },
+    #[error("Appended state {key} has {have} elements, fewer than the {want} asked for")]
+    FewAppended { key: String, have: usize, want: usize },
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +86,9 @@ pub struct StateStore {
     map: RwLock<HashMap<(String, String), Arc<Entry>>>,
     /// Bytes of values per user.
     usage: Mutex<HashMap<String, usize>>,
+    /// Append-only values (Faasm's appended state): a list of elements per key, apart from the
+    /// key's value.
+    appended: Mutex<HashMap<UserKey, Vec<Vec<u8>>>>,
     /// Keys each holder has locked (to release them when its call ends).
     held: Mutex<HashMap<Holder, Vec<(String, String)>>>,
     /// Calls waiting for a lock now (for tests and metrics).
@@ -175,6 +183,36 @@ impl StateStore {
         match offset.checked_add(len) {
             Some(end) if end <= v.len() => Ok(v[offset..end].to_vec()),
             _ => Err(StateError::Range { key: key.to_string(), offset, len, total: v.len() }),
+        }
+    }
+
+    /// Appends one element to the append-only value of `key` (counted in the user's bytes).
+    pub fn append(&self, user: &str, key: &str, data: &[u8]) -> Result<(), StateError> {
+        let mut appended = lock(&self.appended);
+        self.resize_usage(user, key, 0, data.len())?;
+        appended.entry((user.to_string(), key.to_string())).or_default().push(data.to_vec());
+        Ok(())
+    }
+
+    /// The first `n` appended elements of `key`, one after another.
+    pub fn read_appended(&self, user: &str, key: &str, n: usize) -> Result<Vec<u8>, StateError> {
+        let appended = lock(&self.appended);
+        let elems = appended.get(&(user.to_string(), key.to_string())).map_or(&[][..], Vec::as_slice);
+        if elems.len() < n {
+            return Err(StateError::FewAppended { key: key.to_string(), have: elems.len(), want: n });
+        }
+        Ok(elems[..n].concat())
+    }
+
+    /// Drops every appended element of `key`.
+    pub fn clear_appended(&self, user: &str, key: &str) {
+        let removed = lock(&self.appended).remove(&(user.to_string(), key.to_string()));
+        let bytes: usize = removed.iter().flatten().map(Vec::len).sum();
+        if bytes > 0 {
+            let mut usage = lock(&self.usage);
+            if let Some(used) = usage.get_mut(user) {
+                *used = used.saturating_sub(bytes);
+            }
         }
     }
 
@@ -286,6 +324,26 @@ impl StateStore {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn appended_elements_are_kept_in_order_apart_from_the_value_and_counted() {
+        let s = StateStore::new(StateLimits { max_value: 16, max_per_user: 24 });
+        s.set("a", "k", b"value").unwrap();
+        for i in 0u32..4 {
+            s.append("a", "k", &i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(s.read_appended("a", "k", 2).unwrap(), [0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(s.read_appended("a", "k", 0).unwrap(), b"");
+        assert_eq!(s.read_appended("a", "k", 5), Err(StateError::FewAppended { key: "k".into(), have: 4, want: 5 }));
+        assert_eq!(s.read_appended("b", "k", 1), Err(StateError::FewAppended { key: "k".into(), have: 0, want: 1 }), "users do not share");
+        assert_eq!(s.get("a", "k").unwrap(), b"value", "the value is untouched");
+        assert_eq!(s.used("a"), 5 + 16);
+        assert!(matches!(s.append("a", "k", b"12345678"), Err(StateError::UserFull { .. })));
+        s.clear_appended("a", "k");
+        assert_eq!(s.used("a"), 5);
+        assert_eq!(s.read_appended("a", "k", 1), Err(StateError::FewAppended { key: "k".into(), have: 0, want: 1 }));
+        s.append("a", "k", b"12345678").unwrap();
+    }
 
     #[test]
     fn values_ranges_and_users() {

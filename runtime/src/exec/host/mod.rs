@@ -9,7 +9,10 @@ use anyhow::anyhow;
 use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 
 use super::{CallContext, CallOutcome, Host, Timeout};
-use crate::state::{StateError, StateStore};
+use crate::state::StateStore;
+
+mod state;
+pub use state::Views;
 
 /// Why awaiting a call gave no outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub trait Services: Send + Sync {
     fn await_call(&self, caller: &CallContext, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, AwaitError>;
     /// The users' state.
     fn state(&self) -> &StateStore;
+    /// The directories a function of `user` (named `user/function`) sees; made when missing.
+    fn files(&self, user: &str, function: &str) -> anyhow::Result<Vec<super::Preopen>>;
 }
 
 fn ctx(caller: &Caller<'_, Host>, call: &str) -> wasmtime::Result<CallContext> {
@@ -65,6 +70,26 @@ fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmt
         .ok_or_else(|| format_err!("guest buffer {ptr:#x}+{} is outside memory", bytes.len()))?
         .copy_from_slice(bytes);
     Ok(())
+}
+
+/// `len` bytes of fresh guest memory: a block of the guest's heap when it exports
+/// `malloc(size) -> ptr` (Faasm's toolchain exports it; the call's reset takes the block back),
+/// else memory grown for it (then the instance is not reused).
+fn guest_alloc(caller: &mut Caller<'_, Host>, len: usize) -> wasmtime::Result<usize> {
+    let size = i32::try_from(len).map_err(|_| format_err!("{len} bytes do not fit in 32-bit guest memory"))?;
+    if let Some(Extern::Func(f)) = caller.get_export("malloc")
+        && let Ok(malloc) = f.typed::<i32, i32>(&caller)
+    {
+        let ptr = malloc.call(&mut *caller, size)?;
+        if ptr == 0 {
+            return Err(format_err!("the guest's malloc has no {len} bytes left"));
+        }
+        return Ok(u32_arg(ptr));
+    }
+    let mem = memory(caller)?;
+    let at = mem.data_size(&caller);
+    mem.grow(&mut *caller, len.div_ceil(65536).max(1) as u64)?;
+    Ok(at)
 }
 
 fn id_arg(v: i32) -> u32 {
@@ -123,7 +148,8 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow!("{e}"))?;
     add_chaining(linker)?;
-    add_state(linker)?;
+    add_runtime(linker)?;
+    state::add_to_linker(linker)?;
     Ok(())
 }
 
@@ -159,7 +185,7 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
         })
         .map_err(err)?;
     // int __faasm_await_call_output(unsigned int id, char **output, int *outputLen): the host
-    // places the output in fresh linear memory (grown for it) and writes its address and length.
+    // places the output in fresh guest memory and writes its address and length.
     linker
         .func_wrap(
             "env",
@@ -171,10 +197,7 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
                     Err(AwaitError::Timeout) => return Err(wasmtime::Error::new(Timeout)),
                     Err(AwaitError::Failed(why)) => (1, format!("FAILED: {why}").into_bytes()),
                 };
-                let mem = memory(&mut caller)?;
-                let at = mem.data_size(&caller);
-                let pages = output.len().div_ceil(65536).max(1) as u64;
-                mem.grow(&mut caller, pages)?;
+                let at = guest_alloc(&mut caller, output.len().max(1))?;
                 write_bytes(&mut caller, at, &output)?;
                 let addr = u32::try_from(at).map_err(|_| format_err!("memory beyond 4 GiB"))?;
                 let len = u32::try_from(output.len()).map_err(|_| format_err!("output beyond 4 GiB"))?;
@@ -187,91 +210,33 @@ fn add_chaining(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_err(e: StateError) -> wasmtime::Error {
-    match e {
-        // A lock wait that ran past the deadline ends the call as a timeout.
-        StateError::LockTimeout { .. } => wasmtime::Error::new(Timeout),
-        e => format_err!("{e}"),
-    }
+
+/// Flags Faasm's `getConfFlag` reads: the two its SDK documents; any other is off.
+fn conf_flag(key: &str) -> bool {
+    key == "ALWAYS_ON"
 }
 
-fn add_state(linker: &mut Linker<Host>) -> anyhow::Result<()> {
+fn add_runtime(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     let err = |e: wasmtime::Error| anyhow!("{e}");
-    // unsigned int __faasm_read_state(const char *key, unsigned char *buf, long len): copies up
-    // to len bytes of the value and returns its full size (len 0 only asks the size).
     linker
-        .func_wrap("env", "__faasm_read_state", |mut caller: Caller<'_, Host>, key: i32, buf: i32, len: i32| -> wasmtime::Result<i32> {
-            let c = ctx(&caller, "__faasm_read_state")?;
+        .func_wrap("env", "__faasm_conf_flag", |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<i32> {
             let key = cstr(&mut caller, key)?;
-            let value = c.services.state().get(&c.user, &key).unwrap_or_default();
-            let n = u32_arg(len).min(value.len());
-            write_bytes(&mut caller, u32_arg(buf), &value[..n])?;
-            i32::try_from(value.len()).map_err(|_| format_err!("state value larger than 2 GiB"))
+            Ok(i32::from(conf_flag(&key)))
         })
         .map_err(err)?;
+    // void __faasm_backtrace(int depth): the call's wasm frames, innermost first, to the log.
     linker
-        .func_wrap("env", "__faasm_write_state", |mut caller: Caller<'_, Host>, key: i32, data: i32, len: i32| -> wasmtime::Result<()> {
-            let c = ctx(&caller, "__faasm_write_state")?;
-            let key = cstr(&mut caller, key)?;
-            let data = bytes(&mut caller, data, len)?;
-            c.services.state().set(&c.user, &key, &data).map_err(state_err)
+        .func_wrap("env", "__faasm_backtrace", |caller: Caller<'_, Host>, depth: i32| {
+            let trace = wasmtime::WasmBacktrace::force_capture(&caller);
+            let frames: Vec<String> = trace
+                .frames()
+                .iter()
+                .take(u32_arg(depth).max(1))
+                .map(|f| f.func_name().map_or_else(|| format!("func[{}]", f.func_index()), str::to_string))
+                .collect();
+            let who = caller.data().ctx.as_ref().map_or_else(String::new, |c| format!("{}/{}", c.user, c.function.name));
+            tracing::info!("backtrace of {who}: {}", frames.join(" <- "));
         })
         .map_err(err)?;
-    linker
-        .func_wrap(
-            "env",
-            "__faasm_read_state_offset",
-            |mut caller: Caller<'_, Host>, key: i32, _total: i32, offset: i32, buf: i32, len: i32| -> wasmtime::Result<()> {
-                let c = ctx(&caller, "__faasm_read_state_offset")?;
-                let key = cstr(&mut caller, key)?;
-                let value = c.services.state().read_at(&c.user, &key, u32_arg(offset), u32_arg(len)).map_err(state_err)?;
-                write_bytes(&mut caller, u32_arg(buf), &value)
-            },
-        )
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            "env",
-            "__faasm_write_state_offset",
-            |mut caller: Caller<'_, Host>, key: i32, total: i32, offset: i32, data: i32, len: i32| -> wasmtime::Result<()> {
-                let c = ctx(&caller, "__faasm_write_state_offset")?;
-                let key = cstr(&mut caller, key)?;
-                let data = bytes(&mut caller, data, len)?;
-                c.services.state().write_at(&c.user, &key, u32_arg(total), u32_arg(offset), &data).map_err(state_err)
-            },
-        )
-        .map_err(err)?;
-    // On one node state is global as soon as it is written: push and pull have nothing to move.
-    linker
-        .func_wrap("env", "__faasm_push_state", |caller: Caller<'_, Host>, _key: i32| -> wasmtime::Result<()> {
-            ctx(&caller, "__faasm_push_state").map(drop)
-        })
-        .map_err(err)?;
-    linker
-        .func_wrap("env", "__faasm_pull_state", |caller: Caller<'_, Host>, _key: i32, _len: i32| -> wasmtime::Result<()> {
-            ctx(&caller, "__faasm_pull_state").map(drop)
-        })
-        .map_err(err)?;
-    for (name, exclusive, lock) in [
-        ("__faasm_lock_state_read", false, true),
-        ("__faasm_lock_state_write", true, true),
-        ("__faasm_unlock_state_read", false, false),
-        ("__faasm_unlock_state_write", true, false),
-    ] {
-        linker
-            .func_wrap("env", name, move |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
-                let c = ctx(&caller, name)?;
-                let key = cstr(&mut caller, key)?;
-                // Locks belong to the call: the platform releases what it still holds when it ends.
-                let holder = c.holder;
-                if lock {
-                    c.services.state().lock(&c.user, &key, exclusive, holder, caller.data().deadline).map_err(state_err)?;
-                } else {
-                    c.services.state().unlock(&c.user, &key, exclusive, holder);
-                }
-                Ok(())
-            })
-            .map_err(err)?;
-    }
     Ok(())
 }

@@ -3,12 +3,13 @@
 # root). Idempotent and quiet when everything is present.
 #  - libclang-dev: the userfaultfd crate generates its bindings with bindgen at build time.
 #  - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32, libc++(abi)-14-dev-wasm32: build the C and
-#    C++ guest functions to wasm32-wasi.
+#    C++ guest functions to wasm32-wasi; cmake, make: the CMake toolchain file's test
+#    (functions/toolchain/ebb.cmake, a Faasm-style project built out of tree).
 #  - pkg-config, libibverbs-dev, librdmacm-dev: the rdma transport (rdma-sys links the system verbs
 #    libraries); ibverbs-providers: the soft-RoCE provider copied into the test guest.
 #  - busybox-static, cpio, kmod, xz-utils: the soft-RoCE guest's initramfs (scripts/softroce.sh).
 set -euo pipefail
-pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32
+pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 cmake make
   pkg-config libibverbs-dev librdmacm-dev ibverbs-providers busybox-static cpio kmod xz-utils iproute2)
 missing=()
 for p in "${pkgs[@]}"; do

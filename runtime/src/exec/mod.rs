@@ -45,6 +45,8 @@ pub struct Host {
     views: host::Views,
     /// The directories the guest sees (its WASI preopens).
     dirs: Vec<Preopen>,
+    /// Memory the host grew for what it hands the running call: (next free, end).
+    host_heap: (usize, usize),
 }
 
 /// A host directory a guest sees at `guest` (a WASI preopen).
@@ -84,6 +86,26 @@ pub fn host_path(dirs: &[Preopen], guest: &str) -> Option<std::path::PathBuf> {
     }
     let real = rest.iter().fold(dir.host.clone(), |p, c| p.join(c)).canonicalize().ok()?;
     real.starts_with(dir.host.canonicalize().ok()?).then_some(real)
+}
+
+/// The runtime's log (its stderr) as a platform function's stdout and stderr: a terminal, as
+/// Faasm gives its functions (`isatty` is true; libc line-buffers).
+struct LogTerminal;
+
+impl wasmtime_wasi::cli::IsTerminal for LogTerminal {
+    fn is_terminal(&self) -> bool {
+        true
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogTerminal {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        tokio::io::stderr().p2_stream()
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        tokio::io::stderr().async_stream()
+    }
 }
 
 /// `argv[0]` of every function, as Faasm sets it.
@@ -245,14 +267,14 @@ impl Executor {
         wasi.args(args).envs(&FAASM_ENV).inherit_stderr();
         match stdout {
             Stdout::Inherit => wasi.inherit_stdout(),
-            Stdout::Log => wasi.stdout(tokio::io::stderr()),
+            Stdout::Log => wasi.stdout(LogTerminal).stderr(LogTerminal),
             Stdout::Capture(pipe) => wasi.stdout(pipe),
         };
         for d in &dirs {
             wasi.preopened_dir(&d.host, &d.guest, wasmtime_wasi::FsPerms::ReadWrite)
                 .map_err(|e| anyhow!("cannot give the function its directory {}: {e}", d.host.display()))?;
         }
-        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None, views: Default::default(), dirs };
+        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None, views: Default::default(), dirs, host_heap: (0, 0) };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
         // Set before anything runs: an epoch tick may come during instantiation already.
@@ -522,6 +544,7 @@ impl Instance {
             let zygote = zygote.typed::<(), i32>(&self.store).map_err(|e| anyhow!("_faasm_zygote must be `() -> i32`: {e}"))?;
             let rc = zygote.call(&mut self.store, ()).map_err(|e| guest_error(e, "_faasm_zygote failed"));
             self.store.data_mut().views.clear();
+            self.store.data_mut().host_heap = (0, 0);
             self.check_memory()?;
             let rc = rc?;
             if rc != 0 {
@@ -576,6 +599,7 @@ impl Instance {
         self.store.data_mut().input = input.to_vec();
         self.store.data_mut().output.clear();
         self.store.data_mut().views.clear();
+        self.store.data_mut().host_heap = (0, 0);
         self.store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         if let Some(handle) = &self.memory {
             handle.start_fault_log();

@@ -1,5 +1,5 @@
 //! The filesystem a function sees (Faasm's): its own writable root at `/`, holding the few
-//! system files Faasm's functions read (`/etc/hosts`, `/etc/passwd`, `/etc/resolv.conf`), and the
+//! system files Faasm's functions read (`/etc/hosts`, `/etc/passwd`, `/etc/resolv.conf`) and a `/tmp`, and the
 //! user's shared files at Faasm's `faasm://` prefix. On the host, under the data directory:
 //!
 //! ```text
@@ -37,6 +37,7 @@ pub fn function_dirs(data_dir: &Path, user: &str, function: &str) -> std::io::Re
             std::fs::write(&file, contents)?;
         }
     }
+    std::fs::create_dir_all(root.join("tmp"))?;
     std::fs::create_dir_all(&shared)?;
     Ok(vec![Preopen { host: root, guest: "/".into() }, Preopen { host: shared, guest: SHARED_GUEST.into() }])
 }

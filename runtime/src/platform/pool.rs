@@ -222,32 +222,39 @@ mod tests {
     #[test]
     fn per_user_limits_and_fair_turns() {
         let pool = CallPool::start(PoolConfig { workers: 2, max_running_per_user: 1, max_queued: 100, max_queued_per_user: 3 }).unwrap();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let release_rx = Arc::new(Mutex::new(release_rx));
         let (ran_tx, ran_rx) = mpsc::channel::<String>();
-        let blocker = |name: &str| -> Job {
-            let (rx, tx, name) = (release_rx.clone(), ran_tx.clone(), name.to_string());
+        // Each call blocks until its own release: which call ends is the test's choice, never
+        // the scheduler's (a release shared by all went to whichever blocked call took it first).
+        let mut releases = std::collections::HashMap::new();
+        let mut blocker = |name: &str| -> Job {
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            releases.insert(name.to_string(), release_tx);
+            let (tx, name) = (ran_tx.clone(), name.to_string());
             Box::new(move |_| {
-                tx.send(name).unwrap();
-                rx.lock().unwrap().recv().unwrap();
+                let _ = tx.send(name);
+                let _ = release_rx.recv();
             })
         };
-        // Alice queues 3 calls (her bound); a fourth is refused. Bob's one call runs although
-        // alice got there first: she may run only one at a time.
-        for i in 0..3 {
+        // Alice runs one call (her bound) and queues 3 more (her bound); a fifth is refused. Bob's
+        // one call runs although alice got there first: she may run only one at a time.
+        pool.submit("alice", 0, blocker("alice-0")).unwrap();
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(), "alice-0");
+        for i in 1..4 {
             pool.submit("alice", i, blocker(&format!("alice-{i}"))).unwrap();
         }
         assert!(matches!(pool.submit("alice", 9, blocker("x")), Err(PoolFull::User { .. })));
         pool.submit("bob", 10, blocker("bob")).unwrap();
-        let mut first: Vec<String> = (0..2).map(|_| ran_rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
-        first.sort();
-        assert_eq!(first, vec!["alice-0", "bob"]);
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(), "bob");
         // A queued call can be taken out to run elsewhere.
-        assert!(pool.take("alice", 2).is_some());
-        assert!(pool.take("alice", 2).is_none());
-        release_tx.send(()).unwrap();
+        assert!(pool.take("alice", 3).is_some());
+        assert!(pool.take("alice", 3).is_none());
+        // Bob's call ending frees a worker, but alice still runs one: her next call waits.
+        releases["bob"].send(()).unwrap();
+        assert!(ran_rx.recv_timeout(Duration::from_millis(200)).is_err(), "alice ran two calls at once");
+        releases["alice-0"].send(()).unwrap();
         assert_eq!(ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(), "alice-1");
-        release_tx.send(()).unwrap();
-        release_tx.send(()).unwrap();
+        releases["alice-1"].send(()).unwrap();
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(), "alice-2");
+        releases["alice-2"].send(()).unwrap();
     }
 }

@@ -113,6 +113,8 @@ impl Compiler {
     }
 }
 
+const THREADS: &str = "the module has a shared memory: wasm threads are not supported (see docs/platform.md, \"Not supported\")";
+
 /// The static limits, from the module's sections (without compiling anything).
 fn check_static(wasm: &[u8], l: &CompileLimits) -> Result<(), CompileError> {
     let invalid = |e: wasmparser::BinaryReaderError| CompileError::Invalid(anyhow::anyhow!("{e}"));
@@ -124,6 +126,20 @@ fn check_static(wasm: &[u8], l: &CompileLimits) -> Result<(), CompileError> {
             }
             wasmparser::Payload::DataSection(s) if s.count() > l.max_data_segments => {
                 return Err(too_many("data segments", s.count(), l.max_data_segments));
+            }
+            wasmparser::Payload::MemorySection(s) => {
+                for m in s {
+                    if m.map_err(invalid)?.shared {
+                        return Err(CompileError::Unsupported(THREADS.into()));
+                    }
+                }
+            }
+            wasmparser::Payload::ImportSection(s) => {
+                for i in s.into_imports() {
+                    if matches!(i.map_err(invalid)?.ty, wasmparser::TypeRef::Memory(m) if m.shared) {
+                        return Err(CompileError::Unsupported(THREADS.into()));
+                    }
+                }
             }
             wasmparser::Payload::CodeSectionEntry(body) if body.range().len() > l.max_function_body => {
                 let size = body.range().len();

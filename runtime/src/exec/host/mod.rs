@@ -72,23 +72,23 @@ fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmt
     Ok(())
 }
 
-/// `len` bytes of fresh guest memory: a block of the guest's heap when it exports
-/// `malloc(size) -> ptr` (Faasm's toolchain exports it; the call's reset takes the block back),
-/// else memory grown for it (then the instance is not reused).
+/// `len` bytes of fresh guest memory (16-byte aligned) for what the host hands the guest
+/// (chained calls' outputs, state views), in memory grown for the call: never the guest's own
+/// heap, whose `malloc` a command module exports only wrapped in its constructors and
+/// destructors. A grown memory is not reused after the call, so nothing outlives it.
 fn guest_alloc(caller: &mut Caller<'_, Host>, len: usize) -> wasmtime::Result<usize> {
-    let size = i32::try_from(len).map_err(|_| format_err!("{len} bytes do not fit in 32-bit guest memory"))?;
-    if let Some(Extern::Func(f)) = caller.get_export("malloc")
-        && let Ok(malloc) = f.typed::<i32, i32>(&caller)
-    {
-        let ptr = malloc.call(&mut *caller, size)?;
-        if ptr == 0 {
-            return Err(format_err!("the guest's malloc has no {len} bytes left"));
-        }
-        return Ok(u32_arg(ptr));
+    let len = len.max(1).next_multiple_of(16);
+    let (next, end) = caller.data().host_heap;
+    if next + len <= end && end > 0 {
+        caller.data_mut().host_heap.0 = next + len;
+        return Ok(next);
     }
     let mem = memory(caller)?;
     let at = mem.data_size(&caller);
-    mem.grow(&mut *caller, len.div_ceil(65536).max(1) as u64)?;
+    // Room for this and the next few: one grow per call in the common case.
+    let pages = len.max(1 << 20).div_ceil(65536);
+    mem.grow(&mut *caller, pages as u64).map_err(|e| format_err!("the guest's memory cannot grow by {len} bytes for the host: {e}"))?;
+    caller.data_mut().host_heap = (at + len, at + pages * 65536);
     Ok(at)
 }
 

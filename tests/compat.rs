@@ -9,7 +9,7 @@ use ebb::{Runtime, TempDir, function_wasm};
 fn runtime_with_compat(name: &str) -> (TempDir, Runtime) {
     let data = TempDir::new(name);
     let rt = Runtime::start(&data.0, &[]).unwrap();
-    for f in ["io", "chain", "state", "files", "memory", "runtime"] {
+    for f in ["io", "chain", "state", "files", "memory", "runtime", "fds"] {
         let wasm = std::fs::read(function_wasm("compat", f)).unwrap();
         let r = upload_wasm(&rt.url, "faasm", f, &wasm, None);
         assert_eq!(r.status, 200, "upload compat/{f}: {}", r.body);
@@ -64,6 +64,23 @@ fn faasm_functions_run_with_faasms_results() {
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(r.body.contains("__cxa_throw"), "{}", r.body);
     assert_eq!(ok(&rt, "io", "after"), "in=after len=5");
+}
+
+#[test]
+fn open_files_are_the_calls_and_bounded() {
+    let (_data, rt) = runtime_with_compat("compat-fds");
+    // A call that leaves a file open: the next gets the same descriptor (nothing was left open).
+    let first = ok(&rt, "fds", "leak");
+    assert!(first.starts_with("fd="), "{first}");
+    for _ in 0..3 {
+        assert_eq!(ok(&rt, "fds", "leak"), first);
+    }
+    // A call opening files without end is stopped at the bound with a clear error (each is a
+    // descriptor of the runtime process); the runtime and the function go on.
+    let r = invoke(&rt, "faasm", "fds", "many");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("more than 256 files, directories and streams open at once"), "{}", r.body);
+    assert_eq!(ok(&rt, "fds", "leak"), first);
 }
 
 #[test]

@@ -43,8 +43,10 @@ pub struct Host {
     memory: Option<MemoryHandle>,
     /// The state values the running call maps (see `host::state`); none outlives its call.
     views: host::Views,
-    /// The directories the guest sees (its WASI preopens).
-    dirs: Vec<Preopen>,
+    /// How `wasi` was made, to make it anew (see [`Instance::call`]).
+    wasi_spec: WasiSpec,
+    /// Entries of `wasi`'s resource table when it was made (stdio, preopens).
+    wasi_baseline: usize,
     /// Memory the host grew for what it hands the running call: (next free, end).
     host_heap: (usize, usize),
 }
@@ -86,6 +88,41 @@ pub fn host_path(dirs: &[Preopen], guest: &str) -> Option<std::path::PathBuf> {
     }
     let real = rest.iter().fold(dir.host.clone(), |p, c| p.join(c)).canonicalize().ok()?;
     real.starts_with(dir.host.canonicalize().ok()?).then_some(real)
+}
+
+/// Most WASI resources (open files, directories, streams) one instance may hold at once: each is a
+/// host file descriptor of the runtime process, which every tenant shares.
+const MAX_WASI_RESOURCES: usize = 256;
+
+/// What a guest's WASI context is made of.
+#[derive(Clone, Debug)]
+struct WasiSpec {
+    stdout: Stdout,
+    args: Vec<String>,
+    /// The directories the guest sees (its WASI preopens).
+    dirs: Vec<Preopen>,
+}
+
+impl WasiSpec {
+    /// A WASI context, bounded to [`MAX_WASI_RESOURCES`], and how many resources it starts with.
+    fn build(&self) -> anyhow::Result<(WasiP1Ctx, usize)> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&self.args).envs(&FAASM_ENV).inherit_stderr();
+        match &self.stdout {
+            Stdout::Inherit => wasi.inherit_stdout(),
+            Stdout::Log => wasi.stdout(LogTerminal).stderr(LogTerminal),
+            Stdout::Capture(pipe) => wasi.stdout(pipe.clone()),
+        };
+        for d in &self.dirs {
+            wasi.preopened_dir(&d.host, &d.guest, wasmtime_wasi::FsPerms::ReadWrite)
+                .map_err(|e| anyhow!("cannot give the function its directory {}: {e}", d.host.display()))?;
+        }
+        let mut ctx = wasi.build_p1();
+        let table = wasmtime_wasi::WasiView::ctx(&mut ctx).table;
+        table.set_max_capacity(MAX_WASI_RESOURCES);
+        let baseline = table.iter_mut().count();
+        Ok((ctx, baseline))
+    }
 }
 
 /// The runtime's log (its stderr) as a platform function's stdout and stderr: a terminal, as
@@ -263,18 +300,20 @@ impl Executor {
             Some(c) => c.services.files(&c.user, &c.function.name)?,
             None => Vec::new(),
         };
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.args(args).envs(&FAASM_ENV).inherit_stderr();
-        match stdout {
-            Stdout::Inherit => wasi.inherit_stdout(),
-            Stdout::Log => wasi.stdout(LogTerminal).stderr(LogTerminal),
-            Stdout::Capture(pipe) => wasi.stdout(pipe),
+        let spec = WasiSpec { stdout, args: args.to_vec(), dirs };
+        let (wasi, wasi_baseline) = spec.build()?;
+        let host = Host {
+            wasi,
+            wasi_spec: spec,
+            wasi_baseline,
+            input: Vec::new(),
+            output: Vec::new(),
+            ctx,
+            deadline: None,
+            memory: None,
+            views: Default::default(),
+            host_heap: (0, 0),
         };
-        for d in &dirs {
-            wasi.preopened_dir(&d.host, &d.guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(|e| anyhow!("cannot give the function its directory {}: {e}", d.host.display()))?;
-        }
-        let host = Host { wasi: wasi.build_p1(), input: Vec::new(), output: Vec::new(), ctx, deadline: None, memory: None, views: Default::default(), dirs, host_heap: (0, 0) };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
         // Set before anything runs: an epoch tick may come during instantiation already.
@@ -434,6 +473,8 @@ fn guest_error(e: wasmtime::Error, what: &'static str) -> anyhow::Error {
         anyhow::Error::new(Timeout)
     } else if let Some(lost) = e.downcast_ref::<LostMemory>() {
         anyhow::Error::new(lost.clone())
+    } else if e.downcast_ref::<wasmtime::component::ResourceTableError>().is_some_and(|r| matches!(r, wasmtime::component::ResourceTableError::Full)) {
+        anyhow!("{e:?}").context(format!("{what}: it held more than {MAX_WASI_RESOURCES} files, directories and streams open at once"))
     } else {
         anyhow!("{e:?}").context(what)
     }
@@ -614,6 +655,21 @@ impl Instance {
             self.discard = true;
         }
         let output = std::mem::take(&mut self.store.data_mut().output);
+        // Files the call left open are the call's: its libc state is reset below, so they could
+        // only leak (each is a host descriptor). A fresh WASI context closes them.
+        let host = self.store.data_mut();
+        if wasmtime_wasi::WasiView::ctx(&mut host.wasi).table.iter_mut().count() > host.wasi_baseline {
+            match host.wasi_spec.build() {
+                Ok((wasi, baseline)) => {
+                    host.wasi = wasi;
+                    host.wasi_baseline = baseline;
+                }
+                Err(e) => {
+                    tracing::warn!("could not renew the WASI context of an instance (it is not reused): {e:#}");
+                    self.discard = true;
+                }
+            }
+        }
         // Reset even after a trap: the next call must start from the initial state.
         self.last_call = CallPages::default();
         if let Some(handle) = &self.memory

@@ -322,7 +322,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             let c = ctx(&caller, "__faasm_write_state_from_file")?;
             let key = cstr(&mut caller, key)?;
             let path = cstr(&mut caller, path)?;
-            let file = crate::exec::host_path(&caller.data().dirs, &path)
+            let file = crate::exec::host_path(&caller.data().wasi_spec.dirs, &path)
                 .ok_or_else(|| format_err!("__faasm_write_state_from_file: no file {path} in the function's filesystem"))?;
             let limit = c.services.state().limits().max_value;
             let size = std::fs::metadata(&file).map_err(|e| format_err!("cannot read {path}: {e}"))?.len();

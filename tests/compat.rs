@@ -58,7 +58,13 @@ fn faasm_functions_run_with_faasms_results() {
     // A 2 MiB stack array, mmap/munmap, a 64 MiB heap block, long-double printf.
     assert_eq!(ok(&rt, "memory", ""), "stack=512 mmap=7 heap=3 ld=0.33333333333333333333");
     // Time, random, Faasm's environment and argv, conf flags.
-    assert_eq!(ok(&rt, "runtime", ""), "mono=1 epoch=1 clock=1 rand=1 env=/ argv0=function.wasm on=1 off=0");
+    let plain = "mono=1 epoch=1 clock=1 rand=1 env=/ argv0=function.wasm on=1 off=0 args=";
+    assert_eq!(ok(&rt, "runtime", ""), plain);
+    // Faasm's `cmdline` message field: the words after argv[0], for that call only.
+    let msg = serde_json::json!({"user": "faasm", "function": "runtime", "cmdline": "alpha B_eta  G$mma d3-lt4"});
+    let r = send("POST", &format!("{}/f/", rt.url), None, msg.to_string().as_bytes());
+    assert_eq!((r.status, r.body.as_str()), (200, format!("{plain}alpha,B_eta,G$mma,d3-lt4").as_str()));
+    assert_eq!(ok(&rt, "runtime", ""), plain, "the next call has no command line");
     // A throw cannot unwind on this wasm32 libc++: the call ends with an error, the runtime lives.
     let r = invoke(&rt, "faasm", "runtime", "throw");
     assert_eq!(r.status, 500, "{}", r.body);

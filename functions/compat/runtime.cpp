@@ -1,7 +1,7 @@
 // compat/runtime (C++): time, random, environment, argv and conf flags as Faasm gives them, and
 // a C++ throw (input "throw"): it cannot unwind with this libc++, so the call ends with an error.
 // Output: "mono=<1 if monotonic> epoch=<1 if after 2020> clock=<1 if clock() advances>
-// rand=<1 if in range> env=<PYTHONHOME> argv0=<argv[0]> on=<flag> off=<flag>".
+// rand=<1 if in range> env=<PYTHONHOME> argv0=<argv[0]> on=<flag> off=<flag> args=<argv[1..]>".
 #include <stdlib.h>
 #include <time.h>
 
@@ -33,7 +33,8 @@ int main(int argc, char *argv[]) {
     const char *home = getenv("PYTHONHOME");
     std::string out = "mono=" + std::to_string(mono) + " epoch=" + std::to_string(epoch) + " clock=" + std::to_string(c1 > c0) +
                       " rand=" + std::to_string(inRange) + " env=" + (home ? home : "-") + " argv0=" + (argc > 0 ? argv[0] : "-") +
-                      " on=" + std::to_string(getConfFlag("ALWAYS_ON")) + " off=" + std::to_string(getConfFlag("ALWAYS_OFF"));
+                      " on=" + std::to_string(getConfFlag("ALWAYS_ON")) + " off=" + std::to_string(getConfFlag("ALWAYS_OFF")) + " args=";
+    for (int i = 1; i < argc; i++) out += std::string(i > 1 ? "," : "") + argv[i];
     faasm::setStringOutput(out.c_str());
     return 0;
 }

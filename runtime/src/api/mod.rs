@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::platform::{CallError, CallFailure, CallStatus, Platform, Viewer, chain};
+use crate::platform::{CallError, CallFailure, CallInput, CallStatus, Platform, Viewer, chain};
 use crate::registry::{CompileError, Tokens, UploadError};
 
 /// A Faasm call message (`POST /f/`). Unknown Faasm fields are accepted and ignored.
@@ -43,6 +43,9 @@ pub struct Message {
     pub function: Option<String>,
     #[serde(default)]
     pub input_data: Option<String>,
+    /// Faasm's command line: the words the function sees after `argv[0]`.
+    #[serde(default)]
+    pub cmdline: Option<String>,
     #[serde(default, rename = "async")]
     pub is_async: bool,
     #[serde(default)]
@@ -57,7 +60,7 @@ pub struct Message {
 #[derive(Debug)]
 pub enum Command {
     Upload { user: String, function: String, wasm: Bytes },
-    Invoke { user: String, function: String, input: Vec<u8>, is_async: bool },
+    Invoke { user: String, function: String, input: CallInput, is_async: bool },
     Status { id: u32 },
     Offload { user: String, function: String },
     GetState { user: String, key: String },
@@ -275,7 +278,7 @@ async fn upload(State(s): State<ApiState>, who: Who, Path((user, function)): Pat
 }
 
 async fn invoke_raw(State(s): State<ApiState>, who: Who, Path((user, function)): Path<(String, String)>, body: Bytes) -> Response {
-    execute(&s, who.0, Command::Invoke { user, function, input: body.to_vec(), is_async: false }).await
+    execute(&s, who.0, Command::Invoke { user, function, input: body.to_vec().into(), is_async: false }).await
 }
 
 async fn offload(State(s): State<ApiState>, who: Who, Path((user, function)): Path<(String, String)>) -> Response {
@@ -301,7 +304,7 @@ async fn message(State(s): State<ApiState>, who: Who, body: Bytes) -> Response {
     {
         return forbidden(me, &user);
     }
-    let input = msg.input_data.unwrap_or_default().into_bytes();
+    let input = CallInput { data: msg.input_data.unwrap_or_default().into_bytes(), cmdline: msg.cmdline };
     execute(&s, who.0, Command::Invoke { user, function, input, is_async: msg.is_async }).await
 }
 

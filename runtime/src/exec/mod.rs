@@ -632,6 +632,18 @@ impl Instance {
         }
     }
 
+    /// Sets the `argv` the next calls see (a WASI context made anew when it changes).
+    pub fn set_args(&mut self, args: &[String]) -> anyhow::Result<()> {
+        let host = self.store.data_mut();
+        if host.wasi_spec.args != args {
+            host.wasi_spec.args = args.to_vec();
+            let (wasi, baseline) = host.wasi_spec.build()?;
+            host.wasi = wasi;
+            host.wasi_baseline = baseline;
+        }
+        Ok(())
+    }
+
     /// Calls the function once with `input`, then returns the instance to the initial state:
     /// the pages the call wrote are dropped back to the snapshot and the globals restored. The
     /// instance must come from [`Executor::function_instance`]. A call still running after

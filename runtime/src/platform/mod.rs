@@ -276,7 +276,7 @@ impl Platform {
     pub fn invoke(&self, user: &str, function: &str, input: &[u8]) -> Result<CallOutcome, CallError> {
         self.check_input(input)?;
         let p = self.pooled(user, function)?;
-        self.run_call(user, &p, input, Entry::Start, 0, None).map_err(|failure| CallError::Failed { function: p.function.name.clone(), failure })
+        self.run_call(user, &p, &CallInput::from(input.to_vec()), Entry::Start, 0, None).map_err(|failure| CallError::Failed { function: p.function.name.clone(), failure })
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
@@ -291,10 +291,11 @@ impl Platform {
         &self,
         user: &str,
         function: &str,
-        input: Vec<u8>,
+        input: impl Into<CallInput>,
         done: impl FnOnce(Result<CallOutcome, CallFailure>) + Send + 'static,
     ) -> Result<(), CallError> {
-        self.check_input(&input)?;
+        let input = input.into();
+        self.check_input(&input.data)?;
         let p = self.pooled(user, function)?;
         let me = self.me.clone();
         let owner = user.to_string();
@@ -309,8 +310,9 @@ impl Platform {
     }
 
     /// Queues an async call; returns its id (poll it with [`Platform::status`]).
-    pub fn submit(&self, user: &str, function: &str, input: Vec<u8>) -> Result<u32, CallError> {
-        self.check_input(&input)?;
+    pub fn submit(&self, user: &str, function: &str, input: impl Into<CallInput>) -> Result<u32, CallError> {
+        let input = input.into();
+        self.check_input(&input.data)?;
         let p = self.pooled(user, function)?;
         let id = self.calls.start(user, function);
         if let Err(full) = self.queue_recorded(user, p, input, Entry::Start, id) {
@@ -321,7 +323,7 @@ impl Platform {
     }
 
     /// Queues call `id` (already recorded) to run and record its outcome.
-    fn queue_recorded(&self, user: &str, p: Arc<Pooled>, input: Vec<u8>, entry: Entry, id: u32) -> Result<(), pool::PoolFull> {
+    fn queue_recorded(&self, user: &str, p: Arc<Pooled>, input: CallInput, entry: Entry, id: u32) -> Result<(), pool::PoolFull> {
         let me = self.me.clone();
         let owner = user.to_string();
         let job = Box::new(move |deadline| {
@@ -343,7 +345,7 @@ impl Platform {
     fn chain_call(&self, user: &str, p: Result<Arc<Pooled>, CallError>, name: &str, input: Vec<u8>, entry: Entry) -> u32 {
         let id = self.calls.start(user, name);
         let queued = match p {
-            Ok(p) => self.check_input(&input).and_then(|()| self.queue_recorded(user, p, input, entry, id).map_err(CallError::Busy)),
+            Ok(p) => self.check_input(&input).and_then(|()| self.queue_recorded(user, p, input.into(), entry, id).map_err(CallError::Busy)),
             Err(e) => Err(e),
         };
         if let Err(e) = queued {
@@ -359,7 +361,7 @@ impl Platform {
 
     /// Runs a call, turning a panic anywhere in it into a failure (its record must not stay
     /// running for ever).
-    fn run_caught(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
+    fn run_caught(&self, user: &str, p: &Arc<Pooled>, input: &CallInput, entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_call(user, p, input, entry, id, deadline))).unwrap_or_else(|_| {
             Err(CallFailure::Internal(Arc::new(std::io::Error::other("the call panicked in the runtime"))))
         })
@@ -368,7 +370,7 @@ impl Platform {
     /// One call: an idle instance or a new one, the working-set prefetch, the call, the reset,
     /// accounting; state locks the call still holds are released whatever happened. The call's
     /// limit is the call timeout, or less if it must end by `deadline` (run by an awaiting call).
-    fn run_call(&self, user: &str, p: &Arc<Pooled>, input: &[u8], entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
+    fn run_call(&self, user: &str, p: &Arc<Pooled>, input: &CallInput, entry: Entry, id: u32, deadline: Option<Instant>) -> Result<CallOutcome, CallFailure> {
         let start = Instant::now();
         let holder = self.next_holder.fetch_add(1, Ordering::Relaxed);
         let limit = deadline.map_or(self.config.call_timeout, |d| d.saturating_duration_since(start).min(self.config.call_timeout));
@@ -389,7 +391,7 @@ impl Platform {
         &self,
         user: &str,
         p: &Arc<Pooled>,
-        input: &[u8],
+        input: &CallInput,
         entry: Entry,
         id: u32,
         holder: u64,
@@ -438,7 +440,7 @@ impl Platform {
         instance.record_resident = restoring;
         instance.set_call(id, holder);
         p.busy.fetch_add(1, Ordering::Relaxed);
-        let result = instance.call(input, entry, Some(limit));
+        let result = instance.set_args(&input.argv()).and_then(|()| instance.call(&input.data, entry, Some(limit)));
         p.busy.fetch_sub(1, Ordering::Relaxed);
         let end = Instant::now();
         let touched = instance.last_call.touched();
@@ -528,6 +530,28 @@ impl Platform {
             bytes += snap.drop_local() as u64;
         }
         Ok(bytes)
+    }
+}
+
+/// What a call is given: its input, and Faasm's command line (`cmdline`: the words after
+/// `argv[0]`, split at spaces), if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallInput {
+    pub data: Vec<u8>,
+    pub cmdline: Option<String>,
+}
+
+impl CallInput {
+    /// The guest's `argv`: Faasm's `function.wasm` and the command line's words.
+    pub fn argv(&self) -> Vec<String> {
+        let words = self.cmdline.as_deref().unwrap_or("").split(' ').filter(|w| !w.is_empty());
+        std::iter::once(crate::exec::ARGV0).chain(words).map(str::to_string).collect()
+    }
+}
+
+impl From<Vec<u8>> for CallInput {
+    fn from(data: Vec<u8>) -> Self {
+        CallInput { data, cmdline: None }
     }
 }
 

@@ -9,14 +9,23 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 out=functions/build
 tc=functions/toolchain
+# A function is rebuilt when its wasm is missing or older than its source, a header or the
+# toolchain (the test binaries each call this script once).
+newest=$(find functions/include "$tc" scripts/build-functions.sh -type f -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
 for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp functions/workloads/*.c functions/compat/*.c functions/compat/*.cpp; do
   [ -e "$src" ] || continue
   dir=$(basename "$(dirname "$src")")
   name=$(basename "${src%.*}")
   mkdir -p "$out/$dir"
+  wasm="$out/$dir/$name.wasm"
+  if [ -e "$wasm" ] && [ "$wasm" -nt "$src" ] && [ "$wasm" -nt "$newest" ] && { [ "$dir" != workloads ] || [ "$wasm" -nt functions/workloads/workload.h ]; }; then
+    continue
+  fi
+  # Written aside and renamed: an interrupted build never leaves a wasm that looks up to date.
   case "$src" in
-    *.cpp) "$tc/ebb-clang++" -Wall -Werror -o "$out/$dir/$name.wasm" "$src" ;;
-    *) "$tc/ebb-clang" -Wall -Werror -o "$out/$dir/$name.wasm" "$src" ;;
+    *.cpp) "$tc/ebb-clang++" -Wall -Werror -o "$wasm.tmp" "$src" ;;
+    *) "$tc/ebb-clang" -Wall -Werror -o "$wasm.tmp" "$src" ;;
   esac
+  mv "$wasm.tmp" "$wasm"
 done
 echo "built: $(cd $out && ls */*.wasm | tr '\n' ' ')"

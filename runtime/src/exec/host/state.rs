@@ -252,12 +252,11 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     linker
         .func_wrap("env", "__faasm_push_state_partial", |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
             let key = cstr(&mut caller, key)?;
-            let Some(v) = view(&caller, &key) else { return ctx(&caller, "__faasm_push_state_partial").map(drop) };
-            push_ranges(&mut caller, &key, &v, &merge(v.dirty.clone()))?;
-            if let Some(v) = caller.data_mut().views.get_mut(&key) {
-                v.dirty.clear();
-            }
-            Ok(())
+            let Some(v) = caller.data_mut().views.get_mut(&key) else { return ctx(&caller, "__faasm_push_state_partial").map(drop) };
+            // The flagged ranges go once: a failed push ends the call (a trap) anyway.
+            let dirty = merge(std::mem::take(&mut v.dirty));
+            let v = v.clone();
+            push_ranges(&mut caller, &key, &v, &dirty)
         })
         .map_err(err)?;
     // void __faasm_push_state_partial_mask(const char *key, const char *maskKey): sends the bytes

@@ -1,6 +1,7 @@
 //! Calls through the platform, in one run: a no-op call in process and over HTTP loopback, the
-//! 64 MiB demo/bigtable warm and right after an offload, and instantiation on paged memory
-//! against wasmtime's own allocator. Needs root (userfaultfd) and the demo functions' toolchain.
+//! 64 MiB demo/bigtable warm and right after an offload, a 64 MiB state value read through a
+//! pointer (its pages mapped) against copied in, and instantiation on paged memory against
+//! wasmtime's own allocator. Needs root (userfaultfd) and the demo functions' toolchain.
 //!
 //! cargo bench --bench invoke
 
@@ -64,6 +65,18 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+    }
+
+    // A 64 MiB state value, one byte per page read: mapped by pointer vs copied into the heap.
+    let statescan = std::fs::read(function_wasm("demo", "statescan")).expect("statescan.wasm");
+    platform.upload("bench", "statescan", &statescan).expect("upload statescan");
+    let big: Vec<u8> = (0..64usize << 20).map(|i| (i / 4096) as u8).collect();
+    let want = (0..(64usize << 20) / 4096).map(|p| p % 256).sum::<usize>().to_string();
+    platform.state().set("bench", "big", &big).expect("state");
+    for (id, input) in [("state_64m_pointer", "ptr"), ("state_64m_copy", "copy")] {
+        let out = platform.invoke("bench", "statescan", input.as_bytes()).expect("statescan");
+        assert_eq!(String::from_utf8_lossy(&out.output), want, "{id}");
+        g.bench_function(id, |b| b.iter(|| platform.invoke("bench", "statescan", input.as_bytes()).expect("statescan")));
     }
 
     // Instantiation of the same small WASI module: paged memory vs wasmtime's default allocator.

@@ -9,7 +9,7 @@ use ebb::{Runtime, TempDir, function_wasm};
 fn runtime_with_compat(name: &str) -> (TempDir, Runtime) {
     let data = TempDir::new(name);
     let rt = Runtime::start(&data.0, &[]).unwrap();
-    for f in ["io", "chain", "state", "files", "memory", "runtime", "fds"] {
+    for f in ["io", "chain", "state", "counter", "files", "memory", "runtime", "fds"] {
         let wasm = std::fs::read(function_wasm("compat", f)).unwrap();
         let r = upload_wasm(&rt.url, "faasm", f, &wasm, None);
         assert_eq!(r.status, 200, "upload compat/{f}: {}", r.body);
@@ -47,9 +47,21 @@ fn faasm_functions_run_with_faasms_results() {
     assert_eq!(state(&rt, "masked"), [0, 21, 22, 0], "only the masked bytes were pushed");
     let arr: Vec<i32> = state(&rt, "arr").chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(arr, [0, 0, 42, 0]);
-    // The pointers of one call are not another's: the next call maps the values anew (and its
-    // appends start from a cleared list).
+    // A second call gives the same results (its appends start from a cleared list).
     assert_eq!(ok(&rt, "state", ""), words);
+
+    // A value mapped by pointer is the node's pages of it, shared by the user's calls here (each
+    // call a fresh instance, since mapping grows its memory): the next call sees an increment
+    // never pushed, the global value only what was pushed, and a write through the API reaches
+    // the mapped pages too.
+    assert_eq!(ok(&rt, "counter", ""), "1");
+    assert_eq!(ok(&rt, "counter", ""), "2", "the previous call's write through the pointer, not pushed");
+    assert_eq!(state(&rt, "counter"), [0, 0, 0, 0], "nothing pushed yet");
+    assert_eq!(ok(&rt, "counter", "push"), "3");
+    assert_eq!(state(&rt, "counter"), [3, 0, 0, 0]);
+    let r = ebb_runtime::api::client::request("PUT", &format!("{}/s/faasm/counter", rt.url), None, &[10, 0, 0, 0], None).unwrap();
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
+    assert_eq!(ok(&rt, "counter", ""), "11");
 
     // Files: the function's own root (with Faasm's /etc/hosts), the shared area, state from a file.
     assert_eq!(ok(&rt, "files", ""), "own=own file hosts=127.0.0.1 shared=shared file state=8");
@@ -145,4 +157,58 @@ fn what_ebb_does_not_support_is_refused_at_upload_naming_the_import() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("do not match Ebb's host interface"), "{}", r.body);
     assert_eq!(send("GET", &format!("{}/ping", rt.url), None, b"").body, "PONG");
+}
+
+#[test]
+fn what_a_users_functions_write_to_disk_is_bounded() {
+    let data = TempDir::new("compat-disk");
+    let rt = Runtime::start(&data.0, &["--max-files-per-user", "1M", "--max-file-entries-per-user", "24"]).unwrap();
+    for user in ["faasm", "other"] {
+        let wasm = std::fs::read(function_wasm("compat", "disk")).unwrap();
+        assert_eq!(upload_wasm(&rt.url, user, "disk", &wasm, None).status, 200);
+    }
+    let call = |user: &str, input: &str| {
+        let r = invoke(&rt, user, "disk", input);
+        assert_eq!(r.status, 200, "{input}: {}", r.body);
+        let words: Vec<u64> = r.body.split(' ').map(|w| w.split_once('=').unwrap().1.parse().unwrap()).collect();
+        (words[0], words[1] == 1)
+    };
+    let used = || {
+        let files = data.0.join("files").join("faasm").join("functions").join("disk").join("tmp").join("blob");
+        std::fs::metadata(files).map_or(0, |m| m.len())
+    };
+    assert_eq!(call("faasm", "write 512"), (512, false));
+    // The next write passes the bound part way: refused with EDQUOT, what was written stays.
+    let (done, refused) = call("faasm", "write 2048");
+    assert!(refused && done < 1024 - 512 + 64, "{done} KiB written past a 1 MiB bound holding 512 KiB");
+    assert_eq!(used(), done * 1024, "the file holds exactly the writes that were let through");
+    // Another tenant has its own bound; deleting gives room back.
+    assert_eq!(call("other", "write 900"), (900, false));
+    assert_eq!(call("faasm", "clean"), (0, false));
+    assert_eq!(used(), 0);
+    assert_eq!(call("faasm", "write 900"), (900, false));
+    // Entries are bounded too (the function's system files and directories count).
+    let (made, refused) = call("faasm", "files 100");
+    assert!(refused && (5..24).contains(&made), "{made} files made under a 24-entry bound");
+    call("faasm", "clean");
+    assert_eq!(call("faasm", "files 5"), (5, false));
+}
+
+#[test]
+fn a_state_pointer_taken_in_the_init_phase_is_refused() {
+    let data = TempDir::new("compat-zygote");
+    let rt = Runtime::start(&data.0, &[]).unwrap();
+    let wat = r#"(module
+        (import "env" "__faasm_read_state_ptr" (func $ptr (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 16) "k\00")
+        (func (export "_faasm_zygote") (result i32) (drop (call $ptr (i32.const 16) (i32.const 8))) (i32.const 0))
+        (func (export "_start")))"#;
+    assert_eq!(upload_wasm(&rt.url, "faasm", "zygote_ptr", wat.as_bytes(), None).status, 200);
+    let r = invoke(&rt, "faasm", "zygote_ptr", "");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("_faasm_zygote took a state pointer"), "{}", r.body);
+    // The runtime serves on.
+    assert_eq!(invoke(&rt, "faasm", "zygote_ptr", "").status, 500);
+    assert_eq!(ebb_runtime::api::client::request("GET", &format!("{}/ping", rt.url), None, b"", None).unwrap().0, 200);
 }

@@ -313,3 +313,37 @@ fn a_crashing_fault_handler_poisons_what_it_served_and_serves_on() {
     assert_eq!(b.run().unwrap(), 0, "the other memory is still served, byte for byte");
     check_area(&mut b, AREA_A, 4 * MIB, 6);
 }
+
+#[test]
+fn a_state_value_maps_into_paged_memory_and_the_range_goes_back_to_paging() {
+    let pager = Pager::new(PagerConfig::default(), Arc::new(LocalTransport::embedded(64 << 20))).unwrap();
+    let buf = ebb::PagedBuffer::new(&pager, MIB);
+    let store = ebb_runtime::state::StateStore::default();
+    store.set("u", "k", &[5; 8192]).unwrap();
+    let replica = store.replica("u", "k", 8192).unwrap();
+    let h = &buf.handle;
+    // Refused: not whole pages, past the size, over a touched page.
+    assert!(h.map_shared(100, 8192, replica.fd()).is_err());
+    assert!(h.map_shared(MIB - 4096, 8192, replica.fd()).is_err());
+    buf.touch(0);
+    assert!(h.map_shared(0, 8192, replica.fd()).is_err(), "page 0 was touched");
+    let at = 65536;
+    h.map_shared(at, 8192, replica.fd()).unwrap();
+    assert!(h.map_shared(at + 4096, 4096, replica.fd()).is_err(), "overlapping");
+    // The memory reaches the value's own pages, both ways, with no fault and no copy.
+    let zero_faults = pager.stats().faults_zero;
+    assert_eq!(buf.touch(at / 4096 + 1), 5);
+    // SAFETY: inside the accessible memory, which this test owns; nothing else writes it.
+    unsafe { buf.ptr().add(at + 4096).write_volatile(9) };
+    assert_eq!(replica.read(4096, 2), [9, 5], "a write through memory lands in the replica");
+    store.write_at("u", "k", 8192, 0, &[7]).unwrap();
+    assert_eq!(buf.touch(at / 4096), 7, "a write to the store shows in memory");
+    assert_eq!(pager.stats().faults_zero, zero_faults, "served by the file, not the fault path");
+    // Undone: the range is paged memory again (zero, faulted in), the value untouched.
+    assert_eq!(h.unmap_shared().unwrap(), 1);
+    assert_eq!((buf.touch(at / 4096), buf.touch(at / 4096 + 1)), (0, 0));
+    assert_eq!(pager.stats().faults_zero, zero_faults + 2, "faults reach the pager again");
+    assert_eq!(replica.read(0, 1), [7]);
+    assert_eq!(replica.read(4096, 1), [9]);
+    assert_eq!(h.unmap_shared().unwrap(), 0);
+}

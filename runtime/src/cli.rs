@@ -137,9 +137,18 @@ struct LimitArgs {
     /// Largest state value, e.g. 256M.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     max_state_value: u64,
-    /// Most state one user may hold, e.g. 1G.
+    /// Most state one user may hold (values, and the pages of values mapped on this node), e.g. 1G.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     max_state_per_user: u64,
+    /// Most state keys of one user mapped on this node by pointer (each holds a file descriptor).
+    #[arg(long, default_value_t = 256)]
+    max_mapped_state_keys: usize,
+    /// Most disk one user's functions may take in their directories (allocated bytes), e.g. 1G.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    max_files_per_user: u64,
+    /// Most files, directories and links one user's functions may keep in their directories.
+    #[arg(long, default_value_t = 10_000)]
+    max_file_entries_per_user: u64,
     /// Largest module an upload may send, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_module: u64,
@@ -174,7 +183,15 @@ impl LimitArgs {
             max_finished: self.call_records,
             max_output_bytes: size(self.call_record_bytes),
         };
-        config.state = crate::state::StateLimits { max_value: size(self.max_state_value), max_per_user: size(self.max_state_per_user) };
+        config.state = crate::state::StateLimits {
+            max_value: size(self.max_state_value),
+            max_per_user: size(self.max_state_per_user),
+            max_replicas_per_user: self.max_mapped_state_keys,
+        };
+        config.files = crate::platform::FileLimits {
+            max_bytes_per_user: self.max_files_per_user,
+            max_entries_per_user: self.max_file_entries_per_user,
+        };
         config.compile.max_module = size(self.max_module);
         config.compile.cpu = self.compile_cpu;
         // Wall time is a backstop for a compile that waits rather than computes; on a loaded machine

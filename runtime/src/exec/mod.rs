@@ -16,10 +16,12 @@ use crate::pager::{MemoryHandle, Pager};
 
 mod host;
 pub mod rewrite;
+mod fsquota;
 mod wasi;
 
-pub use wasi::{ARGV0, Preopen, host_path};
-use wasi::{MAX_WASI_RESOURCES, WasiSpec};
+pub use fsquota::{FileQuota, Room};
+pub use wasi::{ARGV0, FunctionFiles, Preopen, host_path};
+use wasi::{MAX_WASI_RESOURCES, WasiOriginals, WasiSpec};
 
 /// Where a guest's stdout goes.
 #[derive(Clone, Debug)]
@@ -52,6 +54,12 @@ pub struct Host {
     wasi_baseline: usize,
     /// Memory the host grew for what it hands the running call: (next free, end).
     host_heap: (usize, usize),
+    /// wasmtime-wasi's own implementations of the calls the disk bound wraps (see `wasi`).
+    wasi_originals: Option<WasiOriginals>,
+    /// The running call took disk: its user's usage is measured again when it ends.
+    files_written: bool,
+    /// The guest renumbered a file onto stdin, stdout or stderr: writes there take disk too.
+    stdio_renumbered: bool,
 }
 
 /// The platform side of a function's calls, as its guest sees it.
@@ -84,6 +92,10 @@ impl std::fmt::Debug for Host {
 pub struct Executor {
     engine: Engine,
     linker: Linker<Host>,
+    /// WASI alone, whose calls the disk bound's wrappers in `linker` call on, through an instance
+    /// of `trampoline` in each store (see `wasi`).
+    wasi: Linker<Host>,
+    trampoline: Module,
     pager: Arc<Pager>,
 }
 
@@ -153,10 +165,13 @@ impl Executor {
                 engine.increment_epoch();
             }
         });
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi).map_err(|e| anyhow!("{e}"))?;
+        let mut wasi = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut wasi, |h: &mut Host| &mut h.wasi).map_err(|e| anyhow!("{e}"))?;
+        let mut linker = wasi.clone();
+        wasi::add_disk_bound(&mut linker)?;
         host::add_to_linker(&mut linker)?;
-        Ok(Executor { engine, linker, pager })
+        let trampoline = Module::new(&engine, wasi::trampoline_wat()).map_err(|e| anyhow!("the WASI trampoline: {e:?}"))?;
+        Ok(Executor { engine, linker, wasi, trampoline, pager })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -202,11 +217,11 @@ impl Executor {
     }
 
     fn store(&self, stdout: Stdout, args: &[String], ctx: Option<CallContext>) -> anyhow::Result<Store<Host>> {
-        let dirs = match &ctx {
+        let files = match &ctx {
             Some(c) => c.services.files(&c.user, &c.function.name)?,
-            None => Vec::new(),
+            None => FunctionFiles::default(),
         };
-        let spec = WasiSpec { stdout, args: args.to_vec(), dirs };
+        let spec = WasiSpec { stdout, args: args.to_vec(), files };
         let (wasi, wasi_baseline) = spec.build()?;
         let host = Host {
             wasi,
@@ -219,6 +234,9 @@ impl Executor {
             memory: None,
             views: Default::default(),
             host_heap: (0, 0),
+            wasi_originals: None,
+            files_written: false,
+            stdio_renumbered: false,
         };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
@@ -305,9 +323,12 @@ impl Executor {
 
     fn link(&self, mut store: Store<Host>, module: &Module) -> anyhow::Result<Instance> {
         let instance = self.linker.instantiate(&mut store, module).map_err(|e| guest_error(e, "instantiation failed"))?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
+        let exported = instance.get_memory(&mut store, "memory");
+        if let Some(m) = exported {
+            let originals = WasiOriginals::new(&self.trampoline, &self.wasi, &mut store, m)?;
+            store.data_mut().wasi_originals = Some(originals);
+        }
+        let memory = exported.and_then(|m| self.pager.memory_at(m.data_ptr(&store)));
         let mut inst = Instance {
             store,
             instance,
@@ -493,6 +514,13 @@ impl Instance {
             self.store.data_mut().views.clear();
             self.store.data_mut().host_heap = (0, 0);
             self.check_memory()?;
+            // The initial state must be the instance's own pages: a state value mapped now would
+            // be shared by every call (and by other functions).
+            if let Some(handle) = &self.memory
+                && handle.unmap_shared()? > 0
+            {
+                bail!("_faasm_zygote took a state pointer, which would outlive it: read state by pointer in main, or copy it in the zygote");
+            }
             let rc = rc?;
             if rc != 0 {
                 bail!("_faasm_zygote returned {rc}");
@@ -569,14 +597,28 @@ impl Instance {
         };
         self.store.data_mut().deadline = None;
         self.store.data_mut().views.clear();
+        // State the call mapped goes before the reset, which must see the memory as its own.
+        if let Some(handle) = &self.memory
+            && let Err(e) = handle.unmap_shared()
+        {
+            self.discard = true;
+            return Err(anyhow::Error::new(e).context("could not unmap the state the call mapped"));
+        }
         if rc.as_ref().is_err_and(|e| e.downcast_ref::<Timeout>().is_some()) {
             self.discard = true;
         }
         let output = std::mem::take(&mut self.store.data_mut().output);
         // Files the call left open are the call's: its libc state is reset below, so they could
-        // only leak (each is a host descriptor). A fresh WASI context closes them.
+        // only leak (each is a host descriptor). A fresh WASI context closes them, and gives
+        // back the stdio a call renumbered a file onto.
         let host = self.store.data_mut();
-        if wasmtime_wasi::WasiView::ctx(&mut host.wasi).table.iter_mut().count() > host.wasi_baseline {
+        if std::mem::take(&mut host.files_written)
+            && let Some(q) = &host.wasi_spec.files.quota
+        {
+            q.remeasure();
+        }
+        let renumbered = std::mem::take(&mut host.stdio_renumbered);
+        if renumbered || wasmtime_wasi::WasiView::ctx(&mut host.wasi).table.iter_mut().count() > host.wasi_baseline {
             match host.wasi_spec.build() {
                 Ok((wasi, baseline)) => {
                     host.wasi = wasi;

@@ -320,6 +320,9 @@ struct MemoryState {
     /// While on, the pages every fault installed (with its read-around) are logged here.
     logging: AtomicBool,
     fault_log: Mutex<Vec<usize>>,
+    /// Ranges (byte offset, length) mapped from shared files for the running call
+    /// ([`MemoryHandle::map_shared`]), undone when it ends.
+    shared_maps: Mutex<Vec<(usize, usize)>>,
 }
 
 impl MemoryState {
@@ -488,6 +491,7 @@ impl PagedMemory {
             write_tracking: AtomicBool::new(false),
             logging: AtomicBool::new(false),
             fault_log: Mutex::new(Vec::new()),
+            shared_maps: Mutex::new(Vec::new()),
         });
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
@@ -601,6 +605,54 @@ impl MemoryHandle {
     pub fn start_fault_log(&self) {
         self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.state.logging.store(true, Ordering::Relaxed);
+    }
+
+    /// Maps the first `len` bytes of the shared file `fd` (a state value's pages) at byte `offset`
+    /// of this memory, for the running call: the guest then reads and writes the file's pages
+    /// themselves. The range must be page-aligned, accessible and never touched (memory grown
+    /// for the call), and the caller must hold the guest still (in a host call) and no slice of
+    /// the range. [`MemoryHandle::unmap_shared`] undoes it before the memory is reset.
+    pub fn map_shared(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), PagerError> {
+        let refuse = |why| Err(PagerError::Snapshot(why));
+        if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
+            return refuse("a shared mapping must be whole pages");
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return refuse("a shared mapping must lie inside the memory's accessible size");
+        }
+        let pages = offset / PAGE_SIZE..(offset + len) / PAGE_SIZE;
+        if pages.clone().any(|p| self.state.table.get(p) != PageState::Zero) {
+            return refuse("a shared mapping may only cover pages never touched");
+        }
+        let mut maps = self.state.shared_maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.iter().any(|&(o, l)| offset < o + l && o < offset + len) {
+            return refuse("shared mappings may not overlap");
+        }
+        self.state.reservation.map_shared(offset, len, fd).map_err(|source| PagerError::Setup { len, source })?;
+        maps.push((offset, len));
+        Ok(())
+    }
+
+    /// Undoes every [`MemoryHandle::map_shared`]: the ranges become never-touched paged memory
+    /// again (zero, served by userfaultfd), as the reset expects. Returns how many there were. A
+    /// failure poisons the memory (it must be discarded).
+    pub fn unmap_shared(&self) -> Result<usize, PagerError> {
+        let maps = std::mem::take(&mut *self.state.shared_maps.lock().unwrap_or_else(|e| e.into_inner()));
+        for &(offset, len) in &maps {
+            let restored = self.state.reservation.map_anonymous(offset, len).and_then(|()| {
+                let addr = (self.state.base() + offset) as *mut libc::c_void;
+                self.state
+                    .uffd
+                    .register_with_mode(addr, len, RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
+                    .map(drop)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            if let Err(source) = restored {
+                self.state.poison(Poison::Inconsistent("a shared mapping could not be undone"));
+                return Err(PagerError::Setup { len, source });
+            }
+        }
+        Ok(maps.len())
     }
 
     /// Stops logging faults; returns the pages logged since [`MemoryHandle::start_fault_log`], in

@@ -3,7 +3,7 @@
 //! the page installs.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use userfaultfd::Uffd;
 
@@ -51,6 +51,29 @@ impl Reservation {
         // protection cannot affect memory outside it.
         let r = unsafe { libc::mprotect((self.base + offset) as *mut _, len, libc::PROT_READ | libc::PROT_WRITE) };
         if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Maps the first `len` bytes of the shared file `fd` over `[offset, offset + len)`: the
+    /// range's accesses then reach the file's pages directly (no userfaultfd, which the new
+    /// mapping does not carry). Callers hold the memory still (its guest is in a host call).
+    pub fn map_shared(&self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.map_fixed(offset, len, libc::MAP_SHARED, fd.as_raw_fd())
+    }
+
+    /// Puts fresh private anonymous memory (read/write, zero) over `[offset, offset + len)`,
+    /// undoing [`Reservation::map_shared`]; the range needs registering with userfaultfd again.
+    pub fn map_anonymous(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.map_fixed(offset, len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1)
+    }
+
+    fn map_fixed(&self, offset: usize, len: usize, flags: libc::c_int, fd: libc::c_int) -> io::Result<()> {
+        assert!(offset + len <= self.len && offset.is_multiple_of(PAGE) && len.is_multiple_of(PAGE), "page-aligned range inside the reservation");
+        // SAFETY: MAP_FIXED replaces only `[offset, offset + len)`, inside this reservation, which
+        // this value owns; nothing else maps there, and callers hold no references into it.
+        let p = unsafe {
+            libc::mmap((self.base + offset) as *mut _, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_FIXED, fd, 0)
+        };
+        if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Drops the pages of `[offset, offset + len)`: the next access faults (to userfaultfd).

@@ -7,11 +7,52 @@
 //!   DATA_DIR/files/USER/shared/               `faasm://…`, every function of USER
 //! ```
 //! A tenant's functions see only that tenant's directories (the names are the registry's
-//! checked user and function names), and WASI confines every path to its preopen.
+//! checked user and function names), and WASI confines every path to its preopen. What a tenant
+//! may write there is bounded ([`FileLimits`], one [`FileQuota`] per user over `DATA_DIR/files/USER`).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use crate::exec::Preopen;
+use crate::exec::{FileQuota, FunctionFiles, Preopen, Room};
+
+/// How much disk one user's functions may take under its files directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Bytes (allocated blocks). Default 1 GiB.
+    pub max_bytes_per_user: u64,
+    /// Files, directories and links. Default 10 000.
+    pub max_entries_per_user: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits { max_bytes_per_user: 1 << 30, max_entries_per_user: 10_000 }
+    }
+}
+
+/// The users' files: their directories, and one disk bound per user shared by all its functions.
+#[derive(Debug)]
+pub struct Files {
+    data_dir: PathBuf,
+    limits: FileLimits,
+    quotas: Mutex<HashMap<String, Arc<FileQuota>>>,
+}
+
+impl Files {
+    pub fn new(data_dir: PathBuf, limits: FileLimits) -> Files {
+        Files { data_dir, limits, quotas: Mutex::new(HashMap::new()) }
+    }
+
+    /// What `function` (`USER/NAME`) of `user` sees, made when missing, with its user's bound.
+    pub fn of(&self, user: &str, function: &str) -> std::io::Result<FunctionFiles> {
+        let dirs = function_dirs(&self.data_dir, user, function)?;
+        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        let bound = Room { bytes: self.limits.max_bytes_per_user, entries: self.limits.max_entries_per_user };
+        let quota = quotas.entry(user.to_string()).or_insert_with(|| Arc::new(FileQuota::new(self.data_dir.join("files").join(user), bound)));
+        Ok(FunctionFiles { dirs, quota: Some(quota.clone()) })
+    }
+}
 
 /// The guest name of the shared area: a Faasm path `faasm://dir/file` is, to wasi-libc, the
 /// relative path `faasm:/dir/file`, whose first component is this preopen.

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+pub use files::FileLimits;
 pub use calls::{CallStatus, RecordLimits};
 pub use metrics::Viewer;
 pub use pool::PoolConfig;
@@ -65,6 +66,8 @@ pub struct PlatformConfig {
     pub records: RecordLimits,
     /// State limits per value and per user.
     pub state: StateLimits,
+    /// Disk one user's functions may take in their directories.
+    pub files: FileLimits,
     /// What an upload may cost to compile.
     pub compile: CompileLimits,
     /// The `runtime` binary, to compile uploads in bounded child processes. None compiles in this
@@ -84,6 +87,7 @@ impl Default for PlatformConfig {
             pool: PoolConfig::default(),
             records: RecordLimits::default(),
             state: StateLimits::default(),
+            files: FileLimits::default(),
             compile: CompileLimits::default(),
             compiler_exe: None,
         }
@@ -156,6 +160,7 @@ pub struct Platform {
     registry: Registry,
     compiler: Compiler,
     state: StateStore,
+    files: files::Files,
     config: PlatformConfig,
     calls: CallRecords,
     pool: CallPool,
@@ -194,6 +199,7 @@ impl Platform {
             registry,
             compiler,
             state: StateStore::new(config.state),
+            files: files::Files::new(config.data_dir.clone(), config.files),
             calls: CallRecords::new(config.records),
             pool,
             pools: RwLock::new(HashMap::new()),
@@ -590,8 +596,9 @@ impl Services for Platform {
         &self.state
     }
 
-    fn files(&self, user: &str, function: &str) -> anyhow::Result<Vec<crate::exec::Preopen>> {
-        files::function_dirs(&self.config.data_dir, user, function)
+    fn files(&self, user: &str, function: &str) -> anyhow::Result<crate::exec::FunctionFiles> {
+        self.files
+            .of(user, function)
             .map_err(|e| anyhow::anyhow!("cannot make the files of {function} under {}: {e}", self.config.data_dir.display()))
     }
 }

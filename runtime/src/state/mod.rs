@@ -7,12 +7,21 @@
 //! ```text
 //!   StateStore ── (user, key) → Entry { value, lock: readers by holder | writer holder }
 //!              ── holder → keys it locks        (released all at once when its call ends)
-//!              ── user → bytes stored           (per-user limit; per-value limit)
+//!                                 replica: the value's shared pages on this node, once mapped
+//!              ── user → bytes stored, replicas (per-user limits; per-value limit)
 //! ```
 //! Locks belong to a *holder* — one call — and are released when that call returns, traps or
 //! times out ([`StateStore::release_all`]). A wait for a lock is bounded by the waiting call's
-//! deadline. State lives in the runtime's memory: on one node "push" and "pull" have nothing to
-//! move.
+//! deadline.
+//!
+//! Two tiers, as in Faasm: the entry's value is the global tier (the HTTP API's, and what a push
+//! reaches), and a key a call asks a pointer to gets a [`Replica`] — the value's pages on this
+//! node, which calls map into their memory. Writes to the store reach both; writes through a
+//! mapping reach the replica only, until pushed.
+
+mod replica;
+
+pub use replica::Replica;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -29,13 +38,15 @@ pub type Holder = u64;
 pub struct StateLimits {
     /// Largest value of one key, in bytes. Default 256 MiB.
     pub max_value: usize,
-    /// Most bytes of state one user may hold. Default 1 GiB.
+    /// Most bytes of state one user may hold, values and their replicas together. Default 1 GiB.
     pub max_per_user: usize,
+    /// Most keys of one user that have a replica (each holds a file descriptor). Default 256.
+    pub max_replicas_per_user: usize,
 }
 
 impl Default for StateLimits {
     fn default() -> Self {
-        StateLimits { max_value: 256 << 20, max_per_user: 1 << 30 }
+        StateLimits { max_value: 256 << 20, max_per_user: 1 << 30, max_replicas_per_user: 256 }
     }
 }
 
@@ -54,6 +65,16 @@ pub enum StateError {
     LockTimeout { key: String },
     #[error("Appended state {key} has {have} elements, fewer than the {want} asked for")]
     FewAppended { key: String, have: usize, want: usize },
+    #[error("User {user} has {limit} state keys mapped on this node, the limit: map fewer keys by pointer")]
+    TooManyReplicas { user: String, limit: usize },
+    #[error("The pages of state key {key} could not be set up on this node: {reason}")]
+    Replica { key: String, reason: String },
+}
+
+impl StateError {
+    fn replica(key: &str, e: std::io::Error) -> StateError {
+        StateError::Replica { key: key.to_string(), reason: e.to_string() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,8 +96,17 @@ impl Lock {
 #[derive(Debug, Default)]
 struct Entry {
     value: RwLock<Vec<u8>>,
+    /// The value's pages on this node, once a call mapped it; taken after `value`'s lock.
+    replica: Mutex<Option<Arc<Replica>>>,
     lock: Mutex<Lock>,
     changed: Condvar,
+}
+
+/// What one user holds.
+#[derive(Debug, Default)]
+struct Usage {
+    bytes: usize,
+    replicas: usize,
 }
 
 /// All users' state.
@@ -84,8 +114,8 @@ struct Entry {
 pub struct StateStore {
     limits: StateLimits,
     map: RwLock<HashMap<(String, String), Arc<Entry>>>,
-    /// Bytes of values per user.
-    usage: Mutex<HashMap<String, usize>>,
+    /// Bytes of values (and replicas) and replicas per user.
+    usage: Mutex<HashMap<String, Usage>>,
     /// Append-only values (Faasm's appended state): a list of elements per key, apart from the
     /// key's value.
     appended: Mutex<HashMap<UserKey, Vec<Vec<u8>>>>,
@@ -120,13 +150,17 @@ impl StateStore {
         Some(map.entry(k).or_default().clone())
     }
 
-    /// Accounts a value of `user` changing from `old` to `new` bytes, or refuses it.
-    fn resize_usage(&self, user: &str, key: &str, old: usize, new: usize) -> Result<(), StateError> {
-        if new > self.limits.max_value {
-            return Err(StateError::TooLarge { key: key.to_string(), size: new, limit: self.limits.max_value });
+    fn too_large(&self, key: &str, size: usize) -> Result<(), StateError> {
+        if size > self.limits.max_value {
+            return Err(StateError::TooLarge { key: key.to_string(), size, limit: self.limits.max_value });
         }
+        Ok(())
+    }
+
+    /// Accounts bytes of `user` changing from `old` to `new`, or refuses a growth past the limit.
+    fn account(&self, user: &str, old: usize, new: usize) -> Result<(), StateError> {
         let mut usage = lock(&self.usage);
-        let used = usage.entry(user.to_string()).or_default();
+        let used = &mut usage.entry(user.to_string()).or_default().bytes;
         let after = *used - old.min(*used) + new;
         if new > old && after > self.limits.max_per_user {
             return Err(StateError::UserFull { user: user.to_string(), size: after, limit: self.limits.max_per_user });
@@ -135,6 +169,23 @@ impl StateStore {
         Ok(())
     }
 
+    /// Resizes `value` (and its replica, if any) to `len` bytes, accounting both.
+    fn resize(&self, user: &str, key: &str, value: &mut Vec<u8>, replica: Option<&Replica>, len: usize) -> Result<(), StateError> {
+        self.too_large(key, len)?;
+        let old = value.len();
+        let pages = |n| replica.map_or(0, |_| replica::capacity_for(n));
+        self.account(user, old + pages(old), len + pages(len))?;
+        if let Some(r) = replica
+            && let Err(e) = r.resize(len)
+        {
+            let _ = self.account(user, len + pages(len), old + pages(old));
+            return Err(StateError::replica(key, e));
+        }
+        value.resize(len, 0);
+        Ok(())
+    }
+
+    /// The global value (what the HTTP API returns).
     pub fn get(&self, user: &str, key: &str) -> Option<Vec<u8>> {
         let e = self.entry(user, key, false)?;
         let v = e.value.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -143,40 +194,48 @@ impl StateStore {
 
     /// Bytes of state `user` holds.
     pub fn used(&self, user: &str) -> usize {
-        lock(&self.usage).get(user).copied().unwrap_or(0)
+        lock(&self.usage).get(user).map_or(0, |u| u.bytes)
     }
 
+    fn replica_of(e: &Entry) -> Option<Arc<Replica>> {
+        lock(&e.replica).clone()
+    }
+
+    /// Sets the value (and this node's replica).
     pub fn set(&self, user: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        if value.len() > self.limits.max_value {
-            return Err(StateError::TooLarge { key: key.to_string(), size: value.len(), limit: self.limits.max_value });
-        }
+        self.too_large(key, value.len())?;
         let e = self.entry(user, key, true).expect("created");
         let mut v = e.value.write().unwrap_or_else(|e| e.into_inner());
-        self.resize_usage(user, key, v.len(), value.len())?;
-        *v = value.to_vec();
+        let replica = Self::replica_of(&e);
+        self.resize(user, key, &mut v, replica.as_deref(), value.len())?;
+        v.copy_from_slice(value);
+        if let Some(r) = replica {
+            r.write(0, value);
+        }
         Ok(())
     }
 
-    /// Writes `data` at `offset` of a value of `total` bytes (created zero-filled, or grown). The
-    /// limits are checked before anything is allocated.
+    /// Writes `data` at `offset` of a value of `total` bytes (created zero-filled, or grown), and
+    /// of this node's replica. The limits are checked before anything is allocated.
     pub fn write_at(&self, user: &str, key: &str, total: usize, offset: usize, data: &[u8]) -> Result<(), StateError> {
         if offset.checked_add(data.len()).is_none_or(|end| end > total) {
             return Err(StateError::Range { key: key.to_string(), offset, len: data.len(), total });
         }
-        if total > self.limits.max_value {
-            return Err(StateError::TooLarge { key: key.to_string(), size: total, limit: self.limits.max_value });
-        }
+        self.too_large(key, total)?;
         let e = self.entry(user, key, true).expect("created");
         let mut v = e.value.write().unwrap_or_else(|e| e.into_inner());
+        let replica = Self::replica_of(&e);
         if v.len() < total {
-            self.resize_usage(user, key, v.len(), total)?;
-            v.resize(total, 0);
+            self.resize(user, key, &mut v, replica.as_deref(), total)?;
         }
         v[offset..offset + data.len()].copy_from_slice(data);
+        if let Some(r) = replica {
+            r.write(offset, data);
+        }
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset`.
+    /// Reads `len` bytes at `offset` of the global value.
     pub fn read_at(&self, user: &str, key: &str, offset: usize, len: usize) -> Result<Vec<u8>, StateError> {
         let e = self.entry(user, key, false).ok_or_else(|| StateError::Missing { user: user.into(), key: key.into() })?;
         let v = e.value.read().unwrap_or_else(|e| e.into_inner());
@@ -186,10 +245,97 @@ impl StateStore {
         }
     }
 
+    /// Reads `len` bytes at `offset` (all from `offset` when `None`) as a call on this node sees
+    /// them: from the key's replica if it has one (writes through pointers, pushed or not), else
+    /// from the value. `Ok(None)`: no such key.
+    pub fn read_local(&self, user: &str, key: &str, offset: usize, len: Option<usize>) -> Result<Option<Vec<u8>>, StateError> {
+        let Some(e) = self.entry(user, key, false) else {
+            return match len {
+                Some(len) if offset > 0 || len > 0 => Err(StateError::Missing { user: user.into(), key: key.into() }),
+                _ => Ok(None),
+            };
+        };
+        let v = e.value.read().unwrap_or_else(|e| e.into_inner());
+        let total = v.len();
+        let len = len.unwrap_or(total.saturating_sub(offset));
+        if offset.checked_add(len).is_none_or(|end| end > total) {
+            return Err(StateError::Range { key: key.to_string(), offset, len, total });
+        }
+        Ok(Some(match Self::replica_of(&e) {
+            Some(r) => r.read(offset, len),
+            None => v[offset..offset + len].to_vec(),
+        }))
+    }
+
+    /// This node's replica of the key, made (from the value, created zero-filled or extended to
+    /// `total` bytes) if it has none: the pages calls map. Counted in the user's bytes.
+    pub fn replica(&self, user: &str, key: &str, total: usize) -> Result<Arc<Replica>, StateError> {
+        self.too_large(key, total)?;
+        let e = self.entry(user, key, true).expect("created");
+        let mut v = e.value.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&e.replica);
+        if v.len() < total {
+            self.resize(user, key, &mut v, slot.as_deref(), total)?;
+        }
+        if let Some(r) = &*slot {
+            return Ok(r.clone());
+        }
+        {
+            let mut usage = lock(&self.usage);
+            let u = usage.entry(user.to_string()).or_default();
+            if u.replicas >= self.limits.max_replicas_per_user {
+                return Err(StateError::TooManyReplicas { user: user.to_string(), limit: self.limits.max_replicas_per_user });
+            }
+            u.replicas += 1;
+        }
+        let made = self.account(user, 0, replica::capacity_for(v.len())).and_then(|()| {
+            Replica::new(&v, v.len()).map_err(|e| {
+                let _ = self.account(user, replica::capacity_for(v.len()), 0);
+                StateError::replica(key, e)
+            })
+        });
+        match made {
+            Ok(r) => {
+                let r = Arc::new(r);
+                *slot = Some(r.clone());
+                Ok(r)
+            }
+            Err(e) => {
+                lock(&self.usage).entry(user.to_string()).or_default().replicas -= 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the `ranges` (offset, length) of the key's replica to its value (Faasm's push; a
+    /// key without a replica has nothing to push). Ranges are clipped to the value.
+    pub fn push(&self, user: &str, key: &str, ranges: &[(usize, usize)]) -> Result<(), StateError> {
+        let Some(e) = self.entry(user, key, false) else { return Ok(()) };
+        let mut v = e.value.write().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = Self::replica_of(&e) else { return Ok(()) };
+        for &(offset, len) in ranges {
+            let bytes = r.read(offset, len);
+            let n = bytes.len().min(v.len().saturating_sub(offset));
+            v[offset..offset + n].copy_from_slice(&bytes[..n]);
+        }
+        Ok(())
+    }
+
+    /// Copies the key's value over its replica (Faasm's pull: writes not pushed are lost).
+    pub fn pull(&self, user: &str, key: &str) -> Result<(), StateError> {
+        let Some(e) = self.entry(user, key, false) else { return Ok(()) };
+        let v = e.value.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = Self::replica_of(&e) {
+            r.write(0, &v);
+        }
+        Ok(())
+    }
+
     /// Appends one element to the append-only value of `key` (counted in the user's bytes).
     pub fn append(&self, user: &str, key: &str, data: &[u8]) -> Result<(), StateError> {
+        self.too_large(key, data.len())?;
         let mut appended = lock(&self.appended);
-        self.resize_usage(user, key, 0, data.len())?;
+        self.account(user, 0, data.len())?;
         appended.entry((user.to_string(), key.to_string())).or_default().push(data.to_vec());
         Ok(())
     }
@@ -209,10 +355,7 @@ impl StateStore {
         let removed = lock(&self.appended).remove(&(user.to_string(), key.to_string()));
         let bytes: usize = removed.iter().flatten().map(Vec::len).sum();
         if bytes > 0 {
-            let mut usage = lock(&self.usage);
-            if let Some(used) = usage.get_mut(user) {
-                *used = used.saturating_sub(bytes);
-            }
+            let _ = self.account(user, bytes, 0);
         }
     }
 
@@ -327,7 +470,7 @@ mod tests {
 
     #[test]
     fn appended_elements_are_kept_in_order_apart_from_the_value_and_counted() {
-        let s = StateStore::new(StateLimits { max_value: 16, max_per_user: 24 });
+        let s = StateStore::new(StateLimits { max_value: 16, max_per_user: 24, ..Default::default() });
         s.set("a", "k", b"value").unwrap();
         for i in 0u32..4 {
             s.append("a", "k", &i.to_le_bytes()).unwrap();
@@ -360,8 +503,44 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_is_the_local_tier_pushed_and_pulled_by_range_and_counted() {
+        let page = ebb_memnode::PAGE_SIZE;
+        let s = StateStore::new(StateLimits { max_value: 4 * page, max_per_user: 6 * page, max_replicas_per_user: 2 });
+        s.set("u", "k", b"abcd").unwrap();
+        let r = s.replica("u", "k", 8).unwrap();
+        assert_eq!(s.get("u", "k").unwrap(), b"abcd\0\0\0\0", "extended to the size asked for");
+        assert_eq!(s.used("u"), 8 + page, "the replica's page is counted");
+        assert!(Arc::ptr_eq(&r, &s.replica("u", "k", 4).unwrap()), "one replica per key");
+        // A write through a mapping reaches the replica only: local reads see it, the global
+        // value does not until pushed, and only the pushed ranges go.
+        r.write(0, b"WXYZ");
+        assert_eq!(s.read_local("u", "k", 0, None).unwrap().unwrap(), b"WXYZ\0\0\0\0");
+        assert_eq!(s.get("u", "k").unwrap(), b"abcd\0\0\0\0");
+        s.push("u", "k", &[(1, 2), (6, 100)]).unwrap();
+        assert_eq!(s.get("u", "k").unwrap(), b"aXYd\0\0\0\0");
+        // Writes to the store reach the replica; a pull drops what was not pushed.
+        s.write_at("u", "k", 8, 7, b"!").unwrap();
+        assert_eq!(r.read(7, 1), b"!");
+        s.pull("u", "k").unwrap();
+        assert_eq!(r.read(0, 8), b"aXYd\0\0\0!");
+        // Growing the value grows (and counts) the replica; shrinking gives pages back.
+        s.set("u", "k", &vec![7; 2 * page + 1]).unwrap();
+        assert_eq!((r.len(), s.used("u")), (2 * page + 1, 2 * page + 1 + 3 * page));
+        assert!(matches!(s.set("u", "k", &vec![7; 4 * page]), Err(StateError::UserFull { .. })), "value and replica count");
+        assert_eq!(r.len(), 2 * page + 1, "a refused write changes nothing");
+        s.set("u", "k", b"x").unwrap();
+        assert_eq!((r.read(0, 10), s.used("u")), (b"x".to_vec(), 1 + page));
+        // Replicas per user are bounded; other users are not affected.
+        s.replica("u", "k2", 1).unwrap();
+        assert_eq!(s.replica("u", "k3", 1).unwrap_err(), StateError::TooManyReplicas { user: "u".into(), limit: 2 });
+        s.replica("v", "k3", 1).unwrap();
+        assert_eq!(s.read_local("u", "none", 0, None), Ok(None));
+        assert!(matches!(s.read_local("u", "k", 0, Some(2)), Err(StateError::Range { .. })));
+    }
+
+    #[test]
     fn limits_are_checked_before_allocating() {
-        let s = StateStore::new(StateLimits { max_value: 1 << 20, max_per_user: 3 << 20 });
+        let s = StateStore::new(StateLimits { max_value: 1 << 20, max_per_user: 3 << 20, ..Default::default() });
         // A 4 GiB value is refused without allocating it.
         let err = s.write_at("a", "huge", u32::MAX as usize, 0, b"x").unwrap_err();
         assert!(matches!(err, StateError::TooLarge { .. }), "{err}");

@@ -37,7 +37,7 @@ pub trait Services: Send + Sync {
     /// The users' state.
     fn state(&self) -> &StateStore;
     /// The directories a function of `user` (named `user/function`) sees; made when missing.
-    fn files(&self, user: &str, function: &str) -> anyhow::Result<Vec<super::Preopen>>;
+    fn files(&self, user: &str, function: &str) -> anyhow::Result<super::FunctionFiles>;
 }
 
 fn ctx(caller: &Caller<'_, Host>, call: &str) -> wasmtime::Result<CallContext> {
@@ -72,8 +72,11 @@ fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmt
     Ok(())
 }
 
+/// Bytes of a wasm page.
+const WASM_PAGE: usize = 65536;
+
 /// `len` bytes of fresh guest memory (16-byte aligned) for what the host hands the guest
-/// (chained calls' outputs, state views), in memory grown for the call: never the guest's own
+/// (chained calls' outputs), in memory grown for the call: never the guest's own
 /// heap, whose `malloc` a command module exports only wrapped in its constructors and
 /// destructors. A grown memory is not reused after the call, so nothing outlives it.
 fn guest_alloc(caller: &mut Caller<'_, Host>, len: usize) -> wasmtime::Result<usize> {
@@ -86,9 +89,9 @@ fn guest_alloc(caller: &mut Caller<'_, Host>, len: usize) -> wasmtime::Result<us
     let mem = memory(caller)?;
     let at = mem.data_size(&caller);
     // Room for this and the next few: one grow per call in the common case.
-    let pages = len.max(1 << 20).div_ceil(65536);
+    let pages = len.max(1 << 20).div_ceil(WASM_PAGE);
     mem.grow(&mut *caller, pages as u64).map_err(|e| format_err!("the guest's memory cannot grow by {len} bytes for the host: {e}"))?;
-    caller.data_mut().host_heap = (at + len, at + pages * 65536);
+    caller.data_mut().host_heap = (at + len, at + pages * WASM_PAGE);
     Ok(at)
 }
 

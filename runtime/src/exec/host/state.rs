@@ -1,26 +1,27 @@
 //! Faasm's state calls (`__faasm_*_state*`), over the platform's [`StateStore`].
 //!
-//! A value a call asks a pointer to (`__faasm_read_state_ptr`, `…_offset_ptr`) becomes a *view*:
-//! the value's bytes placed in the guest's memory (in a block of its own heap when it exports
-//! `malloc`, else in memory grown for it), the same pointer for the rest of the call. Within the
-//! call the view is the value: reads and writes of the key go through it. Other calls see its
-//! writes once pushed — whole (`push_state`), the flagged ranges (`push_state_partial`, after
-//! `flag_state_*dirty`) or the bytes a mask selects (`push_state_partial_mask`); `pull_state`
-//! refreshes it. Views end with the call (its memory is reset), so no call sees another's.
+//! A value a call asks a pointer to (`__faasm_read_state_ptr`, `…_offset_ptr`) is *mapped*: its
+//! replica's pages on this node (see `crate::state`) are mapped into memory grown for the call,
+//! at the same address for the rest of the call. The guest reads and writes the value's own
+//! pages, with no copy in or out, and every call of the user on this node that maps the key
+//! shares them (Faasm's local tier). Other nodes and the HTTP API see the writes once pushed —
+//! whole (`push_state`), the flagged ranges (`push_state_partial`, after `flag_state_*dirty`) or
+//! the bytes a mask selects (`push_state_partial_mask`); `pull_state` overwrites the replica with
+//! the global value. The mapping ends with the call (the executor undoes it before the reset, and
+//! the grown memory is not reused), so nothing else of a call reaches the next.
 //!
-//! The view is a copy of the value made when it is first mapped. (Mapping the value's own pages
-//! into linear memory is the next step: see docs/platform.md.)
+//! [`StateStore`]: crate::state::StateStore
 
 use std::collections::HashMap;
 
 use anyhow::anyhow;
 use wasmtime::{Caller, Linker, format_err};
 
-use super::{Timeout, bytes, cstr, ctx, guest_alloc, u32_arg, write_bytes};
+use super::{Timeout, WASM_PAGE, bytes, cstr, ctx, memory, u32_arg, write_bytes};
 use crate::exec::Host;
 use crate::state::StateError;
 
-/// One key's view in the guest's memory.
+/// One key's mapping in the guest's memory.
 #[derive(Debug, Clone)]
 pub struct View {
     addr: usize,
@@ -29,7 +30,7 @@ pub struct View {
     dirty: Vec<(usize, usize)>,
 }
 
-/// The views of the running call, by key.
+/// The mappings of the running call, by key.
 pub type Views = HashMap<String, View>;
 
 fn state_err(e: StateError) -> wasmtime::Error {
@@ -44,8 +45,8 @@ fn view(caller: &Caller<'_, Host>, key: &str) -> Option<View> {
     caller.data().views.get(key).cloned()
 }
 
-/// The key's view, made (the value created zero-filled, or extended, to `total` bytes) if the
-/// call has none yet.
+/// The key's mapping, made (the value created zero-filled, or extended, to `total` bytes) if
+/// the call has none yet: memory is grown by the replica's pages, which are mapped there.
 fn map(caller: &mut Caller<'_, Host>, key: &str, total: usize) -> wasmtime::Result<View> {
     if let Some(v) = view(caller, key) {
         if total > v.len {
@@ -54,58 +55,25 @@ fn map(caller: &mut Caller<'_, Host>, key: &str, total: usize) -> wasmtime::Resu
         return Ok(v);
     }
     let c = ctx(caller, "mapping state")?;
-    let store = c.services.state();
-    let mut value = store.get(&c.user, key).unwrap_or_default();
-    if value.len() < total {
-        store.write_at(&c.user, key, total, 0, &[]).map_err(state_err)?;
-        value.resize(total, 0);
-    }
-    let addr = guest_alloc(caller, value.len().max(1))?;
-    write_bytes(caller, addr, &value)?;
-    let v = View { addr, len: value.len(), dirty: Vec::new() };
+    let handle = caller.data().memory.clone().ok_or_else(|| format_err!("state pointers need the function to export its memory"))?;
+    let replica = c.services.state().replica(&c.user, key, total).map_err(state_err)?;
+    // The file only grows, so mapping the capacity seen now is always within it.
+    let (len, bytes) = (replica.len(), replica.capacity());
+    let mem = memory(caller)?;
+    let at = mem.data_size(&caller);
+    mem.grow(&mut *caller, bytes.div_ceil(WASM_PAGE) as u64)
+        .map_err(|e| format_err!("the guest's memory cannot grow by {bytes} bytes to map state key {key}: {e}"))?;
+    handle.map_shared(at, bytes, replica.fd()).map_err(|e| format_err!("cannot map state key {key}: {}", crate::pager::error_chain(&e)))?;
+    let v = View { addr: at, len, dirty: Vec::new() };
     caller.data_mut().views.insert(key.to_string(), v.clone());
     Ok(v)
 }
 
-/// Writes `data` at `offset` of the key's view, if the call has one (clipped to the view).
-fn update_view(caller: &mut Caller<'_, Host>, key: &str, offset: usize, data: &[u8]) -> wasmtime::Result<()> {
-    let Some(v) = view(caller, key) else { return Ok(()) };
-    if offset >= v.len {
-        return Ok(());
-    }
-    let n = data.len().min(v.len - offset);
-    write_bytes(caller, v.addr + offset, &data[..n])
-}
-
-/// Bytes `offset..offset+len` of the key: from its view when the call has one, else the store.
-fn read_value(caller: &mut Caller<'_, Host>, key: &str, offset: usize, len: Option<usize>) -> wasmtime::Result<Option<Vec<u8>>> {
-    if let Some(v) = view(caller, key) {
-        let len = len.unwrap_or(v.len.saturating_sub(offset));
-        if offset.checked_add(len).is_none_or(|end| end > v.len) {
-            return Err(state_err(StateError::Range { key: key.to_string(), offset, len, total: v.len }));
-        }
-        return bytes_at(caller, v.addr + offset, len).map(Some);
-    }
+/// Bytes `offset..offset+len` (to the end when `None`) of the key as this call sees it (with
+/// writes through pointers on this node); `None` when there is no such key.
+fn read_value(caller: &Caller<'_, Host>, key: &str, offset: usize, len: Option<usize>) -> wasmtime::Result<Option<Vec<u8>>> {
     let c = ctx(caller, "reading state")?;
-    match len {
-        None => Ok(c.services.state().get(&c.user, key)),
-        Some(len) => c.services.state().read_at(&c.user, key, offset, len).map(Some).map_err(state_err),
-    }
-}
-
-fn bytes_at(caller: &mut Caller<'_, Host>, addr: usize, len: usize) -> wasmtime::Result<Vec<u8>> {
-    let (addr, len) = (i32::try_from(addr)?, i32::try_from(len)?);
-    bytes(caller, addr, len)
-}
-
-/// Writes the view's ranges to the store (one write per range).
-fn push_ranges(caller: &mut Caller<'_, Host>, key: &str, v: &View, ranges: &[(usize, usize)]) -> wasmtime::Result<()> {
-    let c = ctx(caller, "pushing state")?;
-    for &(offset, len) in ranges {
-        let data = bytes_at(caller, v.addr + offset, len)?;
-        c.services.state().write_at(&c.user, key, v.len, offset, &data).map_err(state_err)?;
-    }
-    Ok(())
+    c.services.state().read_local(&c.user, key, offset, len).map_err(state_err)
 }
 
 /// Sorted, merged ranges.
@@ -145,7 +113,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     linker
         .func_wrap("env", "__faasm_read_state", |mut caller: Caller<'_, Host>, key: i32, buf: i32, len: i32| -> wasmtime::Result<i32> {
             let key = cstr(&mut caller, key)?;
-            let value = read_value(&mut caller, &key, 0, None)?.unwrap_or_default();
+            let value = read_value(&caller, &key, 0, None)?.unwrap_or_default();
             let n = u32_arg(len).min(value.len());
             write_bytes(&mut caller, u32_arg(buf), &value[..n])?;
             i32::try_from(value.len()).map_err(|_| format_err!("state value larger than 2 GiB"))
@@ -156,8 +124,8 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             let c = ctx(&caller, "__faasm_write_state")?;
             let key = cstr(&mut caller, key)?;
             let data = bytes(&mut caller, data, len)?;
-            c.services.state().set(&c.user, &key, &data).map_err(state_err)?;
-            update_view(&mut caller, &key, 0, &data)
+            // Written through to this node's replica, so a mapping sees it.
+            c.services.state().set(&c.user, &key, &data).map_err(state_err)
         })
         .map_err(err)?;
     linker
@@ -166,7 +134,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             "__faasm_read_state_offset",
             |mut caller: Caller<'_, Host>, key: i32, _total: i32, offset: i32, buf: i32, len: i32| -> wasmtime::Result<()> {
                 let key = cstr(&mut caller, key)?;
-                let value = read_value(&mut caller, &key, u32_arg(offset), Some(u32_arg(len)))?.unwrap_or_default();
+                let value = read_value(&caller, &key, u32_arg(offset), Some(u32_arg(len)))?.unwrap_or_default();
                 write_bytes(&mut caller, u32_arg(buf), &value)
             },
         )
@@ -179,8 +147,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
                 let c = ctx(&caller, "__faasm_write_state_offset")?;
                 let key = cstr(&mut caller, key)?;
                 let data = bytes(&mut caller, data, len)?;
-                c.services.state().write_at(&c.user, &key, u32_arg(total), u32_arg(offset), &data).map_err(state_err)?;
-                update_view(&mut caller, &key, u32_arg(offset), &data)
+                c.services.state().write_at(&c.user, &key, u32_arg(total), u32_arg(offset), &data).map_err(state_err)
             },
         )
         .map_err(err)?;
@@ -241,45 +208,39 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
         .map_err(err)?;
     linker
         .func_wrap("env", "__faasm_push_state", |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
+            let c = ctx(&caller, "__faasm_push_state")?;
             let key = cstr(&mut caller, key)?;
-            match view(&caller, &key) {
-                Some(v) => push_ranges(&mut caller, &key, &v, &[(0, v.len)]),
-                // Without a view the value is the store's already.
-                None => ctx(&caller, "__faasm_push_state").map(drop),
-            }
+            c.services.state().push(&c.user, &key, &[(0, usize::MAX)]).map_err(state_err)
         })
         .map_err(err)?;
     linker
         .func_wrap("env", "__faasm_push_state_partial", |mut caller: Caller<'_, Host>, key: i32| -> wasmtime::Result<()> {
+            let c = ctx(&caller, "__faasm_push_state_partial")?;
             let key = cstr(&mut caller, key)?;
-            let Some(v) = caller.data_mut().views.get_mut(&key) else { return ctx(&caller, "__faasm_push_state_partial").map(drop) };
+            let Some(v) = caller.data_mut().views.get_mut(&key) else { return Ok(()) };
             // The flagged ranges go once: a failed push ends the call (a trap) anyway.
             let dirty = merge(std::mem::take(&mut v.dirty));
-            let v = v.clone();
-            push_ranges(&mut caller, &key, &v, &dirty)
+            c.services.state().push(&c.user, &key, &dirty).map_err(state_err)
         })
         .map_err(err)?;
     // void __faasm_push_state_partial_mask(const char *key, const char *maskKey): sends the bytes
     // of the view whose byte in the mask key's value is non-zero.
     linker
         .func_wrap("env", "__faasm_push_state_partial_mask", |mut caller: Caller<'_, Host>, key: i32, mask: i32| -> wasmtime::Result<()> {
+            let c = ctx(&caller, "__faasm_push_state_partial_mask")?;
             let key = cstr(&mut caller, key)?;
             let mask = cstr(&mut caller, mask)?;
-            let Some(v) = view(&caller, &key) else { return ctx(&caller, "__faasm_push_state_partial_mask").map(drop) };
-            let mask = read_value(&mut caller, &mask, 0, None)?.unwrap_or_default();
-            push_ranges(&mut caller, &key, &v, &mask_runs(&mask, v.len))
+            let mask = read_value(&caller, &mask, 0, None)?.unwrap_or_default();
+            c.services.state().push(&c.user, &key, &mask_runs(&mask, mask.len())).map_err(state_err)
         })
         .map_err(err)?;
-    // void __faasm_pull_state(const char *key, long stateLen): refreshes the view from the store.
+    // void __faasm_pull_state(const char *key, long stateLen): the global value over this
+    // node's replica (writes not pushed are lost).
     linker
         .func_wrap("env", "__faasm_pull_state", |mut caller: Caller<'_, Host>, key: i32, _len: i32| -> wasmtime::Result<()> {
             let c = ctx(&caller, "__faasm_pull_state")?;
             let key = cstr(&mut caller, key)?;
-            if view(&caller, &key).is_some() {
-                let value = c.services.state().get(&c.user, &key).unwrap_or_default();
-                update_view(&mut caller, &key, 0, &value)?;
-            }
-            Ok(())
+            c.services.state().pull(&c.user, &key).map_err(state_err)
         })
         .map_err(err)?;
     linker
@@ -321,7 +282,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             let c = ctx(&caller, "__faasm_write_state_from_file")?;
             let key = cstr(&mut caller, key)?;
             let path = cstr(&mut caller, path)?;
-            let file = crate::exec::host_path(&caller.data().wasi_spec.dirs, &path)
+            let file = crate::exec::host_path(&caller.data().wasi_spec.files.dirs, &path)
                 .ok_or_else(|| format_err!("__faasm_write_state_from_file: no file {path} in the function's filesystem"))?;
             let limit = c.services.state().limits().max_value;
             let size = std::fs::metadata(&file).map_err(|e| format_err!("cannot read {path}: {e}"))?.len();
@@ -330,7 +291,6 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             }
             let data = std::fs::read(&file).map_err(|e| format_err!("cannot read {path}: {e}"))?;
             c.services.state().set(&c.user, &key, &data).map_err(state_err)?;
-            update_view(&mut caller, &key, 0, &data)?;
             Ok(i32::try_from(data.len())?)
         })
         .map_err(err)?;

@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     // A 64 MiB state value, one byte per page read: mapped by pointer vs copied into the heap.
     let statescan = std::fs::read(function_wasm("demo", "statescan")).expect("statescan.wasm");
     platform.upload("bench", "statescan", &statescan).expect("upload statescan");
-    let big: Vec<u8> = (0..64usize << 20).map(|i| (i / 4096) as u8).collect();
+    let big: Vec<u8> = (0..64usize << 20).map(|i| (i / 4096).to_le_bytes()[0]).collect();
     let want = (0..(64usize << 20) / 4096).map(|p| p % 256).sum::<usize>().to_string();
     platform.state().set("bench", "big", &big).expect("state");
     for (id, input) in [("state_64m_pointer", "ptr"), ("state_64m_copy", "copy")] {

@@ -267,6 +267,19 @@ impl StateStore {
         }))
     }
 
+    /// The first `max` bytes of the key as a call on this node sees them (see
+    /// [`StateStore::read_local`]) and the value's full size; `None` when there is no such key.
+    pub fn read_local_prefix(&self, user: &str, key: &str, max: usize) -> Option<(Vec<u8>, usize)> {
+        let e = self.entry(user, key, false)?;
+        let v = e.value.read().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(v.len());
+        let bytes = match Self::replica_of(&e) {
+            Some(r) => r.read(0, n),
+            None => v[..n].to_vec(),
+        };
+        Some((bytes, v.len()))
+    }
+
     /// This node's replica of the key, made (from the value, created zero-filled or extended to
     /// `total` bytes) if it has none: the pages calls map. Counted in the user's bytes.
     pub fn replica(&self, user: &str, key: &str, total: usize) -> Result<Arc<Replica>, StateError> {

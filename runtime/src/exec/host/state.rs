@@ -112,11 +112,12 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     // bytes of the value and returns its full size (len 0 only asks the size).
     linker
         .func_wrap("env", "__faasm_read_state", |mut caller: Caller<'_, Host>, key: i32, buf: i32, len: i32| -> wasmtime::Result<i32> {
+            let c = ctx(&caller, "__faasm_read_state")?;
             let key = cstr(&mut caller, key)?;
-            let value = read_value(&caller, &key, 0, None)?.unwrap_or_default();
-            let n = u32_arg(len).min(value.len());
-            write_bytes(&mut caller, u32_arg(buf), &value[..n])?;
-            i32::try_from(value.len()).map_err(|_| format_err!("state value larger than 2 GiB"))
+            // Only what fits is read (a size query copies nothing).
+            let (value, size) = c.services.state().read_local_prefix(&c.user, &key, u32_arg(len)).unwrap_or_default();
+            write_bytes(&mut caller, u32_arg(buf), &value)?;
+            i32::try_from(size).map_err(|_| format_err!("state value larger than 2 GiB"))
         })
         .map_err(err)?;
     linker

@@ -3,8 +3,8 @@
 //! changes `argv` or leaves files open (see `Instance::call`).
 //!
 //! The disk bound ([`FileQuota`]) wraps the preview1 calls that take disk: each wrapper takes
-//! its room, then calls wasmtime-wasi's own implementation, which every store gets from a linker
-//! holding WASI alone ([`WasiOriginals`]).
+//! its room, then calls wasmtime-wasi's own implementation through a small wasm module each
+//! store instantiates beside the guest ([`WasiOriginals`]).
 
 use std::sync::Arc;
 

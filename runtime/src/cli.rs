@@ -149,6 +149,15 @@ struct LimitArgs {
     /// Most files, directories and links one user's functions may keep in their directories.
     #[arg(long, default_value_t = 10_000)]
     max_file_entries_per_user: u64,
+    /// Be a storage node: keep objects (`PUT|GET|DELETE /o/USER/KEY`) under DATA_DIR/objects.
+    #[arg(long)]
+    storage: bool,
+    /// Largest object a storage node keeps, e.g. 1G.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    max_object: u64,
+    /// Most bytes of objects one user may keep on a storage node, e.g. 16G.
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
+    max_objects_per_user: u64,
     /// Largest module an upload may send, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_module: u64,
@@ -192,6 +201,9 @@ impl LimitArgs {
             max_bytes_per_user: self.max_files_per_user,
             max_entries_per_user: self.max_file_entries_per_user,
         };
+        config.objects = self
+            .storage
+            .then_some(crate::ndp::ObjectLimits { max_object: self.max_object, max_per_user: self.max_objects_per_user });
         config.compile.max_module = size(self.max_module);
         config.compile.cpu = self.compile_cpu;
         // Wall time is a backstop for a compile that waits rather than computes; on a loaded machine

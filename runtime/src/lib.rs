@@ -15,6 +15,7 @@
 pub mod api;
 pub mod cli;
 pub mod exec;
+pub mod ndp;
 pub mod pager;
 pub mod platform;
 pub mod policy;

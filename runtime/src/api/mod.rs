@@ -7,6 +7,7 @@
 //!   POST /f/{user}/{function}          raw body is the input, sync  → output (200 rc 0, else 500)
 //!   POST /f/{user}/{function}/offload  evict idle instances         → bytes moved
 //!   PUT|GET /s/{user}/{key}            state
+//!   PUT|GET|DELETE /o/{user}/{key}     objects, on a storage node (streamed both ways)
 //!   GET  /metrics  /ping
 //! ```
 //! Who asks is checked (bearer token, and the path's user) by a layer that runs before any body
@@ -18,6 +19,7 @@
 //! oversize request (4xx).
 
 pub mod client;
+mod objects;
 
 use std::sync::Arc;
 
@@ -102,7 +104,7 @@ impl Caller {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
 }
 
@@ -124,7 +126,7 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, &'static str>
 fn path_owner(path: &str) -> Option<&str> {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next()) {
-        (Some("f" | "s"), Some(user)) if !user.is_empty() => Some(user),
+        (Some("f" | "s" | "o"), Some(user)) if !user.is_empty() => Some(user),
         _ => None,
     }
 }
@@ -337,12 +339,15 @@ pub fn router(state: ApiState) -> Router {
     let max_message = config.max_input.saturating_mul(6).saturating_add(SMALL_BODY);
     let max_module = config.compile.max_module.saturating_add(1);
     let max_state = config.state.max_value.saturating_add(1);
+    // An object's own limit is the store's, counted as it streams in; this only bounds the body.
+    let max_object = config.objects.map_or(SMALL_BODY, |l| usize::try_from(l.max_object).unwrap_or(usize::MAX).saturating_add(1));
     let limit = DefaultBodyLimit::max;
     let api = Router::new()
         .route("/f/", post(message.layer(limit(max_message))))
         .route("/f/{user}/{function}", axum::routing::put(upload.layer(limit(max_module))).post(invoke_raw.layer(limit(max_input))))
         .route("/f/{user}/{function}/offload", post(offload.layer(limit(SMALL_BODY))))
         .route("/s/{user}/{key}", get(get_state).put(set_state.layer(limit(max_state))))
+        .route("/o/{user}/{key}", get(objects::get).put(objects::put.layer(limit(max_object))).delete(objects::delete))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))

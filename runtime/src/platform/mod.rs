@@ -37,6 +37,7 @@ use crate::exec::{AwaitError, CallContext, CallOutcome, Entry, Executor, LostMem
 use crate::pager::{PageState, Pager, PagerError};
 use crate::policy::{Phase, PolicyFile, Segment, Segments};
 use crate::registry::{CompileLimits, Compiler, FunctionKey, Registry, UploadError};
+use crate::ndp::{ObjectLimits, ObjectStore};
 use crate::state::{StateLimits, StateStore};
 use calls::{CallRecords, WaitError};
 use functions::{Idle, Pooled};
@@ -68,6 +69,9 @@ pub struct PlatformConfig {
     pub state: StateLimits,
     /// Disk one user's functions may take in their directories.
     pub files: FileLimits,
+    /// A storage node keeps objects (`/o/USER/KEY`) under `DATA_DIR/objects`, within these
+    /// limits; None for a compute-only runtime. Default None.
+    pub objects: Option<ObjectLimits>,
     /// What an upload may cost to compile.
     pub compile: CompileLimits,
     /// The `runtime` binary, to compile uploads in bounded child processes. None compiles in this
@@ -88,6 +92,7 @@ impl Default for PlatformConfig {
             records: RecordLimits::default(),
             state: StateLimits::default(),
             files: FileLimits::default(),
+            objects: None,
             compile: CompileLimits::default(),
             compiler_exe: None,
         }
@@ -161,6 +166,7 @@ pub struct Platform {
     compiler: Compiler,
     state: StateStore,
     files: files::Files,
+    objects: Option<ObjectStore>,
     config: PlatformConfig,
     calls: CallRecords,
     pool: CallPool,
@@ -194,12 +200,22 @@ impl Platform {
         };
         let registry = Registry::open(&config.data_dir, &exec, &compiler)?;
         let pool = CallPool::start(config.pool)?;
+        let objects = match config.objects {
+            Some(limits) => {
+                let dir = config.data_dir.join("objects");
+                let store = ObjectStore::open(dir.clone(), limits)
+                    .map_err(|e| anyhow::anyhow!("cannot open the object store under {}: {e}", dir.display()))?;
+                Some(store)
+            }
+            None => None,
+        };
         let platform = Arc::new_cyclic(|me| Platform {
             exec,
             registry,
             compiler,
             state: StateStore::new(config.state),
             files: files::Files::new(config.data_dir.clone(), config.files),
+            objects,
             calls: CallRecords::new(config.records),
             pool,
             pools: RwLock::new(HashMap::new()),
@@ -235,6 +251,11 @@ impl Platform {
 
     pub fn config(&self) -> &PlatformConfig {
         &self.config
+    }
+
+    /// This node's objects, if it is a storage node (`--storage`).
+    pub fn objects(&self) -> Option<&ObjectStore> {
+        self.objects.as_ref()
     }
 
     pub fn state(&self) -> &StateStore {

@@ -1,0 +1,138 @@
+//! Objects on a storage node (`runtime serve --storage`), through the HTTP API of a real runtime
+//! process: streamed round trips, limits, tenants, and puts that survive — or die cleanly with —
+//! a SIGKILL of the runtime.
+
+use std::io::Write;
+use std::time::Duration;
+
+use ebb::{Runtime, TempDir};
+use ebb_runtime::api::client::request;
+use sha2::{Digest, Sha256};
+
+fn obj(rt: &Runtime, method: &str, user: &str, key: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    request(method, &format!("{}/o/{user}/{key}", rt.url), token, body, Some(Duration::from_secs(60))).unwrap()
+}
+
+/// A put that announces `len` bytes and sends none of them: the reply to its headers alone.
+fn put_announcing(rt: &Runtime, user: &str, key: &str, len: usize) -> (u16, String) {
+    use std::io::Read;
+    let addr = rt.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(conn, "PUT /o/{user}/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = conn.read_to_string(&mut reply);
+    let status = reply.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, reply)
+}
+
+/// `len` bytes that differ in every 4 KiB (so a misplaced chunk shows).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i / 4096).to_le_bytes()[0] ^ i.to_le_bytes()[0].wrapping_mul(31) ^ seed).collect()
+}
+
+#[test]
+fn objects_round_trip_streamed_and_are_bounded_per_object_and_user() {
+    let data = TempDir::new("objects");
+    let rt = Runtime::start(&data.0, &["--storage", "--max-object", "16M", "--max-objects-per-user", "24M"]).unwrap();
+    let big = pattern(8 << 20, 1);
+    assert_eq!(obj(&rt, "PUT", "alice", "big.bin", None, &big), (200, format!("{}\n", big.len()).into_bytes()));
+    let (status, got) = obj(&rt, "GET", "alice", "big.bin", None, b"");
+    assert_eq!(status, 200);
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&big), "the object comes back byte for byte");
+    // Replacing is whole; another user has its own namespace.
+    let small = pattern(1000, 2);
+    assert_eq!(obj(&rt, "PUT", "alice", "big.bin", None, &small).0, 200);
+    assert_eq!(obj(&rt, "GET", "alice", "big.bin", None, b""), (200, small.clone()));
+    assert_eq!(obj(&rt, "GET", "bob", "big.bin", None, b"").0, 404);
+    // Over the object limit: refused on its headers, before a byte is stored; the old object
+    // untouched.
+    let (status, reply) = put_announcing(&rt, "alice", "big.bin", 17 << 20);
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(obj(&rt, "GET", "alice", "big.bin", None, b""), (200, small.clone()));
+    // A chunked body that says no size is cut at the limit as it streams in: nothing is kept.
+    {
+        let addr = rt.url.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        write!(conn, "PUT /o/alice/chunked HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let chunk = pattern(1 << 20, 8);
+        for _ in 0..17 {
+            if write!(conn, "{:x}\r\n", chunk.len()).and_then(|()| conn.write_all(&chunk)).and_then(|()| conn.write_all(b"\r\n")).is_err() {
+                break; // the server answered and closed
+            }
+        }
+        let _ = conn.write_all(b"0\r\n\r\n");
+        let mut reply = String::new();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut reply);
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    }
+    assert_eq!(obj(&rt, "GET", "alice", "chunked", None, b"").0, 404);
+    // Over the user's room: refused; other users are not affected; deleting gives room back.
+    assert_eq!(obj(&rt, "PUT", "alice", "a", None, &pattern(12 << 20, 4)).0, 200);
+    let (status, reply) = put_announcing(&rt, "alice", "b", 12 << 20);
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply.contains("delete objects first"), "{reply}");
+    assert_eq!(obj(&rt, "GET", "alice", "b", None, b"").0, 404, "nothing of a refused put is kept");
+    assert_eq!(obj(&rt, "PUT", "bob", "b", None, &pattern(12 << 20, 5)).0, 200);
+    assert_eq!(obj(&rt, "DELETE", "alice", "a", None, b"").0, 200);
+    assert_eq!(obj(&rt, "DELETE", "alice", "a", None, b"").0, 404);
+    assert_eq!(obj(&rt, "PUT", "alice", "b", None, &pattern(12 << 20, 5)).0, 200);
+    // Keys are names, not paths.
+    assert_eq!(obj(&rt, "GET", "alice", "..", None, b"").0, 404);
+    assert_eq!(obj(&rt, "PUT", "alice", "%2E%2E%2Fx", None, b"x").0, 400, "a key with '/'");
+    assert_eq!(obj(&rt, "PUT", "alice", &"k".repeat(81), None, b"x").0, 400);
+    let keys: Vec<String> = std::fs::read_dir(data.0.join("objects/alice")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(keys.iter().all(|k| !k.starts_with('.')), "no temporary or hidden file left: {keys:?}");
+}
+
+#[test]
+fn a_runtime_that_is_not_a_storage_node_says_where_objects_live() {
+    let data = TempDir::new("objects-none");
+    let rt = Runtime::start(&data.0, &[]).unwrap();
+    let (status, body) = obj(&rt, "PUT", "alice", "k", None, b"x");
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("--storage"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn a_tenant_reaches_only_its_own_objects() {
+    let data = TempDir::new("objects-tenants");
+    let tokens = data.0.join("tokens.txt");
+    std::fs::write(&tokens, "alice alice-t\nbob bob-t\n").unwrap();
+    let rt = Runtime::start(&data.0, &["--storage", "--tokens", tokens.to_str().unwrap()]).unwrap();
+    assert_eq!(obj(&rt, "PUT", "alice", "k", Some("alice-t"), b"mine").0, 200);
+    for method in ["GET", "PUT", "DELETE"] {
+        assert_eq!(obj(&rt, method, "alice", "k", Some("bob-t"), b"theirs").0, 403, "{method} by another tenant");
+        assert_eq!(obj(&rt, method, "alice", "k", None, b"theirs").0, 401, "{method} without a token");
+    }
+    assert_eq!(obj(&rt, "GET", "alice", "k", Some("alice-t"), b""), (200, b"mine".to_vec()));
+}
+
+#[test]
+fn an_acknowledged_put_survives_a_kill_and_a_killed_put_leaves_the_old_object() {
+    let data = TempDir::new("objects-kill");
+    let mut rt = Runtime::start(&data.0, &["--storage"]).unwrap();
+    let old = pattern(3 << 20, 6);
+    assert_eq!(obj(&rt, "PUT", "alice", "k", None, &old).0, 200);
+    // A second put of the same key is half sent when the runtime is killed.
+    let addr = rt.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(conn, "PUT /o/alice/k HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", 4 << 20).unwrap();
+    conn.write_all(&pattern(2 << 20, 7)).unwrap();
+    conn.flush().unwrap();
+    // The half put has reached the disk: its temporary file is growing.
+    let dir = data.0.join("objects/alice");
+    assert!(
+        ebb::wait_until(Duration::from_secs(20), || std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".put-"))),
+        "the put never started"
+    );
+    rt.kill();
+    drop(conn);
+    let rt = Runtime::start(&data.0, &["--storage"]).unwrap();
+    let (status, got) = obj(&rt, "GET", "alice", "k", None, b"");
+    assert_eq!(status, 200);
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&old), "the acknowledged object, whole, not a mix");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "the dead put's file was removed at start: {left:?}");
+}

@@ -136,3 +136,49 @@ fn an_acknowledged_put_survives_a_kill_and_a_killed_put_leaves_the_old_object() 
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left.len(), 1, "the dead put's file was removed at start: {left:?}");
 }
+
+#[test]
+fn any_runtime_reaches_the_storage_node_that_holds_an_object() {
+    let (d1, d2, dc) = (TempDir::new("objects-node1"), TempDir::new("objects-node2"), TempDir::new("objects-compute"));
+    let tokens = dc.0.join("tokens.txt");
+    std::fs::write(&tokens, "alice alice-t\nbob bob-t\n").unwrap();
+    let t = tokens.to_str().unwrap();
+    let s1 = Runtime::start(&d1.0, &["--storage", "--tokens", t]).unwrap();
+    let mut s2 = Runtime::start(&d2.0, &["--storage", "--tokens", t]).unwrap();
+    let nodes = vec![s1.url.clone(), s2.url.clone()];
+    let compute = Runtime::start(&dc.0, &["--storage-nodes", &nodes.join(","), "--tokens", t]).unwrap();
+    let dirs = [&d1, &d2];
+    let keys: Vec<String> = (0..16).map(|k| format!("part-{k}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let body = pattern(100_000 + i, i.to_le_bytes()[0]);
+        assert_eq!(obj(&compute, "PUT", "alice", k, Some("alice-t"), &body).0, 200, "{k}");
+        // Stored on the node the placement rule names, and only there.
+        let home = ebb_runtime::ndp::node_for(&nodes, "alice", k).unwrap();
+        for (n, d) in dirs.iter().enumerate() {
+            assert_eq!(d.0.join("objects/alice").join(k).exists(), n == home, "{k} on node {n}");
+        }
+        assert_eq!(obj(&compute, "GET", "alice", k, Some("alice-t"), b""), (200, body), "{k} through the compute runtime");
+    }
+    // Streamed through: 24 MiB in both directions.
+    let big = pattern(24 << 20, 9);
+    assert_eq!(obj(&compute, "PUT", "alice", "big", Some("alice-t"), &big).0, 200);
+    let (status, got) = obj(&compute, "GET", "alice", "big", Some("alice-t"), b"");
+    assert_eq!((status, Sha256::digest(&got)), (200, Sha256::digest(&big)));
+    let homes: Vec<usize> = keys.iter().map(|k| ebb_runtime::ndp::node_for(&nodes, "alice", k).unwrap()).collect();
+    assert!(homes.contains(&0) && homes.contains(&1), "both nodes hold objects: {homes:?}");
+    // The caller's token travels with the request; another tenant is refused where it asks.
+    assert_eq!(obj(&compute, "GET", "alice", &keys[0], Some("bob-t"), b"").0, 403);
+    assert_eq!(obj(&compute, "GET", "alice", &keys[0], None, b"").0, 401);
+    let k0 = &keys[0];
+    assert_eq!(obj(&compute, "DELETE", "alice", k0, Some("alice-t"), b"").0, 200);
+    assert_eq!(obj(&compute, "GET", "alice", k0, Some("alice-t"), b"").0, 404);
+    // A storage node that is down fails its objects' requests with a clear error; the other
+    // node's objects are still served.
+    s2.kill();
+    let on2 = keys.iter().zip(&homes).find(|(_, h)| **h == 1).unwrap().0;
+    let on1 = keys.iter().zip(&homes).skip(1).find(|(_, h)| **h == 0).unwrap().0;
+    let (status, body) = obj(&compute, "GET", "alice", on2, Some("alice-t"), b"");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains(&nodes[1]), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(obj(&compute, "GET", "alice", on1, Some("alice-t"), b"").0, 200);
+}

@@ -158,6 +158,13 @@ struct LimitArgs {
     /// Most bytes of objects one user may keep on a storage node, e.g. 16G.
     #[arg(long, default_value = "16G", value_parser = parse_size)]
     max_objects_per_user: u64,
+    /// The storage nodes' URLs, comma-separated, the same list on every runtime: object requests
+    /// go to the node that holds the object (docs/platform.md, "Objects").
+    #[arg(long, value_delimiter = ',')]
+    storage_nodes: Vec<String>,
+    /// This storage node's URL as --storage-nodes lists it.
+    #[arg(long)]
+    advertise: Option<String>,
     /// Largest module an upload may send, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_module: u64,
@@ -204,6 +211,16 @@ impl LimitArgs {
         config.objects = self
             .storage
             .then_some(crate::ndp::ObjectLimits { max_object: self.max_object, max_per_user: self.max_objects_per_user });
+        if let Some(me) = &self.advertise
+            && !self.storage_nodes.contains(me)
+        {
+            anyhow::bail!("--advertise {me} is not one of --storage-nodes: list this node's URL exactly as the other runtimes do");
+        }
+        if self.advertise.is_some() && !self.storage {
+            anyhow::bail!("--advertise names a storage node's own URL: add --storage");
+        }
+        config.storage_nodes = self.storage_nodes.clone();
+        config.advertise = self.advertise.clone();
         config.compile.max_module = size(self.max_module);
         config.compile.cpu = self.compile_cpu;
         // Wall time is a backstop for a compile that waits rather than computes; on a loaded machine

@@ -72,6 +72,12 @@ pub struct PlatformConfig {
     /// A storage node keeps objects (`/o/USER/KEY`) under `DATA_DIR/objects`, within these
     /// limits; None for a compute-only runtime. Default None.
     pub objects: Option<ObjectLimits>,
+    /// The storage nodes' URLs, the same list on every runtime (see [`crate::ndp::placement`]):
+    /// object requests are forwarded to the node that holds the object. Empty: objects are this
+    /// runtime's own (if it is a storage node). Default empty.
+    pub storage_nodes: Vec<String>,
+    /// This runtime's URL as `storage_nodes` lists it, on a storage node that is in the list.
+    pub advertise: Option<String>,
     /// What an upload may cost to compile.
     pub compile: CompileLimits,
     /// The `runtime` binary, to compile uploads in bounded child processes. None compiles in this
@@ -93,6 +99,8 @@ impl Default for PlatformConfig {
             state: StateLimits::default(),
             files: FileLimits::default(),
             objects: None,
+            storage_nodes: Vec::new(),
+            advertise: None,
             compile: CompileLimits::default(),
             compiler_exe: None,
         }

@@ -182,3 +182,32 @@ fn any_runtime_reaches_the_storage_node_that_holds_an_object() {
     assert!(String::from_utf8_lossy(&body).contains(&nodes[1]), "{}", String::from_utf8_lossy(&body));
     assert_eq!(obj(&compute, "GET", "alice", on1, Some("alice-t"), b"").0, 200);
 }
+
+#[test]
+fn an_ndp_function_reads_its_object_in_place_with_the_same_result_forbidden_or_not() {
+    let data = TempDir::new("objects-ndp");
+    let rt = Runtime::start(&data.0, &["--storage"]).unwrap();
+    let words = ["memory", "page", "fault", "node", "remote", "warm", "cold", "call"];
+    let text: String = (0..40_000usize).map(|i| format!("{}{}", words[(i * 7 + i / 13) % words.len()], if i % 11 == 0 { "\n" } else { " " })).collect();
+    assert_eq!(obj(&rt, "PUT", "alice", "corpus.txt", None, text.as_bytes()).0, 200);
+    let wasm = std::fs::read(ebb::function_wasm("ndp", "wordcount")).unwrap();
+    assert_eq!(ebb::http::upload_wasm(&rt.url, "alice", "wordcount", &wasm, None).status, 200);
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    for w in text.split_ascii_whitespace() {
+        *counts.entry(w).or_default() += 1;
+    }
+    let want: String = counts.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect();
+    let r = ebb::http::invoke(&rt, "alice", "wordcount", "corpus.txt");
+    assert_eq!((r.status, &r.body), (200, &want));
+    let message = serde_json::json!({"user": "alice", "function": "wordcount", "input_data": "corpus.txt", "forbid_ndp": true});
+    let r = ebb::http::send("POST", &format!("{}/f/", rt.url), None, message.to_string().as_bytes());
+    assert_eq!((r.status, &r.body), (200, &want), "forbid_ndp gives the same output");
+    // No such object: the guest gets NULL and says so.
+    let r = ebb::http::invoke(&rt, "alice", "wordcount", "missing.txt");
+    assert_eq!((r.status, r.body.as_str()), (500, "no such object"));
+    // Another tenant's object is not reachable by name.
+    assert_eq!(ebb::http::upload_wasm(&rt.url, "bob", "wordcount", &wasm, None).status, 200);
+    assert_eq!(ebb::http::invoke(&rt, "bob", "wordcount", "corpus.txt").body, "no such object");
+    // The object is as it was.
+    assert_eq!(obj(&rt, "GET", "alice", "corpus.txt", None, b""), (200, text.into_bytes()));
+}

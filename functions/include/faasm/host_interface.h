@@ -55,6 +55,20 @@ FAASM_IMPORT(__faasm_unlock_state_read) void __faasm_unlock_state_read(const cha
 FAASM_IMPORT(__faasm_lock_state_write) void __faasm_lock_state_write(const char *key);
 FAASM_IMPORT(__faasm_unlock_state_write) void __faasm_unlock_state_write(const char *key);
 
+/* ---- Near-data calls: AutoNDP's names, C types and signatures (its ndpapi.h) ---- */
+typedef int (*FaasmNdpFuncPtr)();
+FAASM_IMPORT(__faasmndp_unmap) int32_t __faasmndp_unmap(uint8_t *buffer, int32_t length);
+FAASM_IMPORT(__faasmndp_put)
+int32_t __faasmndp_put(const char *keyPtr, uint32_t keyLen, const uint8_t *dataPtr, uint32_t dataLen);
+FAASM_IMPORT(__faasmndp_getMmap)
+uint8_t *__faasmndp_getMmap(const char *keyPtr, int32_t keyLen, int64_t offset, int64_t maxRequestedLen, uint32_t *outDataLenPtr);
+FAASM_IMPORT(__faasmndp_storageCallAndAwait)
+int __faasmndp_storageCallAndAwait(const char *keyPtr, uint32_t keyLen, FaasmNdpFuncPtr funcPtr);
+FAASM_IMPORT(__faasmndp_storageCallAndAwait1)
+int __faasmndp_storageCallAndAwait1(const char *keyPtr, uint32_t keyLen, FaasmNdpFuncPtr funcPtr, int32_t arg1);
+FAASM_IMPORT(__faasmndp_storageCallAndAwait2)
+int __faasmndp_storageCallAndAwait2(const char *keyPtr, uint32_t keyLen, FaasmNdpFuncPtr funcPtr, int32_t arg1, int32_t arg2);
+
 /* ---- Not provided by Ebb (refused at upload; docs/platform.md says why) ---- */
 FAASM_IMPORT(__faasm_get_py_user) void __faasm_get_py_user(unsigned char *buffer, long bufferLen);
 FAASM_IMPORT(__faasm_get_py_func) void __faasm_get_py_func(unsigned char *buffer, long bufferLen);

@@ -159,7 +159,7 @@ async fn forward(node: String, method: &'static str, path: String, headers: &Hea
 fn error(e: &ObjectError) -> Response {
     let status = match e {
         ObjectError::BadKey(_) => StatusCode::BAD_REQUEST,
-        ObjectError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ObjectError::NotFound { .. } | ObjectError::NotHere(_) => StatusCode::NOT_FOUND,
         ObjectError::TooLarge { .. } | ObjectError::UserFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ObjectError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

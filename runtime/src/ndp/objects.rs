@@ -48,6 +48,8 @@ pub enum ObjectError {
     UserFull { user: String, size: u64, limit: u64 },
     #[error("the object store failed")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    NotHere(String),
 }
 
 /// Longest key, in bytes (its encoded file name stays within the 255-byte limit of a name).

@@ -613,6 +613,16 @@ impl MemoryHandle {
     /// for the call), and the caller must hold the guest still (in a host call) and no slice of
     /// the range. [`MemoryHandle::unmap_shared`] undoes it before the memory is reset.
     pub fn map_shared(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), PagerError> {
+        self.map_file(offset, len, fd, None)
+    }
+
+    /// [`MemoryHandle::map_shared`], but copy-on-write from `file_offset` of the file (an
+    /// object read in place: the guest's writes stay its own, the file never changes).
+    pub fn map_private(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>, file_offset: u64) -> Result<(), PagerError> {
+        self.map_file(offset, len, fd, Some(file_offset))
+    }
+
+    fn map_file(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>, private: Option<u64>) -> Result<(), PagerError> {
         let refuse = |why| Err(PagerError::Snapshot(why));
         if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
             return refuse("a shared mapping must be whole pages");
@@ -628,7 +638,11 @@ impl MemoryHandle {
         if maps.iter().any(|&(o, l)| offset < o + l && o < offset + len) {
             return refuse("shared mappings may not overlap");
         }
-        self.state.reservation.map_shared(offset, len, fd).map_err(|source| PagerError::Setup { len, source })?;
+        match private {
+            None => self.state.reservation.map_shared(offset, len, fd),
+            Some(at) => self.state.reservation.map_private(offset, len, fd, at),
+        }
+        .map_err(|source| PagerError::Setup { len, source })?;
         maps.push((offset, len));
         Ok(())
     }

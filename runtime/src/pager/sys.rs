@@ -57,21 +57,29 @@ impl Reservation {
     /// range's accesses then reach the file's pages directly (no userfaultfd, which the new
     /// mapping does not carry). Callers hold the memory still (its guest is in a host call).
     pub fn map_shared(&self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.map_fixed(offset, len, libc::MAP_SHARED, fd.as_raw_fd())
+        self.map_fixed(offset, len, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+    }
+
+    /// Maps `len` bytes of the file `fd` from `file_offset` (page-aligned) over
+    /// `[offset, offset + len)` copy-on-write: the range reads the file's pages, and writes stay
+    /// private to this mapping (the file never changes). As [`Reservation::map_shared`] otherwise.
+    pub fn map_private(&self, offset: usize, len: usize, fd: BorrowedFd<'_>, file_offset: u64) -> io::Result<()> {
+        let file_offset = libc::off_t::try_from(file_offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.map_fixed(offset, len, libc::MAP_PRIVATE, fd.as_raw_fd(), file_offset)
     }
 
     /// Puts fresh private anonymous memory (read/write, zero) over `[offset, offset + len)`,
     /// undoing [`Reservation::map_shared`]; the range needs registering with userfaultfd again.
     pub fn map_anonymous(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.map_fixed(offset, len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1)
+        self.map_fixed(offset, len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
     }
 
-    fn map_fixed(&self, offset: usize, len: usize, flags: libc::c_int, fd: libc::c_int) -> io::Result<()> {
+    fn map_fixed(&self, offset: usize, len: usize, flags: libc::c_int, fd: libc::c_int, file_offset: libc::off_t) -> io::Result<()> {
         assert!(offset + len <= self.len && offset.is_multiple_of(PAGE) && len.is_multiple_of(PAGE), "page-aligned range inside the reservation");
         // SAFETY: MAP_FIXED replaces only `[offset, offset + len)`, inside this reservation, which
         // this value owns; nothing else maps there, and callers hold no references into it.
         let p = unsafe {
-            libc::mmap((self.base + offset) as *mut _, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_FIXED, fd, 0)
+            libc::mmap((self.base + offset) as *mut _, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_FIXED, fd, file_offset)
         };
         if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(()) }
     }

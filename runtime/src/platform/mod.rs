@@ -37,7 +37,7 @@ use crate::exec::{AwaitError, CallContext, CallOutcome, Entry, Executor, LostMem
 use crate::pager::{PageState, Pager, PagerError};
 use crate::policy::{Phase, PolicyFile, Segment, Segments};
 use crate::registry::{CompileLimits, Compiler, FunctionKey, Registry, UploadError};
-use crate::ndp::{ObjectLimits, ObjectStore};
+use crate::ndp::{ObjectError, ObjectLimits, ObjectStore};
 use crate::state::{StateLimits, StateStore};
 use calls::{CallRecords, WaitError};
 use functions::{Idle, Pooled};
@@ -259,6 +259,21 @@ impl Platform {
 
     pub fn config(&self) -> &PlatformConfig {
         &self.config
+    }
+
+    /// This node's store, if it holds `(user, key)` (see [`crate::ndp::placement`]).
+    fn local_objects(&self, user: &str, key: &str) -> Result<&ObjectStore, ObjectError> {
+        let nodes = &self.config.storage_nodes;
+        if let Some(i) = crate::ndp::node_for(nodes, user, key)
+            && self.config.advertise.as_ref() != Some(&nodes[i])
+        {
+            return Err(ObjectError::NotHere(format!(
+                "object {key} of user {user} is kept by storage node {}; a function reaches the objects of the node it runs on \
+                 (objects of other nodes from a guest are not built yet)",
+                nodes[i]
+            )));
+        }
+        self.objects.as_ref().ok_or_else(|| ObjectError::NotHere("this runtime keeps no objects: start it with --storage".into()))
     }
 
     /// This node's objects, if it is a storage node (`--storage`).
@@ -623,6 +638,16 @@ impl Services for Platform {
 
     fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    fn object(&self, user: &str, key: &str) -> Result<(std::fs::File, u64), ObjectError> {
+        self.local_objects(user, key)?.open_object(user, key)
+    }
+
+    fn put_object(&self, user: &str, key: &str, data: &[u8]) -> Result<u64, ObjectError> {
+        let mut put = self.local_objects(user, key)?.begin_put(user, key, Some(data.len() as u64))?;
+        put.write(data)?;
+        put.commit()
     }
 
     fn files(&self, user: &str, function: &str) -> anyhow::Result<crate::exec::FunctionFiles> {

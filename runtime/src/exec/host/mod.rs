@@ -11,6 +11,7 @@ use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use super::{CallContext, CallOutcome, Host, Timeout};
 use crate::state::StateStore;
 
+mod ndp;
 mod state;
 pub use state::Views;
 
@@ -38,6 +39,10 @@ pub trait Services: Send + Sync {
     fn state(&self) -> &StateStore;
     /// The directories a function of `user` (named `user/function`) sees; made when missing.
     fn files(&self, user: &str, function: &str) -> anyhow::Result<super::FunctionFiles>;
+    /// An object of `user` that this node holds, open for reading in place, and its size.
+    fn object(&self, user: &str, key: &str) -> Result<(std::fs::File, u64), crate::ndp::ObjectError>;
+    /// Stores an object of `user` that this node holds; returns its size.
+    fn put_object(&self, user: &str, key: &str, data: &[u8]) -> Result<u64, crate::ndp::ObjectError>;
 }
 
 fn ctx(caller: &Caller<'_, Host>, call: &str) -> wasmtime::Result<CallContext> {
@@ -153,6 +158,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     add_chaining(linker)?;
     add_runtime(linker)?;
     state::add_to_linker(linker)?;
+    ndp::add_to_linker(linker)?;
     Ok(())
 }
 

@@ -211,3 +211,47 @@ fn an_ndp_function_reads_its_object_in_place_with_the_same_result_forbidden_or_n
     // The object is as it was.
     assert_eq!(obj(&rt, "GET", "alice", "corpus.txt", None, b""), (200, text.into_bytes()));
 }
+
+/// Calls `function` with `input` as a Faasm message, with and without `forbid_ndp`: both must give
+/// the same status and output, which are returned.
+fn both_ways(rt: &Runtime, user: &str, function: &str, input: &str) -> (u16, String) {
+    let mut seen = Vec::new();
+    for forbid in [false, true] {
+        let message = serde_json::json!({"user": user, "function": function, "input_data": input, "forbid_ndp": forbid});
+        let r = ebb::http::send("POST", &format!("{}/f/", rt.url), None, message.to_string().as_bytes());
+        seen.push((r.status, r.body));
+    }
+    assert_eq!(seen[0], seen[1], "{function} {input}: offloaded and forbidden differ");
+    seen.remove(0)
+}
+
+#[test]
+fn the_ndp_samples_give_their_results_offloaded_or_forbidden() {
+    let data = TempDir::new("objects-samples");
+    let rt = Runtime::start(&data.0, &["--storage"]).unwrap();
+    for f in ["put", "substr", "grep", "sha256sum", "wordcount"] {
+        let wasm = std::fs::read(ebb::function_wasm("ndp", f)).unwrap();
+        assert_eq!(ebb::http::upload_wasm(&rt.url, "alice", f, &wasm, None).status, 200, "{f}");
+    }
+    // put: an object made by a function, read back over HTTP.
+    assert_eq!(both_ways(&rt, "alice", "put", "note hello near data"), (200, "stored 15".into()));
+    assert_eq!(obj(&rt, "GET", "alice", "note", None, b""), (200, b"hello near data".to_vec()));
+    // A 300 KiB text object for the scans.
+    let text: String = (0..6000).map(|i| format!("line {i}: {}\n", if i % 7 == 0 { "needle here" } else { "hay" })).collect();
+    assert_eq!(obj(&rt, "PUT", "alice", "log", None, text.as_bytes()).0, 200);
+    // substr: unaligned offsets, within a page, across pages, clipped at the end.
+    for (offset, len) in [(0usize, 10usize), (4095, 2), (5000, 10_000), (text.len() - 5, 100)] {
+        let want = &text[offset..(offset + len).min(text.len())];
+        assert_eq!(both_ways(&rt, "alice", "substr", &format!("log {offset} {len}")), (200, want.to_string()), "substr {offset} {len}");
+    }
+    // grep.
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("needle")).collect();
+    let want = format!("{}\n{}\n", lines.len(), lines.join("\n"));
+    assert_eq!(both_ways(&rt, "alice", "grep", "log needle"), (200, want));
+    // sha256sum, against the sha2 crate; and of an empty object.
+    assert_eq!(both_ways(&rt, "alice", "sha256sum", "log"), (200, format!("{:x}", Sha256::digest(text.as_bytes()))));
+    assert_eq!(obj(&rt, "PUT", "alice", "empty", None, b"").0, 200);
+    assert_eq!(both_ways(&rt, "alice", "sha256sum", "empty"), (200, format!("{:x}", Sha256::digest(b""))));
+    // A missing object is the function's error, the same both ways.
+    assert_eq!(both_ways(&rt, "alice", "sha256sum", "nothing").0, 500);
+}

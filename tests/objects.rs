@@ -255,3 +255,43 @@ fn the_ndp_samples_give_their_results_offloaded_or_forbidden() {
     // A missing object is the function's error, the same both ways.
     assert_eq!(both_ways(&rt, "alice", "sha256sum", "nothing").0, 500);
 }
+
+#[test]
+fn a_function_on_a_compute_node_fetches_and_stores_objects_on_their_storage_node() {
+    let (ds, dc) = (TempDir::new("objects-remote-storage"), TempDir::new("objects-remote-compute"));
+    let tokens = dc.0.join("tokens.txt");
+    std::fs::write(&tokens, "alice alice-t\nbob bob-t\n").unwrap();
+    let cluster = dc.0.join("cluster.txt");
+    std::fs::write(&cluster, "a-long-random-cluster-secret\n").unwrap();
+    let (t, c) = (tokens.to_str().unwrap(), cluster.to_str().unwrap());
+    let storage = Runtime::start(&ds.0, &["--storage", "--tokens", t, "--cluster-token-file", c]).unwrap();
+    let compute = Runtime::start(&dc.0, &["--storage-nodes", &storage.url, "--tokens", t, "--cluster-token-file", c]).unwrap();
+    for f in ["wordcount", "substr", "put"] {
+        let wasm = std::fs::read(ebb::function_wasm("ndp", f)).unwrap();
+        assert_eq!(ebb::http::upload_wasm(&compute.url, "alice", f, &wasm, Some("alice-t")).status, 200);
+    }
+    let text = "near data near code far data\n".repeat(5000);
+    assert_eq!(obj(&compute, "PUT", "alice", "words", Some("alice-t"), text.as_bytes()).0, 200);
+    assert!(ds.0.join("objects/alice/words").exists(), "kept by the storage node");
+    let call = |f: &str, input: &str| {
+        let message = serde_json::json!({"user": "alice", "function": f, "input_data": input});
+        let r = ebb::http::send("POST", &format!("{}/f/", compute.url), Some("alice-t"), message.to_string().as_bytes());
+        (r.status, r.body)
+    };
+    assert_eq!(call("wordcount", "words"), (200, "code\t5000\ndata\t10000\nfar\t5000\nnear\t10000\n".to_string()));
+    // A ranged fetch: only the part asked for crosses.
+    assert_eq!(call("substr", "words 5 10"), (200, text[5..15].to_string()));
+    // A function's put lands on the storage node.
+    assert_eq!(call("put", "made-here from compute"), (200, "stored 12".to_string()));
+    assert_eq!(std::fs::read(ds.0.join("objects/alice/made-here")).unwrap(), b"from compute");
+    assert_eq!(call("wordcount", "missing"), (500, "no such object".to_string()));
+    // The cluster secret must name a user, and then acts only as that user.
+    let secret = "a-long-random-cluster-secret";
+    let url = format!("{}/o/alice/words", storage.url);
+    assert_eq!(request("GET", &url, Some(secret), b"", None).unwrap().0, 401);
+    let as_user = |user: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.get(&url).header("authorization", &format!("Bearer {secret}")).header("x-ebb-user", user).call().unwrap().status().as_u16()
+    };
+    assert_eq!((as_user("alice"), as_user("bob")), (200, 403));
+}

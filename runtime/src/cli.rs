@@ -165,6 +165,10 @@ struct LimitArgs {
     /// This storage node's URL as --storage-nodes lists it.
     #[arg(long)]
     advertise: Option<String>,
+    /// A file holding the secret the cluster's runtimes present to each other when a guest reads
+    /// or writes an object another node holds (the same file on every runtime; with --tokens).
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
     /// Largest module an upload may send, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_module: u64,
@@ -218,6 +222,14 @@ impl LimitArgs {
         }
         if self.advertise.is_some() && !self.storage {
             anyhow::bail!("--advertise names a storage node's own URL: add --storage");
+        }
+        if let Some(path) = &self.cluster_token_file {
+            let secret = std::fs::read_to_string(path).with_context(|| format!("cannot read --cluster-token-file {}", path.display()))?;
+            let secret = secret.trim();
+            if secret.len() < 16 {
+                anyhow::bail!("the cluster token in {} is shorter than 16 bytes: use a long random secret", path.display());
+            }
+            config.cluster_token = Some(ebb_memnode::tokens::Secret(secret.to_string()));
         }
         config.storage_nodes = self.storage_nodes.clone();
         config.advertise = self.advertise.clone();

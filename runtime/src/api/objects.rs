@@ -12,7 +12,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -24,8 +24,7 @@ use crate::ndp::ObjectStore;
 /// Bytes read from disk per chunk sent.
 const CHUNK: usize = 256 << 10;
 
-/// The mark of a forwarded request.
-const FORWARDED: &str = "x-ebb-forwarded";
+use crate::ndp::remote::{FORWARDED_HEADER as FORWARDED, object_path};
 
 /// Where a request for an object is served.
 enum Route<'a> {
@@ -208,30 +207,42 @@ pub(super) async fn put(State(s): State<ApiState>, Path((user, key)): Path<(Stri
     }
 }
 
-/// The request path of an object (its key percent-encoded again).
-fn object_path(user: &str, key: &str) -> String {
-    let mut path = format!("/o/{user}/");
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    path
+/// A part of an object: `?offset=N&length=M` (both optional: from the start, to the end).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct Part {
+    offset: Option<u64>,
+    length: Option<u64>,
 }
 
-pub(super) async fn get(State(s): State<ApiState>, Path((user, key)): Path<(String, String)>, headers: HeaderMap) -> Response {
+pub(super) async fn get(
+    State(s): State<ApiState>,
+    Path((user, key)): Path<(String, String)>,
+    Query(part): Query<Part>,
+    headers: HeaderMap,
+) -> Response {
     let store = match route(&s, &headers, &user, &key) {
         Ok(Route::Here(store)) => store,
-        Ok(Route::There(node)) => return forward(node, "GET", object_path(&user, &key), &headers, None).await,
+        Ok(Route::There(node)) => {
+            let mut path = object_path(&user, &key);
+            if part.offset.is_some() || part.length.is_some() {
+                path += &format!("?offset={}&length={}", part.offset.unwrap_or(0), part.length.unwrap_or(u64::MAX));
+            }
+            return forward(node, "GET", path, &headers, None).await;
+        }
         Err(r) => return *r,
     };
-    let (file, len) = match tokio::task::block_in_place(|| store.open_object(&user, &key)) {
-        Ok(f) => f,
+    let opened = tokio::task::block_in_place(|| -> Result<_, ObjectError> {
+        let (mut file, size) = store.open_object(&user, &key)?;
+        let offset = part.offset.unwrap_or(0).min(size);
+        let len = part.length.unwrap_or(u64::MAX).min(size - offset);
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+        Ok((file.take(len), len))
+    });
+    let (part, len) = match opened {
+        Ok(p) => p,
         Err(e) => return error(&e),
     };
-    ([(header::CONTENT_LENGTH, len.to_string()), (header::CONTENT_TYPE, "application/octet-stream".into())], body_from_reader(file))
+    ([(header::CONTENT_LENGTH, len.to_string()), (header::CONTENT_TYPE, "application/octet-stream".into())], body_from_reader(part))
         .into_response()
 }
 

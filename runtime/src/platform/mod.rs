@@ -37,13 +37,19 @@ use crate::exec::{AwaitError, CallContext, CallOutcome, Entry, Executor, LostMem
 use crate::pager::{PageState, Pager, PagerError};
 use crate::policy::{Phase, PolicyFile, Segment, Segments};
 use crate::registry::{CompileLimits, Compiler, FunctionKey, Registry, UploadError};
-use crate::ndp::{ObjectError, ObjectLimits, ObjectStore};
+use crate::ndp::{ObjectBytes, ObjectError, ObjectLimits, ObjectStore};
 use crate::state::{StateLimits, StateStore};
 use calls::{CallRecords, WaitError};
 use functions::{Idle, Pooled};
 use pool::CallPool;
 
 const PAGE: u64 = ebb_memnode::PAGE_SIZE as u64;
+
+/// Where an object is.
+enum Holder<'a> {
+    Here(&'a ObjectStore),
+    There(String),
+}
 
 /// Platform settings.
 #[derive(Clone, Debug)]
@@ -78,6 +84,10 @@ pub struct PlatformConfig {
     pub storage_nodes: Vec<String>,
     /// This runtime's URL as `storage_nodes` lists it, on a storage node that is in the list.
     pub advertise: Option<String>,
+    /// The secret runtimes of one cluster present to each other (with the user they act for,
+    /// `x-ebb-user`) when a guest reads or writes an object another node holds. Needed between
+    /// runtimes that check tokens. Default None.
+    pub cluster_token: Option<ebb_memnode::tokens::Secret>,
     /// What an upload may cost to compile.
     pub compile: CompileLimits,
     /// The `runtime` binary, to compile uploads in bounded child processes. None compiles in this
@@ -101,6 +111,7 @@ impl Default for PlatformConfig {
             objects: None,
             storage_nodes: Vec::new(),
             advertise: None,
+            cluster_token: None,
             compile: CompileLimits::default(),
             compiler_exe: None,
         }
@@ -261,19 +272,19 @@ impl Platform {
         &self.config
     }
 
-    /// This node's store, if it holds `(user, key)` (see [`crate::ndp::placement`]).
-    fn local_objects(&self, user: &str, key: &str) -> Result<&ObjectStore, ObjectError> {
+    /// Which node holds `(user, key)` (see [`crate::ndp::placement`]): this one's store, or
+    /// another node's URL.
+    fn holder(&self, user: &str, key: &str) -> Result<Holder<'_>, ObjectError> {
         let nodes = &self.config.storage_nodes;
         if let Some(i) = crate::ndp::node_for(nodes, user, key)
             && self.config.advertise.as_ref() != Some(&nodes[i])
         {
-            return Err(ObjectError::NotHere(format!(
-                "object {key} of user {user} is kept by storage node {}; a function reaches the objects of the node it runs on \
-                 (objects of other nodes from a guest are not built yet)",
-                nodes[i]
-            )));
+            return Ok(Holder::There(nodes[i].clone()));
         }
-        self.objects.as_ref().ok_or_else(|| ObjectError::NotHere("this runtime keeps no objects: start it with --storage".into()))
+        self.objects
+            .as_ref()
+            .map(Holder::Here)
+            .ok_or_else(|| ObjectError::NotHere("this runtime keeps no objects and knows no storage nodes: start it with --storage or --storage-nodes".into()))
     }
 
     /// This node's objects, if it is a storage node (`--storage`).
@@ -640,14 +651,22 @@ impl Services for Platform {
         &self.state
     }
 
-    fn object(&self, user: &str, key: &str) -> Result<(std::fs::File, u64), ObjectError> {
-        self.local_objects(user, key)?.open_object(user, key)
+    fn object(&self, user: &str, key: &str, offset: u64, max_len: u64) -> Result<ObjectBytes, ObjectError> {
+        match self.holder(user, key)? {
+            Holder::Here(store) => store.open_object(user, key).map(|(f, size)| ObjectBytes::Local(f, size)),
+            Holder::There(node) => crate::ndp::remote::get(&node, self.config.cluster_token.as_ref(), user, key, offset, max_len).map(ObjectBytes::Fetched),
+        }
     }
 
     fn put_object(&self, user: &str, key: &str, data: &[u8]) -> Result<u64, ObjectError> {
-        let mut put = self.local_objects(user, key)?.begin_put(user, key, Some(data.len() as u64))?;
-        put.write(data)?;
-        put.commit()
+        match self.holder(user, key)? {
+            Holder::Here(store) => {
+                let mut put = store.begin_put(user, key, Some(data.len() as u64))?;
+                put.write(data)?;
+                put.commit()
+            }
+            Holder::There(node) => crate::ndp::remote::put(&node, self.config.cluster_token.as_ref(), user, key, data),
+        }
     }
 
     fn files(&self, user: &str, function: &str) -> anyhow::Result<crate::exec::FunctionFiles> {

@@ -39,9 +39,10 @@ pub trait Services: Send + Sync {
     fn state(&self) -> &StateStore;
     /// The directories a function of `user` (named `user/function`) sees; made when missing.
     fn files(&self, user: &str, function: &str) -> anyhow::Result<super::FunctionFiles>;
-    /// An object of `user` that this node holds, open for reading in place, and its size.
-    fn object(&self, user: &str, key: &str) -> Result<(std::fs::File, u64), crate::ndp::ObjectError>;
-    /// Stores an object of `user` that this node holds; returns its size.
+    /// An object of `user`: open for reading in place when this node holds it, else the bytes
+    /// `offset..offset + max_len` (clipped) fetched from the node that does.
+    fn object(&self, user: &str, key: &str, offset: u64, max_len: u64) -> Result<crate::ndp::ObjectBytes, crate::ndp::ObjectError>;
+    /// Stores an object of `user` (here, or on the node that holds it); returns its size.
     fn put_object(&self, user: &str, key: &str, data: &[u8]) -> Result<u64, crate::ndp::ObjectError>;
 }
 

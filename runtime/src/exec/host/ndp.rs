@@ -1,10 +1,9 @@
-//! AutoNDP's guest calls (`__faasmndp_*`, the names and wasm32 signatures of its `ndpapi.h`),
-//! on the node the call runs on.
+//! AutoNDP's guest calls (`__faasmndp_*`, the names and wasm32 signatures of its `ndpapi.h`).
 //!
 //! - `__faasmndp_getMmap(key, keyLen, offset, maxLen, outLen) -> ptr`: the object's bytes from
 //!   `offset`, at most `maxLen`, appear in memory grown for the call — the object's file mapped
-//!   copy-on-write (read in place: no copy, and the guest's writes never reach the object). NULL
-//!   when there is no such object here.
+//!   copy-on-write (read in place: no copy, and the guest's writes never reach the object) when
+//!   this node holds it, else fetched from the node that does. NULL when there is no such object.
 //! - `__faasmndp_put(key, keyLen, data, dataLen) -> 0 | negative`: stores an object, durably.
 //! - `__faasmndp_unmap(ptr, len) -> 0`: the mapping goes with the call (its memory grew, so the
 //!   instance is not reused).
@@ -18,7 +17,7 @@ use wasmtime::{Caller, Linker, format_err};
 
 use super::{WASM_PAGE, bytes, ctx, guest_alloc, memory, u32_arg, write_bytes};
 use crate::exec::Host;
-use crate::ndp::ObjectError;
+use crate::ndp::{ObjectBytes, ObjectError};
 
 /// `__faasmndp_put`'s negative returns.
 const PUT_REFUSED: i32 = -1;
@@ -74,7 +73,11 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             |mut caller: Caller<'_, Host>, key_ptr: i32, key_len: i32, offset: i64, max_len: i64, out_len: i32| -> wasmtime::Result<i32> {
                 let c = ctx(&caller, "__faasmndp_getMmap")?;
                 let key = key(&mut caller, key_ptr, key_len)?;
-                let (file, size) = match c.services.object(&c.user, &key) {
+                let (offset, max_len) = (
+                    u64::try_from(offset).map_err(|_| format_err!("__faasmndp_getMmap: negative offset {offset}"))?,
+                    u64::try_from(max_len.max(0)).unwrap_or(0).min(u64::from(u32::MAX)),
+                );
+                let found = match c.services.object(&c.user, &key, offset, max_len) {
                     Ok(found) => found,
                     Err(e @ (ObjectError::NotFound { .. } | ObjectError::NotHere(_) | ObjectError::BadKey(_))) => {
                         tracing::info!("__faasmndp_getMmap of {}: {e}", c.function.name);
@@ -83,10 +86,19 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
                     }
                     Err(e) => return Err(format_err!("__faasmndp_getMmap: {}", crate::pager::error_chain(&e))),
                 };
-                let offset = u64::try_from(offset).map_err(|_| format_err!("__faasmndp_getMmap: negative offset {offset}"))?.min(size);
-                let want = u64::try_from(max_len.max(0)).unwrap_or(0).min(u64::from(u32::MAX));
-                let len = usize::try_from(want.min(size - offset))?;
-                let at = if len == 0 { guest_alloc(&mut caller, 1)? } else { map_object(&mut caller, &file, offset, len)? };
+                let (at, len) = match found {
+                    ObjectBytes::Local(file, size) => {
+                        let offset = offset.min(size);
+                        let len = usize::try_from(max_len.min(size - offset))?;
+                        (if len == 0 { guest_alloc(&mut caller, 1)? } else { map_object(&mut caller, &file, offset, len)? }, len)
+                    }
+                    // Another node's object: its bytes, copied into memory grown for the call.
+                    ObjectBytes::Fetched(bytes) => {
+                        let at = guest_alloc(&mut caller, bytes.len().max(1))?;
+                        write_bytes(&mut caller, at, &bytes)?;
+                        (at, bytes.len())
+                    }
+                };
                 write_bytes(&mut caller, u32_arg(out_len), &u32::try_from(len)?.to_le_bytes())?;
                 Ok(i32::try_from(at)?)
             },

@@ -295,3 +295,29 @@ fn a_function_on_a_compute_node_fetches_and_stores_objects_on_their_storage_node
     };
     assert_eq!((as_user("alice"), as_user("bob")), (200, 403));
 }
+
+#[test]
+fn a_cluster_secret_that_is_also_a_users_token_is_refused_at_start() {
+    let data = TempDir::new("objects-cluster-token");
+    let tokens = data.0.join("tokens.txt");
+    std::fs::write(&tokens, "alice alice-token-0123456789\n").unwrap();
+    let cluster = data.0.join("cluster.txt");
+    let refused = |secret: &str| {
+        std::fs::write(&cluster, secret).unwrap();
+        let out = std::process::Command::new(ebb::binary("runtime"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data.0)
+            .arg("--tokens")
+            .arg(&tokens)
+            .arg("--cluster-token-file")
+            .arg(&cluster)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let why = refused("alice-token-0123456789\n");
+    assert!(why.contains("give the cluster its own secret"), "{why}");
+    let why = refused("short\n");
+    assert!(why.contains("shorter than 16 bytes"), "{why}");
+}

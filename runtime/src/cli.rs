@@ -611,6 +611,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     args.limits.apply(&mut config)?;
+    if let (Some(cluster), Some(tokens)) = (&config.cluster_token, &tokens)
+        && tokens.entry(cluster.expose().as_bytes()).is_some()
+    {
+        anyhow::bail!("the cluster token is also a user's token in --tokens: give the cluster its own secret");
+    }
     if !(1..=86_400).contains(&args.call_timeout_s) {
         anyhow::bail!("--call-timeout-s {} is out of range: allowed 1 to 86400", args.call_timeout_s);
     }

@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn puts_replace_whole_and_a_dead_put_leaves_the_old_object() {
-        let (root, s) = store("puts", ObjectLimits { max_object: 10, max_per_user: 16 });
+        let (root, s) = store("puts", ObjectLimits { max_object: 10, max_per_user: 14 });
         let mut p = s.begin_put("u", "a.txt", None).unwrap();
         p.write(b"hello").unwrap();
         assert!(matches!(s.open_object("u", "a.txt"), Err(ObjectError::NotFound { .. })), "invisible until committed");
@@ -281,31 +281,39 @@ mod tests {
         drop(p);
         assert_eq!((read(&s, "u", "a.txt"), s.used("u")), (b"hello".to_vec(), 5));
         // The user's room is counted across objects; a declared size is refused up front.
-        assert!(matches!(s.begin_put("u", "b", Some(12)), Err(ObjectError::UserFull { .. })));
+        assert!(matches!(s.begin_put("u", "b", Some(10)), Err(ObjectError::UserFull { .. })));
         assert!(matches!(s.begin_put("u", "b", Some(11)), Err(ObjectError::TooLarge { .. })));
         let mut p = s.begin_put("u", "b", None).unwrap();
-        p.write(b"0123456789").unwrap();
+        p.write(b"012345678").unwrap();
         p.commit().unwrap();
-        assert_eq!(s.used("u"), 15);
+        assert_eq!(s.used("u"), 14);
         let mut p = s.begin_put("u", "c", None).unwrap();
         assert!(matches!(p.write(b"xx"), Err(ObjectError::UserFull { .. })));
         drop(p);
-        // Replacing counts the new size only; deleting gives the room back.
+        // A replacement's bytes count beside the old object's until it commits (both are on
+        // disk): at the limit, room must be made first.
+        let mut p = s.begin_put("u", "b", None).unwrap();
+        assert!(matches!(p.write(b"x"), Err(ObjectError::UserFull { .. })));
+        drop(p);
+        s.delete("u", "a.txt").unwrap();
+        assert!(matches!(s.delete("u", "a.txt"), Err(ObjectError::NotFound { .. })));
+        assert_eq!(s.used("u"), 9, "deleting gives the room back");
+        // Once committed, a replacement counts its own size only.
         let mut p = s.begin_put("u", "b", None).unwrap();
         p.write(b"x").unwrap();
         p.commit().unwrap();
-        assert_eq!(s.used("u"), 6);
-        s.delete("u", "b").unwrap();
-        assert!(matches!(s.delete("u", "b"), Err(ObjectError::NotFound { .. })));
-        assert_eq!(s.used("u"), 5);
+        assert_eq!(s.used("u"), 1);
+        let mut p = s.begin_put("u", "a.txt", None).unwrap();
+        p.write(b"hello").unwrap();
+        p.commit().unwrap();
         assert!(matches!(s.open_object("v", "a.txt"), Err(ObjectError::NotFound { .. })), "users do not share");
         // A put that died with the process (its temporary file left) is removed at the next open.
         let mut p = s.begin_put("u", "a.txt", None).unwrap();
         p.write(b"half").unwrap();
         std::mem::forget(p);
         let s = ObjectStore::open(root.clone(), s.limits()).unwrap();
-        assert_eq!((read(&s, "u", "a.txt"), s.used("u")), (b"hello".to_vec(), 5));
-        assert_eq!(fs::read_dir(root.join("u")).unwrap().count(), 1, "no temporary file left");
+        assert_eq!((read(&s, "u", "a.txt"), s.used("u")), (b"hello".to_vec(), 6), "counted again at start");
+        assert_eq!(fs::read_dir(root.join("u")).unwrap().count(), 2, "no temporary file left");
         fs::remove_dir_all(&root).unwrap();
     }
 

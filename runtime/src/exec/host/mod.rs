@@ -81,6 +81,24 @@ fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmt
 /// Bytes of a wasm page.
 const WASM_PAGE: usize = 65536;
 
+/// Grows the guest's memory by `bytes` (whole host pages) and maps a file there with `map`
+/// (given the paged memory and the range's offset); returns the range's guest address. `what`
+/// names the file in errors. The mapping goes with the call (see `Instance::call`).
+fn grow_and_map(
+    caller: &mut Caller<'_, Host>,
+    bytes: usize,
+    what: &str,
+    map: impl FnOnce(&crate::pager::MemoryHandle, usize) -> Result<(), crate::pager::PagerError>,
+) -> wasmtime::Result<usize> {
+    let handle = caller.data().memory.clone().ok_or_else(|| format_err!("mapping {what} needs the function to export its memory"))?;
+    let mem = memory(caller)?;
+    let at = mem.data_size(&caller);
+    mem.grow(&mut *caller, bytes.div_ceil(WASM_PAGE) as u64)
+        .map_err(|e| format_err!("the guest's memory cannot grow by {bytes} bytes to map {what}: {e}"))?;
+    map(&handle, at).map_err(|e| format_err!("cannot map {what}: {}", crate::pager::error_chain(&e)))?;
+    Ok(at)
+}
+
 /// `len` bytes of fresh guest memory (16-byte aligned) for what the host hands the guest
 /// (chained calls' outputs), in memory grown for the call: never the guest's own
 /// heap, whose `malloc` a command module exports only wrapped in its constructors and

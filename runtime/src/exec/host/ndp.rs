@@ -15,7 +15,7 @@
 use anyhow::anyhow;
 use wasmtime::{Caller, Linker, format_err};
 
-use super::{WASM_PAGE, bytes, ctx, guest_alloc, memory, u32_arg, write_bytes};
+use super::{bytes, ctx, grow_and_map, guest_alloc, u32_arg, write_bytes};
 use crate::exec::Host;
 use crate::ndp::{ObjectBytes, ObjectError};
 
@@ -34,14 +34,7 @@ fn map_object(caller: &mut Caller<'_, Host>, file: &std::fs::File, offset: u64, 
     let page = ebb_memnode::PAGE_SIZE as u64;
     let (file_page, lead) = (offset / page * page, usize::try_from(offset % page)?);
     let bytes = (lead + len).next_multiple_of(ebb_memnode::PAGE_SIZE);
-    let handle = caller.data().memory.clone().ok_or_else(|| format_err!("__faasmndp_getMmap needs the function to export its memory"))?;
-    let mem = memory(caller)?;
-    let at = mem.data_size(&caller);
-    mem.grow(&mut *caller, bytes.div_ceil(WASM_PAGE) as u64)
-        .map_err(|e| format_err!("the guest's memory cannot grow by {bytes} bytes to map an object: {e}"))?;
-    handle
-        .map_private(at, bytes, file.as_fd(), file_page)
-        .map_err(|e| format_err!("cannot map the object: {}", crate::pager::error_chain(&e)))?;
+    let at = grow_and_map(caller, bytes, "an object", |m, at| m.map_private(at, bytes, file.as_fd(), file_page))?;
     Ok(at + lead)
 }
 

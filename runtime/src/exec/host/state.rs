@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use anyhow::anyhow;
 use wasmtime::{Caller, Linker, format_err};
 
-use super::{Timeout, WASM_PAGE, bytes, cstr, ctx, memory, u32_arg, write_bytes};
+use super::{Timeout, bytes, cstr, ctx, grow_and_map, u32_arg, write_bytes};
 use crate::exec::Host;
 use crate::state::StateError;
 
@@ -55,15 +55,10 @@ fn map(caller: &mut Caller<'_, Host>, key: &str, total: usize) -> wasmtime::Resu
         return Ok(v);
     }
     let c = ctx(caller, "mapping state")?;
-    let handle = caller.data().memory.clone().ok_or_else(|| format_err!("state pointers need the function to export its memory"))?;
     let replica = c.services.state().replica(&c.user, key, total).map_err(state_err)?;
     // The file only grows, so mapping the capacity seen now is always within it.
     let (len, bytes) = (replica.len(), replica.capacity());
-    let mem = memory(caller)?;
-    let at = mem.data_size(&caller);
-    mem.grow(&mut *caller, bytes.div_ceil(WASM_PAGE) as u64)
-        .map_err(|e| format_err!("the guest's memory cannot grow by {bytes} bytes to map state key {key}: {e}"))?;
-    handle.map_shared(at, bytes, replica.fd()).map_err(|e| format_err!("cannot map state key {key}: {}", crate::pager::error_chain(&e)))?;
+    let at = grow_and_map(caller, bytes, &format!("state key {key}"), |m, at| m.map_shared(at, bytes, replica.fd()))?;
     let v = View { addr: at, len, dirty: Vec::new() };
     caller.data_mut().views.insert(key.to_string(), v.clone());
     Ok(v)

@@ -17,7 +17,7 @@ pub mod tokens;
 
 pub use client::{connect, LocalTransport, TcpConfig, TcpTransport, Transport, TransportError};
 pub use proto::PAGE_SIZE;
-pub use store::{parse_size, Identity, Owner, RegionId, Store, StoreConfig};
+pub use store::{parse_size, Identity, Owner, RegionId, Store, StoreConfig, Ticket};
 
 #[cfg(test)]
 mod test_support {

@@ -190,6 +190,16 @@ pub enum Op {
     /// Empty payload. Reply payload: [`UsageEntry`] × N — the asking identity's sessions, or every
     /// identity's for an operator token.
     Usage = 14,
+    /// `region`, `arg` = 1 for a writable ticket, 0 for read-only. Empty payload. Reply payload:
+    /// the 16-byte ticket another client presents to `Attach`. Owner only.
+    Grant = 15,
+    /// `region`, payload: a 16-byte ticket. From now on this connection's session may read the
+    /// region (and write and grow it, for a writable ticket) by its id. Reply `arg` = 1 if
+    /// writable. A wrong or revoked ticket is answered `NoSuchRegion`.
+    Attach = 16,
+    /// `region`, payload: a 16-byte ticket the owner granted; withdraws it and every attachment
+    /// made with it. Owner only.
+    Revoke = 17,
 }
 
 /// One end of an RDMA reliable connection, exchanged over the TCP control plane.
@@ -238,6 +248,9 @@ impl Op {
             12 => Op::Renew,
             13 => Op::EndSession,
             14 => Op::Usage,
+            15 => Op::Grant,
+            16 => Op::Attach,
+            17 => Op::Revoke,
             _ => return None,
         })
     }
@@ -346,6 +359,8 @@ pub fn check_request(header: &Header) -> Result<Op, FrameError> {
     let count = arg as usize;
     let ok = match op {
         Op::Hello | Op::Free | Op::Stats | Op::RdmaRegion | Op::Renew | Op::EndSession | Op::Usage => len == 0,
+        Op::Grant => len == 0 && arg <= 1,
+        Op::Attach | Op::Revoke => len == size_of::<crate::store::Ticket>(),
         // The name length inside the payload is checked by `session_request`.
         Op::Session => (size_of::<SessionRequest>()..=size_of::<SessionRequest>() + MAX_SESSION_NAME).contains(&len),
         Op::RdmaConnect => len == size_of::<QpInfo>(),

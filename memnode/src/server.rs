@@ -354,15 +354,6 @@ fn refuse_at_accept(stream: TcpStream, msg: &str) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-fn store_error_code(e: &StoreError) -> ErrorCode {
-    match e {
-        StoreError::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
-        StoreError::OutOfCapacity { .. } | StoreError::TooLarge { .. } | StoreError::Map { .. } => ErrorCode::OutOfCapacity,
-        StoreError::QuotaExceeded { .. } | StoreError::TooManyRegions { .. } => ErrorCode::QuotaExceeded,
-        StoreError::BadSize { .. } | StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
-    }
-}
-
 /// An authenticated connection: who it is and which session its regions belong to.
 struct Authenticated {
     identity: Identity,
@@ -622,13 +613,36 @@ impl<'s> Connection<'s> {
                 self.reply(op, tag, 0, u32::try_from(n).unwrap_or(u32::MAX), &[])?;
                 return Ok(Next::Close);
             }
+            Op::Grant => {
+                let ticket = match store.grant(&owner, region, h.arg.get() == 1) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.error(tag, region.0, e.code(), &e.to_string())?;
+                        return Ok(Next::Continue);
+                    }
+                };
+                self.reply(op, tag, region.0, 0, &ticket)?;
+                return Ok(Next::Continue);
+            }
+            Op::Attach => {
+                let ticket: crate::store::Ticket = self.payload.as_slice().try_into().unwrap_or_default();
+                match store.attach(&owner, region, &ticket) {
+                    Ok(write) => self.reply(op, tag, region.0, u32::from(write), &[])?,
+                    Err(e) => self.error(tag, region.0, e.code(), &e.to_string())?,
+                }
+                return Ok(Next::Continue);
+            }
+            Op::Revoke => {
+                let ticket: crate::store::Ticket = self.payload.as_slice().try_into().unwrap_or_default();
+                store.revoke(&owner, region, &ticket).map(|()| region.0)
+            }
             Op::Read => return self.read(&store, &owner, h, region),
             Op::Write => return self.write(&store, &owner, h, region),
             Op::Hello | Op::Auth => unreachable!("handled above"),
         };
         match result {
             Ok(region) => self.reply(op, tag, region, 0, &[])?,
-            Err(e) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+            Err(e) => self.error(tag, region.0, e.code(), &e.to_string())?,
         }
         Ok(Next::Continue)
     }
@@ -713,7 +727,7 @@ impl<'s> Connection<'s> {
         };
         match reply {
             Ok(payload) => self.reply(op, tag, region.0, 0, &payload)?,
-            Err(FabricError::Store(e)) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+            Err(FabricError::Store(e)) => self.error(tag, region.0, e.code(), &e.to_string())?,
             Err(FabricError::Rdma(e)) => self.error(tag, region.0, ErrorCode::BadRequest, &format!("RDMA on {}: {e}", fabric.device()))?,
         }
         Ok(Next::Continue)
@@ -752,7 +766,7 @@ impl<'s> Connection<'s> {
                 self.writer.write_all(descs.as_bytes())?;
                 self.writer.write_all(&self.scratch)?;
             }
-            Err(e) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+            Err(e) => self.error(tag, region.0, e.code(), &e.to_string())?,
         }
         Ok(Next::Continue)
     }
@@ -777,7 +791,7 @@ impl<'s> Connection<'s> {
         }
         match store.write_pages(owner, region, &pages, data) {
             Ok(()) => self.reply(Op::Write, tag, region.0, h.arg.get(), &[])?,
-            Err(e) => self.error(tag, region.0, store_error_code(&e), &e.to_string())?,
+            Err(e) => self.error(tag, region.0, e.code(), &e.to_string())?,
         }
         Ok(Next::Continue)
     }

@@ -106,12 +106,29 @@ pub enum StoreError {
     TooLarge { size: u64, capacity: u64 },
     #[error("This identity already declares {declared} bytes in {regions} regions, the most allowed ({limit} bytes, {max_regions} regions): free regions first")]
     TooManyRegions { declared: u64, regions: u64, limit: u64, max_regions: u64 },
+    #[error("Region {region} already has {max} tickets (or holders of one) out: revoke some first")]
+    TooManyGrants { region: RegionId, max: usize },
     #[error("Size {size:#x} is not a non-zero multiple of the {PAGE_SIZE}-byte page")]
     BadSize { size: u64 },
     #[error("Page {page} is outside region {region} ({pages} pages)")]
     OutOfRange { region: RegionId, page: u64, pages: u64 },
     #[error("Failed to map {size} bytes for a region")]
     Map { size: u64, #[source] source: std::io::Error },
+}
+
+impl StoreError {
+    /// The wire code a client is told.
+    pub fn code(&self) -> crate::proto::ErrorCode {
+        use crate::proto::ErrorCode;
+        match self {
+            StoreError::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
+            StoreError::OutOfCapacity { .. } | StoreError::TooLarge { .. } | StoreError::Map { .. } => ErrorCode::OutOfCapacity,
+            StoreError::QuotaExceeded { .. } | StoreError::TooManyRegions { .. } | StoreError::TooManyGrants { .. } => {
+                ErrorCode::QuotaExceeded
+            }
+            StoreError::BadSize { .. } | StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
+        }
+    }
 }
 
 /// How large a store is and how it is shared.
@@ -138,6 +155,14 @@ impl StoreConfig {
         }
         .min(self.capacity)
     }
+}
+
+/// Tickets one region may have out at once, and holders per ticket.
+pub const MAX_GRANTS_PER_REGION: usize = 64;
+
+/// Compares two tickets in time independent of where they differ.
+fn tickets_equal(a: &Ticket, b: &Ticket) -> bool {
+    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Regions one identity may hold at once.
@@ -205,6 +230,54 @@ struct Region {
     owner: Owner,
     account: Arc<Account>,
     mem: RwLock<RegionMem>,
+    /// Tickets the owner handed out, and who attached with each (see [`Store::grant`]).
+    grants: Mutex<Vec<Grant>>,
+}
+
+/// A ticket to a region: whoever presents it may attach and then read (and, if `write`, write
+/// and grow) the region as if it were theirs, until the owner revokes it or frees the region.
+struct Grant {
+    ticket: Ticket,
+    write: bool,
+    holders: Vec<Owner>,
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the ticket.
+        f.debug_struct("Grant").field("write", &self.write).field("holders", &self.holders.len()).finish()
+    }
+}
+
+/// A region's access ticket: 128 random bits.
+pub type Ticket = [u8; 16];
+
+/// What an operation needs of a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    /// Only the owner: free, shrink, grant, revoke.
+    Own,
+}
+
+impl Region {
+    fn allows(&self, who: &Owner, access: Access) -> bool {
+        if &self.owner == who {
+            return true;
+        }
+        access != Access::Own
+            && lock(&self.grants).iter().any(|g| (g.write || access == Access::Read) && g.holders.contains(who))
+    }
+}
+
+/// A ticket from the kernel's random source.
+fn random_ticket() -> Ticket {
+    let mut t = [0u8; 16];
+    // SAFETY: `t` is a valid, writable 16-byte buffer for the duration of the call.
+    let n = unsafe { libc::getrandom(t.as_mut_ptr().cast(), t.len(), 0) };
+    assert_eq!(n, 16, "getrandom failed: {}", std::io::Error::last_os_error());
+    t
 }
 
 /// Counters of a store, exported by `Stats`.
@@ -376,7 +449,7 @@ impl Store {
         let mut r = lock(&self.regions);
         let id = RegionId(r.next_id);
         r.next_id += 1;
-        r.map.insert(id, Arc::new(Region { owner: owner.clone(), account, mem: RwLock::new(mem) }));
+        r.map.insert(id, Arc::new(Region { owner: owner.clone(), account, mem: RwLock::new(mem), grants: Mutex::new(Vec::new()) }));
         Ok(id)
     }
 
@@ -389,20 +462,65 @@ impl Store {
     }
 
     fn region(&self, owner: &Owner, id: RegionId) -> Result<Arc<Region>, StoreError> {
-        match lock(&self.regions).map.get(&id) {
-            Some(region) if &region.owner == owner => Ok(region.clone()),
+        self.region_for(owner, id, Access::Own)
+    }
+
+    /// Region `id` if `who` may use it for `access` (its owner, or a holder of a ticket to it);
+    /// any other region is answered as unknown.
+    fn region_for(&self, who: &Owner, id: RegionId, access: Access) -> Result<Arc<Region>, StoreError> {
+        let region = lock(&self.regions).map.get(&id).cloned();
+        match region {
+            Some(region) if region.allows(who, access) => Ok(region),
             _ => Err(StoreError::NoSuchRegion(id)),
         }
+    }
+
+    /// Hands out a ticket to `owner`'s region `id`: another client (any identity) that presents
+    /// it to [`Store::attach`] may read the region — and write and grow it, if `write` — until
+    /// [`Store::revoke`] or the region's end. What is stored stays charged to the owner.
+    pub fn grant(&self, owner: &Owner, id: RegionId, write: bool) -> Result<Ticket, StoreError> {
+        let region = self.region(owner, id)?;
+        let ticket = random_ticket();
+        let mut grants = lock(&region.grants);
+        if grants.len() >= MAX_GRANTS_PER_REGION {
+            return Err(StoreError::TooManyGrants { region: id, max: MAX_GRANTS_PER_REGION });
+        }
+        grants.push(Grant { ticket, write, holders: Vec::new() });
+        Ok(ticket)
+    }
+
+    /// Gives `who` the access `ticket` grants to region `id`; returns whether it may write. A
+    /// wrong ticket, a revoked one and an unknown region are all answered as an unknown region.
+    pub fn attach(&self, who: &Owner, id: RegionId, ticket: &Ticket) -> Result<bool, StoreError> {
+        let region = lock(&self.regions).map.get(&id).cloned().ok_or(StoreError::NoSuchRegion(id))?;
+        let mut grants = lock(&region.grants);
+        let grant = grants.iter_mut().find(|g| tickets_equal(&g.ticket, ticket)).ok_or(StoreError::NoSuchRegion(id))?;
+        if !grant.holders.contains(who) {
+            if grant.holders.len() >= MAX_GRANTS_PER_REGION {
+                return Err(StoreError::TooManyGrants { region: id, max: MAX_GRANTS_PER_REGION });
+            }
+            grant.holders.push(who.clone());
+        }
+        Ok(grant.write)
+    }
+
+    /// Withdraws `ticket` to `owner`'s region `id` and the access of everyone who attached with it.
+    pub fn revoke(&self, owner: &Owner, id: RegionId, ticket: &Ticket) -> Result<(), StoreError> {
+        let region = self.region(owner, id)?;
+        lock(&region.grants).retain(|g| !tickets_equal(&g.ticket, ticket));
+        Ok(())
     }
 
     /// The address and length of `owner`'s region `id`, for registering it with an RDMA device.
     /// From now on the region counts at its full size (charged now, or refused). The mapping stays
     /// where it is until the region is freed or resized.
     pub fn pin(&self, owner: &Owner, id: RegionId) -> Result<(*mut u8, usize), StoreError> {
+        // The owner's only: a registration lives in one identity's protection domain, and a
+        // ticket's holder must lose its access when the ticket is revoked.
         let region = self.region(owner, id)?;
         let mut mem = region.mem.write().unwrap_or_else(|e| e.into_inner());
         if !mem.pinned {
-            self.charge(&owner.identity, &region.account, mem.pages() - mem.stored_pages)?;
+            self.charge(&region.owner.identity, &region.account, mem.pages() - mem.stored_pages)?;
             mem.pinned = true;
         }
         Ok((mem.map.as_mut_ptr(), mem.map.len()))
@@ -462,9 +580,13 @@ impl Store {
         if size > self.config.capacity {
             return Err(StoreError::TooLarge { size, capacity: self.config.capacity });
         }
-        let region = self.region(owner, id)?;
+        // A writable ticket's holder may grow a region, only its owner shrink it.
+        let region = self.region_for(owner, id, Access::Write)?;
         let mut mem = region.mem.write().unwrap_or_else(|e| e.into_inner());
         let old = mem.map.len() as u64;
+        if size < old && &region.owner != owner {
+            return Err(StoreError::NoSuchRegion(id));
+        }
         let (old_pages, new_pages) = (old / PAGE_SIZE_U64, size / PAGE_SIZE_U64);
         let account = &region.account;
         // Declared size first (refusable), then what is charged.
@@ -480,7 +602,7 @@ impl Store {
             a.declared += size - old;
         }
         if mem.pinned && new_pages > old_pages
-            && let Err(e) = self.charge(&owner.identity, account, new_pages - old_pages)
+            && let Err(e) = self.charge(&region.owner.identity, account, new_pages - old_pages)
         {
             self.undo_declared(account, size - old);
             return Err(e);
@@ -549,7 +671,7 @@ impl Store {
         pages: impl Iterator<Item = u64> + Clone,
         mut f: impl FnMut(usize, &[u8]),
     ) -> Result<(), StoreError> {
-        let region = self.region(owner, id)?;
+        let region = self.region_for(owner, id, Access::Read)?;
         let mem = region.mem.read().unwrap_or_else(|e| e.into_inner());
         for page in pages.clone() {
             Self::page_range(id, mem.map.len(), page)?;
@@ -574,7 +696,7 @@ impl Store {
         pages: &[u64],
         mut f: impl FnMut(std::ops::Range<usize>, &[u8]),
     ) -> Result<(), StoreError> {
-        let region = self.region(owner, id)?;
+        let region = self.region_for(owner, id, Access::Read)?;
         let mem = region.mem.read().unwrap_or_else(|e| e.into_inner());
         for &page in pages {
             Self::page_range(id, mem.map.len(), page)?;
@@ -602,12 +724,12 @@ impl Store {
     /// nothing.
     pub fn write_pages(&self, owner: &Owner, id: RegionId, pages: &[u64], data: &[u8]) -> Result<(), StoreError> {
         assert_eq!(data.len(), pages.len() * PAGE_SIZE, "data must hold every page");
-        let region = self.region(owner, id)?;
+        let region = self.region_for(owner, id, Access::Write)?;
         let mut mem = region.mem.write().unwrap_or_else(|e| e.into_inner());
         let ranges = pages.iter().map(|&p| Self::page_range(id, mem.map.len(), p)).collect::<Result<Vec<_>, _>>()?;
         if !mem.pinned {
             let fresh: Vec<u64> = pages.iter().copied().filter(|&p| mem.mark(p, true)).collect();
-            if let Err(e) = self.charge(&owner.identity, &region.account, fresh.len() as u64) {
+            if let Err(e) = self.charge(&region.owner.identity, &region.account, fresh.len() as u64) {
                 for &p in &fresh {
                     mem.mark(p, false);
                 }
@@ -668,6 +790,43 @@ mod tests {
         let t = store.total();
         assert_eq!((t.stored, t.declared, t.regions), (0, 0, 0));
         assert!(matches!(store.read_pages(&a, id, &[0], &mut out[..PAGE_SIZE]), Err(StoreError::NoSuchRegion(r)) if r == id));
+    }
+
+    #[test]
+    fn a_ticket_opens_a_region_to_its_holders_until_revoked() {
+        let store = Store::new(1 << 20);
+        let (a, b, c) = (who("a"), who("b"), who("c"));
+        let id = store.alloc(&a, 2 * 4096).unwrap();
+        store.write_pages(&a, id, &[0], &[7; PAGE_SIZE]).unwrap();
+        let read = store.grant(&a, id, false).unwrap();
+        let write = store.grant(&a, id, true).unwrap();
+        assert_ne!(read, write);
+        assert!(matches!(store.grant(&b, id, true), Err(StoreError::NoSuchRegion(_))), "only the owner grants");
+        let mut out = vec![0; PAGE_SIZE];
+        // Nothing before attaching; a wrong ticket is an unknown region.
+        assert!(matches!(store.read_pages(&b, id, &[0], &mut out), Err(StoreError::NoSuchRegion(_))));
+        assert!(matches!(store.attach(&b, id, &[0; 16]), Err(StoreError::NoSuchRegion(_))));
+        assert!(!store.attach(&b, id, &read).unwrap());
+        store.read_pages(&b, id, &[0], &mut out).unwrap();
+        assert_eq!(out, [7; PAGE_SIZE]);
+        assert!(matches!(store.write_pages(&b, id, &[1], &[1; PAGE_SIZE]), Err(StoreError::NoSuchRegion(_))), "read-only");
+        assert!(matches!(store.read_pages(&c, id, &[0], &mut out), Err(StoreError::NoSuchRegion(_))), "not attached");
+        assert!(store.attach(&c, id, &write).unwrap());
+        store.write_pages(&c, id, &[1], &[9; PAGE_SIZE]).unwrap();
+        // A holder grows, only the owner shrinks or frees; what is stored is the owner's.
+        store.resize(&c, id, 4 * 4096).unwrap();
+        assert!(matches!(store.resize(&c, id, 4096), Err(StoreError::NoSuchRegion(_))));
+        assert!(matches!(store.free(&c, id), Err(StoreError::NoSuchRegion(_))));
+        assert!(matches!(store.grant(&c, id, false), Err(StoreError::NoSuchRegion(_))));
+        assert_eq!((store.usage(&a.identity).stored, store.usage(&c.identity).stored), (2 * 4096, 0));
+        store.read_pages(&a, id, &[1], &mut out).unwrap();
+        assert_eq!(out, [9; PAGE_SIZE]);
+        store.revoke(&a, id, &write).unwrap();
+        assert!(matches!(store.read_pages(&c, id, &[0], &mut out), Err(StoreError::NoSuchRegion(_))), "revoked");
+        assert!(matches!(store.attach(&c, id, &write), Err(StoreError::NoSuchRegion(_))));
+        store.read_pages(&b, id, &[0], &mut out).unwrap();
+        store.free(&a, id).unwrap();
+        assert!(matches!(store.attach(&b, id, &read), Err(StoreError::NoSuchRegion(_))));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::proto::{ErrorCode, StatsReply};
-use crate::store::{Identity, Owner, RegionId, Store, StoreError};
+use crate::store::{Identity, Owner, RegionId, Store, StoreError, Ticket};
 
 mod tcp;
 
@@ -93,16 +93,32 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn write_pages(&self, region: RegionId, pages: &[u64], data: &[u8]) -> Result<(), TransportError>;
     /// The memnode's statistics.
     fn stats(&self) -> Result<StatsReply, TransportError>;
+    /// A ticket to one of this client's regions that lets another client (of any identity)
+    /// [`Transport::attach`] it: to read it, and to write and grow it if `write`. Until
+    /// [`Transport::revoke`] or the region is freed.
+    fn grant(&self, region: RegionId, write: bool) -> Result<Ticket, TransportError> {
+        let _ = (region, write);
+        Err(unsupported(self.kind(), "grant"))
+    }
+    /// Uses another client's ticket: from now on this client reads (and writes, if granted) that
+    /// region by its id like one of its own — but cannot free it. Returns whether it may write.
+    fn attach(&self, region: RegionId, ticket: &Ticket) -> Result<bool, TransportError> {
+        let _ = (region, ticket);
+        Err(unsupported(self.kind(), "attach"))
+    }
+    /// Withdraws a ticket this client granted, and the access of whoever attached with it.
+    fn revoke(&self, region: RegionId, ticket: &Ticket) -> Result<(), TransportError> {
+        let _ = (region, ticket);
+        Err(unsupported(self.kind(), "revoke"))
+    }
+}
+
+fn unsupported(kind: &str, op: &'static str) -> TransportError {
+    TransportError::Refused { op, code: Some(ErrorCode::BadRequest), message: format!("the {kind} transport cannot share regions") }
 }
 
 fn refused(op: &'static str, e: StoreError) -> TransportError {
-    let code = match e {
-        StoreError::NoSuchRegion(_) => ErrorCode::NoSuchRegion,
-        StoreError::OutOfCapacity { .. } | StoreError::TooLarge { .. } | StoreError::Map { .. } => ErrorCode::OutOfCapacity,
-        StoreError::QuotaExceeded { .. } | StoreError::TooManyRegions { .. } => ErrorCode::QuotaExceeded,
-        StoreError::BadSize { .. } | StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
-    };
-    TransportError::Refused { op, code: Some(code), message: e.to_string() }
+    TransportError::Refused { op, code: Some(e.code()), message: e.to_string() }
 }
 
 /// The in-process backend: a [`Store`] in this process (the embedded memnode and the test double).
@@ -164,6 +180,15 @@ impl Transport for LocalTransport {
             connections: 0.into(),
         })
     }
+    fn grant(&self, region: RegionId, write: bool) -> Result<Ticket, TransportError> {
+        self.store.grant(&self.identity, region, write).map_err(|e| refused("grant", e))
+    }
+    fn attach(&self, region: RegionId, ticket: &Ticket) -> Result<bool, TransportError> {
+        self.store.attach(&self.identity, region, ticket).map_err(|e| refused("attach", e))
+    }
+    fn revoke(&self, region: RegionId, ticket: &Ticket) -> Result<(), TransportError> {
+        self.store.revoke(&self.identity, region, ticket).map_err(|e| refused("revoke", e))
+    }
 }
 
 /// Counts operations for tests that want to see traffic (e.g. that zero pages are never sent).
@@ -213,6 +238,15 @@ impl<T: Transport> Transport for CountingTransport<T> {
     }
     fn stats(&self) -> Result<StatsReply, TransportError> {
         self.inner.stats()
+    }
+    fn grant(&self, region: RegionId, write: bool) -> Result<Ticket, TransportError> {
+        self.inner.grant(region, write)
+    }
+    fn attach(&self, region: RegionId, ticket: &Ticket) -> Result<bool, TransportError> {
+        self.inner.attach(region, ticket)
+    }
+    fn revoke(&self, region: RegionId, ticket: &Ticket) -> Result<(), TransportError> {
+        self.inner.revoke(region, ticket)
     }
 }
 
@@ -282,6 +316,34 @@ mod tests {
         alice.read_pages(region, &[0], &mut out).unwrap();
         let wrong = TcpTransport::connect(&addr, cfg("guess")).unwrap_err();
         assert!(matches!(wrong, TransportError::Refused { code: Some(ErrorCode::BadToken), .. }), "{wrong}");
+    }
+
+    #[test]
+    fn a_granted_region_is_shared_over_tcp_across_identities() {
+        let s = server(ServerConfig { tokens: Some(Tokens::from_pairs([("alice", "a-secret"), ("bob", "b-secret")])), ..Default::default() });
+        let addr = s.local_addr().to_string();
+        let cfg = |token: &str| TcpConfig { token: token.into(), ..Default::default() };
+        let alice = TcpTransport::connect(&addr, cfg("a-secret")).unwrap();
+        let bob = TcpTransport::connect(&addr, cfg("b-secret")).unwrap();
+        let region = alice.alloc(4 * 4096).unwrap();
+        alice.write_pages(region, &[0, 1], &pattern(2, 5)).unwrap();
+        let ticket = alice.grant(region, true).unwrap();
+        let mut out = vec![0u8; 2 * PAGE_SIZE];
+        assert!(bob.read_pages(region, &[0, 1], &mut out).is_err(), "not before attaching");
+        let mut wrong = ticket;
+        wrong[0] ^= 1;
+        let err = bob.attach(region, &wrong).unwrap_err();
+        assert!(matches!(err, TransportError::Refused { code: Some(ErrorCode::NoSuchRegion), .. }), "{err}");
+        assert!(bob.attach(region, &ticket).unwrap());
+        bob.read_pages(region, &[0, 1], &mut out).unwrap();
+        assert!(out == pattern(2, 5));
+        bob.write_pages(region, &[3], &pattern(1, 9)).unwrap();
+        assert!(bob.free(region).is_err());
+        alice.read_pages(region, &[3], &mut out[..PAGE_SIZE]).unwrap();
+        assert!(out[..PAGE_SIZE] == pattern(1, 9));
+        alice.revoke(region, &ticket).unwrap();
+        assert!(bob.read_pages(region, &[0], &mut out[..PAGE_SIZE]).is_err(), "revoked");
+        alice.free(region).unwrap();
     }
 
     #[test]

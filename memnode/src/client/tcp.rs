@@ -26,7 +26,7 @@ use crate::proto::{
     self, ErrorCode, Header, Op, PageDesc, SessionReply, SessionRequest, StatsReply, UsageEntry, HEADER_LEN,
     MAX_PAGES_PER_FRAME, PAGE_SIZE, REPLY_BIT,
 };
-use crate::store::RegionId;
+use crate::store::{RegionId, Ticket};
 
 /// What a client does with regions a previous holder of its session left (a restarted client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,8 +229,13 @@ impl Call<'_> {
 
     /// Sends one request frame and reads a reply without page data.
     fn simple(&self, conn: &mut Conn, op: Op, region: u64, payload: &[u8]) -> Result<Header, TransportError> {
+        self.simple_arg(conn, op, region, 0, payload)
+    }
+
+    /// [`Self::simple`] with the header's `arg`.
+    fn simple_arg(&self, conn: &mut Conn, op: Op, region: u64, arg: u32, payload: &[u8]) -> Result<Header, TransportError> {
         let tag = conn.tag();
-        let h = Header::new(op as u16, tag, region, 0, payload.len());
+        let h = Header::new(op as u16, tag, region, arg, payload.len());
         conn.buf.clear();
         conn.buf.extend_from_slice(h.as_bytes());
         conn.buf.extend_from_slice(payload);
@@ -561,6 +566,25 @@ impl Transport for TcpTransport {
 
     fn free(&self, region: RegionId) -> Result<(), TransportError> {
         self.inner.simple_op("free", Op::Free, region.0, &[]).map(drop)
+    }
+
+    fn grant(&self, region: RegionId, write: bool) -> Result<Ticket, TransportError> {
+        let inner = &self.inner;
+        inner.with_conn(true, |conn| {
+            let call = inner.call("grant");
+            call.simple_arg(conn, Op::Grant, region.0, u32::from(write), &[])?;
+            let ticket = Ticket::try_from(conn.buf.as_slice()).map_err(|_| call.protocol("a grant reply must be a 16-byte ticket".into()));
+            conn.buf.clear();
+            ticket
+        })
+    }
+
+    fn attach(&self, region: RegionId, ticket: &Ticket) -> Result<bool, TransportError> {
+        self.inner.simple_op("attach", Op::Attach, region.0, ticket).map(|h| h.arg.get() == 1)
+    }
+
+    fn revoke(&self, region: RegionId, ticket: &Ticket) -> Result<(), TransportError> {
+        self.inner.simple_op("revoke", Op::Revoke, region.0, ticket).map(drop)
     }
 
     fn stats(&self) -> Result<StatsReply, TransportError> {

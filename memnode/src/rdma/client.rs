@@ -26,7 +26,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::verbs::{self, Context, Mr, Pd, Qp, RdmaError};
 use crate::client::{Conn, TcpConfig, TcpTransport, Transport, TransportError};
 use crate::proto::{ErrorCode, Op, QpInfo, RegionKey, StatsReply, PAGE_SIZE};
-use crate::store::RegionId;
+use crate::store::{RegionId, Ticket};
 
 /// Queue pairs per transport: fault-handler threads transfer in parallel on different lanes.
 const LANES: usize = 2;
@@ -92,6 +92,8 @@ pub struct RdmaTransport {
     lanes: Vec<Mutex<Lane>>,
     next_lane: AtomicUsize,
     keys: Mutex<HashMap<RegionId, RegionKey>>,
+    /// Other clients' regions this one attached (reached over the control connection).
+    attached: Mutex<std::collections::HashSet<RegionId>>,
 }
 
 impl fmt::Debug for RdmaTransport {
@@ -127,6 +129,7 @@ impl RdmaTransport {
             lanes,
             next_lane: AtomicUsize::new(0),
             keys: Mutex::new(HashMap::new()),
+            attached: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -324,6 +327,10 @@ impl RdmaTransport {
         Ok(())
     }
 
+    fn is_attached(&self, region: RegionId) -> bool {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner()).contains(&region)
+    }
+
     fn forget(&self, region: RegionId) {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&region);
     }
@@ -357,6 +364,9 @@ impl Transport for RdmaTransport {
     }
 
     fn read_pages(&self, region: RegionId, pages: &[u64], out: &mut [u8]) -> Result<(), TransportError> {
+        if self.is_attached(region) {
+            return self.control.read_pages(region, pages, out);
+        }
         self.transfer(region, pages, Data::Read(out, &mut |_, _| {}))
     }
 
@@ -367,15 +377,37 @@ impl Transport for RdmaTransport {
         out: &mut [u8],
         ready: &mut dyn FnMut(std::ops::Range<usize>, &[u8]),
     ) -> Result<(), TransportError> {
+        if self.is_attached(region) {
+            return self.control.read_pages_streaming(region, pages, out, ready);
+        }
         self.transfer(region, pages, Data::Read(out, ready))
     }
 
     fn write_pages(&self, region: RegionId, pages: &[u64], data: &[u8]) -> Result<(), TransportError> {
+        if self.is_attached(region) {
+            return self.control.write_pages(region, pages, data);
+        }
         self.transfer(region, pages, Data::Write(data))
     }
 
     fn stats(&self) -> Result<StatsReply, TransportError> {
         self.control.stats()
+    }
+
+    fn grant(&self, region: RegionId, write: bool) -> Result<Ticket, TransportError> {
+        self.control.grant(region, write)
+    }
+
+    /// Another client's region is reached over the control connection: a registration belongs
+    /// to its owner's protection domain, which a ticket does not open.
+    fn attach(&self, region: RegionId, ticket: &Ticket) -> Result<bool, TransportError> {
+        let write = self.control.attach(region, ticket)?;
+        self.attached.lock().unwrap_or_else(|e| e.into_inner()).insert(region);
+        Ok(write)
+    }
+
+    fn revoke(&self, region: RegionId, ticket: &Ticket) -> Result<(), TransportError> {
+        self.control.revoke(region, ticket)
     }
 }
 

@@ -347,3 +347,76 @@ fn a_state_value_maps_into_paged_memory_and_the_range_goes_back_to_paging() {
     assert_eq!(replica.read(4096, 1), [9]);
     assert_eq!(h.unmap_shared().unwrap(), 0);
 }
+
+/// Page `p` of `buf` as a slice (faulting it in).
+fn page(buf: &ebb::PagedBuffer, p: usize) -> &[u8] {
+    assert!(p < buf.len() / 4096);
+    // SAFETY: page `p` lies in the buffer's accessible memory, which it owns; nothing else
+    // touches it while the slice lives.
+    unsafe { std::slice::from_raw_parts(buf.ptr().add(p * 4096), 4096) }
+}
+
+fn write_page(buf: &ebb::PagedBuffer, p: usize, byte: u8) {
+    assert!(p < buf.len() / 4096);
+    // SAFETY: as in `page`.
+    unsafe { std::ptr::write_bytes(buf.ptr().add(p * 4096), byte, 4096) };
+}
+
+#[test]
+fn a_memory_lent_to_another_identity_follows_by_pages_and_resets_to_its_initial_state() {
+    // Two runtimes: each its own pager and memnode identity (a random token each).
+    let memnode = Memnode::start(&[]).unwrap();
+    let pager = |t| Pager::new(PagerConfig::default(), t).expect("pager");
+    let (lender, borrower) = (pager(tcp(&memnode.addr)), pager(tcp(&memnode.addr)));
+    const PAGES: usize = 64;
+    let a = ebb::PagedBuffer::new(&lender, PAGES * 4096);
+    let initial = |p: usize| if p.is_multiple_of(3) { 0 } else { 0x10 + p.to_le_bytes()[0] };
+    for p in 0..PAGES {
+        write_page(&a, p, initial(p));
+    }
+    let snap = a.handle.capture().unwrap();
+    // The call so far: pages 1 and 3 written.
+    write_page(&a, 1, 0xa1);
+    write_page(&a, 3, 0xa3);
+    let lent = a.handle.lend().unwrap();
+    assert_eq!(lent.pages, PAGES);
+    let b = ebb::PagedBuffer::new(&borrower, PAGES * 4096);
+    b.handle.borrow(&lent).unwrap();
+    let seen = |p: usize| match p {
+        1 => 0xa1,
+        3 => 0xa3,
+        _ => initial(p),
+    };
+    for p in 0..PAGES {
+        assert!(page(&b, p).iter().all(|&x| x == seen(p)), "page {p} as the borrower sees it");
+    }
+    assert!(borrower.stats().pages_fetched > 0, "the borrower faulted the pages in from the memnode");
+    // The borrower's part of the call writes pages 3, 7 and 9 (9 back to zero).
+    write_page(&b, 3, 0xb3);
+    write_page(&b, 7, 0xb7);
+    write_page(&b, 9, 0);
+    assert_eq!(b.handle.give_back().unwrap(), vec![3, 7, 9]);
+    drop(b); // a borrowed region is not the borrower's to free
+    a.handle.take_back(&[3, 7, 9]).unwrap();
+    a.handle.end_lend(&lent);
+    for (p, want) in [(1, 0xa1), (3, 0xb3), (7, 0xb7), (9, 0), (2, initial(2))] {
+        assert!(page(&a, p).iter().all(|&x| x == want), "page {p} after the offloaded part");
+    }
+    // The next call starts from the initial state again, whatever the lent call changed.
+    let report = a.handle.reset().unwrap();
+    for p in [1, 3, 7, 9] {
+        assert!(report.written.contains(&p), "page {p} restored by the reset: {:?}", report.written);
+    }
+    for p in 0..PAGES {
+        assert!(page(&a, p).iter().all(|&x| x == initial(p)), "page {p} after the reset");
+    }
+    // And an idle offload after it writes back what differs, not the lent call's region copies.
+    a.handle.offload().unwrap();
+    for p in 0..PAGES {
+        assert!(page(&a, p).iter().all(|&x| x == initial(p)), "page {p} after offload and fault back");
+    }
+    // The tickets are gone: a third client cannot attach them.
+    let other = tcp(&memnode.addr);
+    assert!(other.attach(lent.region, &lent.region_ticket).is_err());
+    drop(snap);
+}

@@ -169,6 +169,16 @@ struct LimitArgs {
     /// or writes an object another node holds (the same file on every runtime; with --tokens).
     #[arg(long)]
     cluster_token_file: Option<PathBuf>,
+    /// A storage node refuses offloaded calls while its CPUs are busier than this fraction
+    /// (AutoNDP's default); the caller runs them itself.
+    #[arg(long, default_value_t = 0.8)]
+    ndp_max_cpu: f64,
+    /// ... or while more than this fraction of its memory is in use.
+    #[arg(long, default_value_t = 0.8)]
+    ndp_max_memory: f64,
+    /// ... or while this many offloaded calls run on it. Default: 0.8 of --call-threads.
+    #[arg(long)]
+    ndp_max_in_flight: Option<usize>,
     /// Largest module an upload may send, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     max_module: u64,
@@ -233,6 +243,14 @@ impl LimitArgs {
         }
         config.storage_nodes = self.storage_nodes.clone();
         config.advertise = self.advertise.clone();
+        for (name, v) in [("ndp-max-cpu", self.ndp_max_cpu), ("ndp-max-memory", self.ndp_max_memory)] {
+            if !(0.0..=1.0).contains(&v) {
+                anyhow::bail!("--{name} {v} is out of range: a fraction from 0 to 1");
+            }
+        }
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "0.8 of a thread count")]
+        let in_flight = self.ndp_max_in_flight.unwrap_or(((self.call_threads as f64 * 0.8) as usize).max(1));
+        config.admission = crate::ndp::offload::AdmissionLimits { cpu: self.ndp_max_cpu, memory: self.ndp_max_memory, in_flight };
         config.compile.max_module = size(self.max_module);
         config.compile.cpu = self.compile_cpu;
         // Wall time is a backstop for a compile that waits rather than computes; on a loaded machine

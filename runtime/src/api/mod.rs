@@ -8,6 +8,7 @@
 //!   POST /f/{user}/{function}/offload  evict idle instances         → bytes moved
 //!   PUT|GET /s/{user}/{key}            state
 //!   PUT|GET|DELETE /o/{user}/{key}     objects, on a storage node (streamed both ways)
+//!   POST /ndp/call                     an offloaded call from another runtime (cluster only)
 //!   GET  /metrics  /ping
 //! ```
 //! Who asks is checked (bearer token, and the path's user) by a layer that runs before any body
@@ -19,6 +20,7 @@
 //! oversize request (4xx).
 
 pub mod client;
+mod ndp;
 mod objects;
 
 use std::sync::Arc;
@@ -93,6 +95,8 @@ pub struct Caller {
     /// May see every user's metrics and call statuses: an `operator` token, or anyone without
     /// tokens. (An operator token acts on its own user's functions and state only.)
     pub operator: bool,
+    /// Another runtime of the cluster (the cluster secret), acting for `user`.
+    pub cluster: bool,
 }
 
 impl Caller {
@@ -115,7 +119,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Who is asking: `Err` is why not (a 401).
 fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, &'static str> {
-    let Some(tokens) = &state.tokens else { return Ok(Caller { user: None, operator: true }) };
+    let Some(tokens) = &state.tokens else { return Ok(Caller { user: None, operator: true, cluster: false }) };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -131,10 +135,10 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, &'static str>
             .and_then(|v| v.to_str().ok())
             .filter(|u| crate::registry::check_name("user", u).is_ok())
             .ok_or("a cluster request must name the user it acts for in x-ebb-user\n")?;
-        return Ok(Caller { user: Some(user.to_string()), operator: false });
+        return Ok(Caller { user: Some(user.to_string()), operator: false, cluster: true });
     }
     match tokens.entry(token) {
-        Some(entry) => Ok(Caller { user: Some(entry.name.clone()), operator: entry.operator }),
+        Some(entry) => Ok(Caller { user: Some(entry.name.clone()), operator: entry.operator, cluster: false }),
         None => Err("unknown token\n"),
     }
 }
@@ -323,7 +327,7 @@ async fn message(State(s): State<ApiState>, who: Who, body: Bytes) -> Response {
     {
         return forbidden(me, &user);
     }
-    let input = CallInput { data: msg.input_data.unwrap_or_default().into_bytes(), cmdline: msg.cmdline };
+    let input = CallInput { data: msg.input_data.unwrap_or_default().into_bytes(), cmdline: msg.cmdline, forbid_ndp: msg.forbid_ndp };
     execute(&s, who.0, Command::Invoke { user, function, input, is_async: msg.is_async }).await
 }
 
@@ -346,6 +350,10 @@ async fn ping() -> Response {
 /// Bodies of requests that carry none worth the name (offload, metrics, status is JSON).
 const SMALL_BODY: usize = 64 << 10;
 
+/// An offloaded call's descriptor: globals and page runs of a memory (a fragmented 4 GiB memory
+/// has at most 2^19 runs of ~20 bytes each).
+const OFFLOAD_BODY: usize = 16 << 20;
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     let config = state.platform.config();
@@ -365,6 +373,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/f/{user}/{function}/offload", post(offload.layer(limit(SMALL_BODY))))
         .route("/s/{user}/{key}", get(get_state).put(set_state.layer(limit(max_state))))
         .route("/o/{user}/{key}", get(objects::get).put(objects::put.layer(limit(max_object))).delete(objects::delete))
+        .route(crate::ndp::offload::CALL_PATH, post(ndp::call.layer(limit(OFFLOAD_BODY))))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))

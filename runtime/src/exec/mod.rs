@@ -15,11 +15,13 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::pager::{MemoryHandle, Pager};
 
 mod host;
+mod lent;
 pub mod rewrite;
 mod fsquota;
 mod wasi;
 
 pub use fsquota::{FileQuota, Room};
+pub use lent::{LentOutcome, global_names};
 pub use wasi::{ARGV0, FunctionFiles, Preopen, host_path};
 use wasi::{MAX_WASI_RESOURCES, WasiOriginals, WasiSpec};
 
@@ -72,6 +74,8 @@ pub struct CallContext {
     pub call: u32,
     /// What holds the running call's state locks (unique per call run).
     pub holder: u64,
+    /// The call asked to run everything here (`"forbid_ndp": true`): no offloading.
+    pub forbid_ndp: bool,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -270,7 +274,14 @@ impl Executor {
         limit: Option<std::time::Duration>,
     ) -> anyhow::Result<(Instance, Option<InitPages>)> {
         // The init phase's state locks belong to `holder` (the call the instance is made for).
-        let ctx = services.map(|(services, user, holder)| CallContext { services, user: user.to_string(), function: function.clone(), call: 0, holder });
+        let ctx = services.map(|(services, user, holder)| CallContext {
+            services,
+            user: user.to_string(),
+            function: function.clone(),
+            call: 0,
+            holder,
+            forbid_ndp: false,
+        });
         let mut store = self.store(stdout, &[ARGV0.to_string()], ctx)?;
         store.data_mut().deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut inst = self.link(store, &function.module)?;
@@ -349,6 +360,8 @@ pub struct Function {
     pub name: String,
     module: Module,
     initial: std::sync::OnceLock<Initial>,
+    /// The hex SHA-256 of the wasm it was compiled from (empty when not known).
+    digest: String,
 }
 
 /// The pages the first instance's instantiation and init phase left resident (ascending).
@@ -368,7 +381,18 @@ impl std::fmt::Debug for Function {
 
 impl Function {
     pub fn new(name: impl Into<String>, module: Module) -> Function {
-        Function { name: name.into(), module, initial: std::sync::OnceLock::new() }
+        Function::with_digest(name, module, String::new())
+    }
+
+    /// A function compiled from wasm whose hex SHA-256 is `digest` (another node holding the
+    /// same digest holds the same function).
+    pub fn with_digest(name: impl Into<String>, module: Module, digest: String) -> Function {
+        Function { name: name.into(), module, initial: std::sync::OnceLock::new(), digest }
+    }
+
+    /// The hex SHA-256 of the wasm it was compiled from (empty when not known).
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The captured initial state's snapshot, once an instance has been initialised.
@@ -558,11 +582,13 @@ impl Instance {
         self.discard || self.memory.as_ref().is_some_and(|m| m.poisoned().is_some())
     }
 
-    /// Sets who the next call is: its record's id and the holder of its state locks.
-    pub fn set_call(&mut self, id: u32, holder: u64) {
+    /// Sets who the next call is: its record's id, the holder of its state locks, and whether
+    /// it may offload.
+    pub fn set_call(&mut self, id: u32, holder: u64, forbid_ndp: bool) {
         if let Some(ctx) = &mut self.store.data_mut().ctx {
             ctx.call = id;
             ctx.holder = holder;
+            ctx.forbid_ndp = forbid_ndp;
         }
     }
 
@@ -655,18 +681,8 @@ impl Instance {
     }
 
     fn run_table(&mut self, index: u32) -> anyhow::Result<i32> {
-        let table = self
-            .instance
-            .get_table(&mut self.store, "__indirect_function_table")
-            .context("the function exports no function table (`__indirect_function_table`)")?;
-        let func = table
-            .get(&mut self.store, u64::from(index))
-            .and_then(|r| r.as_func().flatten().copied())
-            .with_context(|| format!("no function at table index {index}"))?;
-        let func = func
-            .typed::<(), i32>(&self.store)
-            .map_err(|e| anyhow!("the chained function at index {index} must be `int f(void)`: {e}"))?;
-        let result = func.call(&mut self.store, ());
+        let table = self.instance.get_table(&mut self.store, "__indirect_function_table");
+        let result = lent::call_table_entry(&mut self.store, table, index, &[]);
         self.check_memory()?;
         outcome(result)
     }

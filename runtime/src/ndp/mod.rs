@@ -5,10 +5,11 @@
 //! runtime started with `--storage`; the placement of objects over the storage nodes
 //! ([`placement`]), by which any runtime forwards an object request to the node that holds it;
 //! a guest's object calls for objects of other nodes ([`remote`]); the guest calls themselves
-//! are `exec::host::ndp`. Still to come (issue 12): offloaded calls whose memory follows by
-//! pages, admission, and the multi-namespace tests and benchmark.
+//! are `exec::host::ndp`; offloaded calls whose memory follows by pages, and the storage node's
+//! admission ([`offload`]).
 
 pub mod objects;
+pub mod offload;
 pub mod placement;
 pub mod remote;
 

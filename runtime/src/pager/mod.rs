@@ -19,11 +19,13 @@
 //! the fault path (see [`fault`]).
 //!
 //! Rooms: [`fault`] (handler threads, fills, supervision), [`offload`] (pages to the memnode),
+//! [`share`] (a memory lent to another node for an offloaded call),
 //! `snapshot` (initial states: capture, adopt, reset, prefetch, evict), `table` (the page table),
 //! `sys` (raw syscalls).
 
 mod fault;
 mod offload;
+mod share;
 mod snapshot;
 mod sys;
 mod table;
@@ -39,6 +41,7 @@ use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
 pub use offload::OffloadReport;
+pub use share::{LentMemory, PageRun, PageSource};
 pub use snapshot::{ResetReport, Snapshot};
 pub use table::PageState;
 use table::PageTable;
@@ -323,6 +326,11 @@ struct MemoryState {
     /// Ranges (byte offset, length) mapped from shared files for the running call
     /// ([`MemoryHandle::map_shared`]), undone when it ends.
     shared_maps: Mutex<Vec<(usize, usize)>>,
+    /// Pages whose region copy the running call (lent to another node) made: restored by the
+    /// reset (see `share`).
+    lent_dirty: Mutex<Vec<usize>>,
+    /// The region is another node's, borrowed (see `share`): never freed here.
+    region_borrowed: AtomicBool,
 }
 
 impl MemoryState {
@@ -492,6 +500,8 @@ impl PagedMemory {
             logging: AtomicBool::new(false),
             fault_log: Mutex::new(Vec::new()),
             shared_maps: Mutex::new(Vec::new()),
+            lent_dirty: Mutex::new(Vec::new()),
+            region_borrowed: AtomicBool::new(false),
         });
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
@@ -504,6 +514,7 @@ impl Drop for PagedMemory {
         let _ = self.shared.epoll.remove(&self.state.uffd);
         self.shared.memories.write().unwrap_or_else(|e| e.into_inner()).remove(&self.state.key);
         let region = self.state.region.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let region = region.filter(|_| !self.state.region_borrowed.load(Ordering::Relaxed));
         // Freed even when poisoned: the memnode may well be healthy (a checksum, a timeout that
         // passed). When it is not, the region's session lease frees it on the memnode's side.
         if let Some((region, _)) = region

@@ -37,7 +37,7 @@ impl MemoryHandle {
         resident
     }
 
-    fn ensure_region(&self) -> Result<RegionId, PagerError> {
+    pub(super) fn ensure_region(&self) -> Result<RegionId, PagerError> {
         let size = (self.state.accessible_pages() * PAGE_SIZE) as u64;
         let mut region = self.state.region.lock().unwrap_or_else(|e| e.into_inner());
         match *region {

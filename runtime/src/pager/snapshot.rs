@@ -68,6 +68,8 @@ pub struct Snapshot {
     region: RegionId,
     local: RwLock<Option<Arc<LocalImage>>>,
     transport: Arc<dyn Transport>,
+    /// The region is this runtime's (freed with the snapshot), not a lender's.
+    owned: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -82,6 +84,23 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// Another node's initial state, read from its region `region` (a borrowed memory's, see
+    /// `share`): `nonzero` pages of `size` bytes, no local image, the region never freed here.
+    pub(super) fn borrowed(size: usize, nonzero: Vec<bool>, region: RegionId, transport: Arc<dyn Transport>) -> Snapshot {
+        let nonzero_count = nonzero.iter().filter(|&&n| n).count();
+        Snapshot {
+            working_set: std::sync::Mutex::new(Vec::new()),
+            write_set: std::sync::Mutex::new(vec![false; nonzero.len()]),
+            size,
+            nonzero,
+            nonzero_count,
+            region,
+            local: RwLock::new(None),
+            transport,
+            owned: false,
+        }
+    }
+
     /// Memory size in bytes at capture.
     pub fn size(&self) -> usize {
         self.size
@@ -227,6 +246,9 @@ impl Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = self.transport.free(self.region) {
             tracing::warn!("could not free snapshot region {}: {e}", self.region);
         }
@@ -329,6 +351,7 @@ impl MemoryHandle {
             region,
             local: RwLock::new(Some(Arc::new(LocalImage { map: image, held, count: nonzero_count }))),
             transport: self.shared.transport.clone(),
+            owned: true,
         });
         self.track(&snap)?;
         self.shared.stats.bytes_out.fetch_add((nonzero_count * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
@@ -337,7 +360,7 @@ impl MemoryHandle {
 
     /// Starts tracking writes against `snap`: every resident page is write-protected, so only
     /// pages written from now on show up at the next reset.
-    fn track(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
+    pub(super) fn track(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
         let state = &self.state;
         state.snapshot.set(snap.clone()).map_err(|_| PagerError::Snapshot("the memory already has a snapshot"))?;
         let len = state.accessible_pages() * PAGE_SIZE;
@@ -385,17 +408,23 @@ impl MemoryHandle {
         // A read-around still arriving for the call that just ended must not land from now on.
         state.fence();
         let len = state.accessible_pages() * PAGE_SIZE;
-        // Written pages that are mapped. PAGEMAP_SCAN also reports pages dropped since they were
-        // protected (not mapped: nothing to restore, and never to be touched from here).
+        // Pages a lent call changed through the memory's region count as written: resident ones
+        // lose their region copy (it is the call's), the others take their initial state again.
+        let lent_dirty = self.take_lent_dirty();
         let scan = |reprotect| -> Result<Vec<usize>, PagerError> {
-            let mut ranges = Vec::new();
-            sys::scan_written(state.base(), state.base() + len, reprotect, &mut ranges)
-                .map_err(|source| PagerError::Setup { len, source })?;
-            let mut pages = Vec::new();
-            for r in ranges {
-                let (start, end) = ((r.start - state.base()) / PAGE_SIZE, (r.end - state.base()) / PAGE_SIZE);
-                pages.extend((start..end).filter(|&p| state.table.get(p) == PageState::Resident));
+            let mut pages = self.written_resident(reprotect)?;
+            for &p in &lent_dirty {
+                match state.table.get(p) {
+                    PageState::Resident => {
+                        state.table.set(p, PageState::Resident);
+                        pages.push(p);
+                    }
+                    PageState::Remote => state.table.set(p, snap.initial(p)),
+                    PageState::Zero | PageState::Image => {}
+                }
             }
+            pages.sort_unstable();
+            pages.dedup();
             Ok(pages)
         };
         let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };

@@ -150,6 +150,21 @@ impl Platform {
         for (name, kind, v) in single {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {v}");
         }
+        let n = &self.ndp;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE ebb_ndp_offloads_total counter");
+        for (outcome, v) in [("offloaded", &n.offloaded), ("refused", &n.refused), ("forbidden", &n.forbidden), ("failed", &n.failed)] {
+            let _ = writeln!(out, "ebb_ndp_offloads_total{{outcome=\"{outcome}\"}} {}", get(v));
+        }
+        let _ = writeln!(out, "# TYPE ebb_ndp_served_total counter");
+        for (outcome, v) in [("accepted", &n.accepted), ("busy", &n.busy)] {
+            let _ = writeln!(out, "ebb_ndp_served_total{{outcome=\"{outcome}\"}} {}", get(v));
+        }
+        let _ = writeln!(out, "# TYPE ebb_ndp_link_bytes_total counter");
+        for (direction, v) in [("to_storage", &n.bytes_to_storage), ("from_storage", &n.bytes_from_storage)] {
+            let _ = writeln!(out, "ebb_ndp_link_bytes_total{{direction=\"{direction}\"}} {}", get(v));
+        }
+        let _ = writeln!(out, "# TYPE ebb_ndp_pages_returned_total counter\nebb_ndp_pages_returned_total {}", get(&n.pages_returned));
         let (running, queued) = self.pool.load();
         let (records, record_bytes) = self.calls.held();
         let single: [(&str, u64); 6] = [

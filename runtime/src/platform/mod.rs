@@ -19,6 +19,7 @@ mod calls;
 mod files;
 mod functions;
 mod metrics;
+mod ndp;
 mod policy_driver;
 pub mod pool;
 
@@ -37,7 +38,9 @@ use crate::exec::{AwaitError, CallContext, CallOutcome, Entry, Executor, LostMem
 use crate::pager::{PageState, Pager, PagerError};
 use crate::policy::{Phase, PolicyFile, Segment, Segments};
 use crate::registry::{CompileLimits, Compiler, FunctionKey, Registry, UploadError};
+use crate::ndp::offload::{Admission, AdmissionLimits, NdpCounters, OffloadError, Reply, Request};
 use crate::ndp::{ObjectBytes, ObjectError, ObjectLimits, ObjectStore};
+pub use ndp::NotRun;
 use crate::state::{StateLimits, StateStore};
 use calls::{CallRecords, WaitError};
 use functions::{Idle, Pooled};
@@ -88,6 +91,8 @@ pub struct PlatformConfig {
     /// `x-ebb-user`) when a guest reads or writes an object another node holds. Needed between
     /// runtimes that check tokens. Default None.
     pub cluster_token: Option<ebb_memnode::tokens::Secret>,
+    /// When this storage node refuses offloaded calls.
+    pub admission: AdmissionLimits,
     /// What an upload may cost to compile.
     pub compile: CompileLimits,
     /// The `runtime` binary, to compile uploads in bounded child processes. None compiles in this
@@ -112,6 +117,7 @@ impl Default for PlatformConfig {
             storage_nodes: Vec::new(),
             advertise: None,
             cluster_token: None,
+            admission: AdmissionLimits::default(),
             compile: CompileLimits::default(),
             compiler_exe: None,
         }
@@ -199,6 +205,9 @@ pub struct Platform {
     thread_restarts: Arc<AtomicU64>,
     /// Looks the policy driver took.
     policy_ticks: AtomicU64,
+    /// Offloaded calls, both ways, and this node's admission of them.
+    ndp: NdpCounters,
+    admission: Admission,
     me: Weak<Platform>,
 }
 
@@ -228,6 +237,7 @@ impl Platform {
             }
             None => None,
         };
+        let admission = Admission::new(config.admission);
         let platform = Arc::new_cyclic(|me| Platform {
             exec,
             registry,
@@ -244,6 +254,8 @@ impl Platform {
             memnode_up: AtomicBool::new(true),
             thread_restarts: Arc::new(AtomicU64::new(0)),
             policy_ticks: AtomicU64::new(0),
+            ndp: NdpCounters::default(),
+            admission,
             me: me.clone(),
         });
         let weak = Arc::downgrade(&platform);
@@ -499,7 +511,7 @@ impl Platform {
             _ => false,
         };
         instance.record_resident = restoring;
-        instance.set_call(id, holder);
+        instance.set_call(id, holder, input.forbid_ndp);
         p.busy.fetch_add(1, Ordering::Relaxed);
         let result = instance.set_args(&input.argv()).and_then(|()| instance.call(&input.data, entry, Some(limit)));
         p.busy.fetch_sub(1, Ordering::Relaxed);
@@ -600,6 +612,8 @@ impl Platform {
 pub struct CallInput {
     pub data: Vec<u8>,
     pub cmdline: Option<String>,
+    /// Run everything here: `storageCallAndAwait` never offloads (`"forbid_ndp": true`).
+    pub forbid_ndp: bool,
 }
 
 impl CallInput {
@@ -612,7 +626,7 @@ impl CallInput {
 
 impl From<Vec<u8>> for CallInput {
     fn from(data: Vec<u8>) -> Self {
-        CallInput { data, cmdline: None }
+        CallInput { data, cmdline: None, forbid_ndp: false }
     }
 }
 
@@ -667,6 +681,14 @@ impl Services for Platform {
             }
             Holder::There(node) => crate::ndp::remote::put(&node, self.config.cluster_token.as_ref(), user, key, data),
         }
+    }
+
+    fn offload_node(&self, caller: &CallContext, key: &str) -> Option<String> {
+        Platform::offload_node(self, caller, key)
+    }
+
+    fn offload(&self, caller: &CallContext, node: &str, request: &Request, deadline: Option<Instant>) -> Result<Reply, OffloadError> {
+        self.send_offload(caller, node, request, deadline)
     }
 
     fn files(&self, user: &str, function: &str) -> anyhow::Result<crate::exec::FunctionFiles> {

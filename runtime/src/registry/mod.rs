@@ -140,9 +140,14 @@ impl Registry {
         write_atomically(&dir.join(&code_file), &code, 0o644).map_err(store_err)?;
         write_atomically(&dir.join("function.wasm"), wasm, 0o644).map_err(store_err)?;
         remove_stale_code(&dir, &code_file);
-        let function = Arc::new(Function::new(key.to_string(), module));
+        let function = Arc::new(Function::with_digest(key.to_string(), module, digest(wasm)));
         self.functions.write().unwrap_or_else(|e| e.into_inner()).insert(key, function.clone());
         Ok(function)
+    }
+
+    /// The stored wasm of `key` (what another node is sent to run the same function).
+    pub fn wasm(&self, key: &FunctionKey) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(&key.user).join(&key.function).join("function.wasm"))
     }
 
     pub fn get(&self, key: &FunctionKey) -> Option<Arc<Function>> {
@@ -198,7 +203,7 @@ fn load(dir: &Path, key: &FunctionKey, exec: &Executor, compiler: &Compiler) -> 
     let code_file = dir.join(code_name(&wasm));
     if let Ok(code) = std::fs::read(&code_file) {
         match exec.load_compiled(&code) {
-            Ok(module) => return Ok(Function::new(key.to_string(), module)),
+            Ok(module) => return Ok(Function::with_digest(key.to_string(), module, digest(&wasm))),
             Err(e) => tracing::info!("recompiling {key}: its precompiled code is not usable ({e:#})"),
         }
     } else {
@@ -209,5 +214,5 @@ fn load(dir: &Path, key: &FunctionKey, exec: &Executor, compiler: &Compiler) -> 
         tracing::warn!("could not store the precompiled code of {key}: {e}");
     }
     remove_stale_code(dir, &code_name(&wasm));
-    Ok(Function::new(key.to_string(), module))
+    Ok(Function::with_digest(key.to_string(), module, digest(&wasm)))
 }

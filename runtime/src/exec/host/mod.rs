@@ -44,6 +44,17 @@ pub trait Services: Send + Sync {
     fn object(&self, user: &str, key: &str, offset: u64, max_len: u64) -> Result<crate::ndp::ObjectBytes, crate::ndp::ObjectError>;
     /// Stores an object of `user` (here, or on the node that holds it); returns its size.
     fn put_object(&self, user: &str, key: &str, data: &[u8]) -> Result<u64, crate::ndp::ObjectError>;
+    /// The storage node to offload `caller`'s storage call over object `key` to, or None to run
+    /// it here (`forbid_ndp`, the object is here, no storage nodes, no shared memnode).
+    fn offload_node(&self, caller: &CallContext, key: &str) -> Option<String>;
+    /// Sends an offloaded call to `node`, bounded by `deadline`.
+    fn offload(
+        &self,
+        caller: &CallContext,
+        node: &str,
+        request: &crate::ndp::offload::Request,
+        deadline: Option<Instant>,
+    ) -> Result<crate::ndp::offload::Reply, crate::ndp::offload::OffloadError>;
 }
 
 fn ctx(caller: &Caller<'_, Host>, call: &str) -> wasmtime::Result<CallContext> {
@@ -79,7 +90,7 @@ fn write_bytes(caller: &mut Caller<'_, Host>, ptr: usize, bytes: &[u8]) -> wasmt
 }
 
 /// Bytes of a wasm page.
-const WASM_PAGE: usize = 65536;
+pub(crate) const WASM_PAGE: usize = 65536;
 
 /// Grows the guest's memory by `bytes` (whole host pages) and maps a file there with `map`
 /// (given the paged memory and the range's offset); returns the range's guest address. `what`

@@ -8,15 +8,20 @@
 //! - `__faasmndp_unmap(ptr, len) -> 0`: the mapping goes with the call (its memory grew, so the
 //!   instance is not reused).
 //! - `__faasmndp_storageCallAndAwait{,1,2}(key, keyLen, fn[, a[, b]]) -> int`: runs the function
-//!   at table index `fn` (with its arguments) and returns what it returns. It runs here, in the
-//!   calling instance — what AutoNDP does when the storage node refuses; running it on the
-//!   object's storage node with the memory following by pages is issue 12's next step.
+//!   at table index `fn` (with its arguments) on the storage node that holds object `key`, on
+//!   this instance's memory lent by pages, and returns what it returns (`ndp::offload`). It runs
+//!   here, in the calling instance, when the call said `forbid_ndp`, when the object is here or
+//!   nowhere known, when the memory lives on the embedded memnode, or when the node refuses.
+
+use std::time::Instant;
 
 use anyhow::anyhow;
-use wasmtime::{Caller, Linker, format_err};
+use wasmtime::{Caller, Extern, Linker, format_err};
 
-use super::{bytes, ctx, grow_and_map, guest_alloc, u32_arg, write_bytes};
-use crate::exec::Host;
+use super::{WASM_PAGE, bytes, ctx, grow_and_map, guest_alloc, memory, u32_arg, write_bytes};
+use crate::exec::lent::call_table_entry;
+use crate::exec::{Host, Timeout, global_names};
+use crate::ndp::offload::{self, OffloadError};
 use crate::ndp::{ObjectBytes, ObjectError};
 
 /// `__faasmndp_put`'s negative returns.
@@ -38,23 +43,87 @@ fn map_object(caller: &mut Caller<'_, Host>, file: &std::fs::File, offset: u64, 
     Ok(at + lead)
 }
 
-/// Calls the guest's function at table index `index` with `args` (all i32, returning i32).
-fn call_table(caller: &mut Caller<'_, Host>, index: i32, args: &[i32]) -> wasmtime::Result<i32> {
-    let table = caller
-        .get_export("__indirect_function_table")
-        .and_then(|e| e.into_table())
-        .ok_or_else(|| format_err!("__faasmndp_storageCallAndAwait needs the function table exported (`__indirect_function_table`)"))?;
-    let func = table
-        .get(&mut *caller, u64::from(index.cast_unsigned()))
-        .and_then(|r| r.as_func().flatten().copied())
-        .ok_or_else(|| format_err!("no function at table index {index}"))?;
-    let bad = |e: wasmtime::Error| format_err!("the function at table index {index} must take {} int(s) and return int: {e}", args.len());
-    match *args {
-        [] => func.typed::<(), i32>(&*caller).map_err(bad)?.call(&mut *caller, ()),
-        [a] => func.typed::<i32, i32>(&*caller).map_err(bad)?.call(&mut *caller, a),
-        [a, b] => func.typed::<(i32, i32), i32>(&*caller).map_err(bad)?.call(&mut *caller, (a, b)),
-        _ => Err(format_err!("at most two arguments")),
+/// The function at table index `index` with `args`, run in the calling instance.
+fn run_here(caller: &mut Caller<'_, Host>, index: u32, args: &[i32]) -> wasmtime::Result<i32> {
+    let table = caller.get_export("__indirect_function_table").and_then(Extern::into_table);
+    call_table_entry(&mut *caller, table, index, args)
+}
+
+/// `__faasmndp_storageCallAndAwait*`: the function at table index `index` runs on the storage
+/// node holding the object `key`, on this instance's memory lent by pages; here when it may not
+/// (see `ndp::offload`) or when that node refuses.
+fn storage_call(caller: &mut Caller<'_, Host>, key_ptr: i32, key_len: i32, index: i32, args: &[i32]) -> wasmtime::Result<i32> {
+    let index = index.cast_unsigned();
+    let Some(c) = caller.data().ctx.clone() else { return run_here(caller, index, args) };
+    let key = key(caller, key_ptr, key_len)?;
+    let (Some(node), Some(memory)) = (c.services.offload_node(&c, &key), caller.data().memory.clone()) else {
+        return run_here(caller, index, args);
+    };
+    let lent = match memory.lend() {
+        Ok(lent) => lent,
+        Err(e) => {
+            tracing::info!("{} runs its storage call here: its memory cannot be lent ({})", c.function.name, crate::pager::error_chain(&e));
+            return run_here(caller, index, args);
+        }
+    };
+    let mut globals = Vec::new();
+    for name in global_names(&c.function) {
+        if let Some(g) = caller.get_export(&name).and_then(Extern::into_global) {
+            globals.push((name, g.get(&mut *caller)));
+        }
     }
+    let deadline = caller.data().deadline;
+    let (_, function) = c.function.name.split_once('/').unwrap_or(("", &c.function.name));
+    let request = offload::Request {
+        user: c.user.clone(),
+        function: function.to_string(),
+        digest: c.function.digest().to_string(),
+        key,
+        index,
+        args: args.to_vec(),
+        globals: offload::globals_out(&globals).map_err(|e| format_err!("{e}"))?,
+        memory: (&lent).into(),
+        timeout_ms: deadline.map_or(u64::MAX, |d| u64::try_from(d.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX)),
+    };
+    match c.services.offload(&c, &node, &request, deadline) {
+        Ok(reply) => {
+            let applied = take_back(caller, &memory, &reply);
+            memory.end_lend(&lent);
+            applied.inspect_err(|_| memory.abandon_lend(&lent))
+        }
+        Err(OffloadError::Refused(why) | OffloadError::NeedsFunction(why)) => {
+            memory.end_lend(&lent);
+            tracing::info!("{} runs its storage call here: {why}", c.function.name);
+            run_here(caller, index, args)
+        }
+        Err(OffloadError::Failed(why)) => {
+            memory.abandon_lend(&lent);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(wasmtime::Error::new(Timeout));
+            }
+            Err(format_err!("__faasmndp_storageCallAndAwait: {why}"))
+        }
+    }
+}
+
+/// Applies an offloaded call's reply: the memory grows to the storage side's size, the pages it
+/// changed are dropped to fault back, the globals take its values; its return value.
+fn take_back(caller: &mut Caller<'_, Host>, handle: &crate::pager::MemoryHandle, reply: &offload::Reply) -> wasmtime::Result<i32> {
+    let mem = memory(caller)?;
+    let have = mem.data_size(&*caller);
+    if reply.size < have || !(reply.size - have).is_multiple_of(WASM_PAGE) {
+        return Err(format_err!("the storage node answered a memory of {} bytes for one of {have}", reply.size));
+    }
+    mem.grow(&mut *caller, ((reply.size - have) / WASM_PAGE) as u64).map_err(|e| format_err!("cannot grow the memory as the offloaded call did: {e}"))?;
+    let changed = offload::pages_of(&reply.changed, reply.size / ebb_memnode::PAGE_SIZE)
+        .ok_or_else(|| format_err!("the storage node answered changed pages beyond the memory"))?;
+    handle.take_back(&changed).map_err(|e| format_err!("cannot take back the offloaded call's pages: {}", crate::pager::error_chain(&e)))?;
+    for (name, value) in offload::globals_in(&reply.globals).map_err(|e| format_err!("{e}"))? {
+        let g = caller.get_export(&name).and_then(Extern::into_global).ok_or_else(|| format_err!("the storage node answered an unknown global {name}"))?;
+        g.set(&mut *caller, value)?;
+    }
+    caller.data_mut().output.extend_from_slice(&reply.output);
+    Ok(reply.rc)
 }
 
 pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
@@ -125,20 +194,20 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
         })
         .map_err(err)?;
     linker
-        .func_wrap("env", "__faasmndp_storageCallAndAwait", |mut caller: Caller<'_, Host>, _key: i32, _len: i32, f: i32| {
-            call_table(&mut caller, f, &[])
+        .func_wrap("env", "__faasmndp_storageCallAndAwait", |mut caller: Caller<'_, Host>, key: i32, len: i32, f: i32| {
+            storage_call(&mut caller, key, len, f, &[])
         })
         .map_err(err)?;
     linker
-        .func_wrap("env", "__faasmndp_storageCallAndAwait1", |mut caller: Caller<'_, Host>, _key: i32, _len: i32, f: i32, a: i32| {
-            call_table(&mut caller, f, &[a])
+        .func_wrap("env", "__faasmndp_storageCallAndAwait1", |mut caller: Caller<'_, Host>, key: i32, len: i32, f: i32, a: i32| {
+            storage_call(&mut caller, key, len, f, &[a])
         })
         .map_err(err)?;
     linker
         .func_wrap(
             "env",
             "__faasmndp_storageCallAndAwait2",
-            |mut caller: Caller<'_, Host>, _key: i32, _len: i32, f: i32, a: i32, b: i32| call_table(&mut caller, f, &[a, b]),
+            |mut caller: Caller<'_, Host>, key: i32, len: i32, f: i32, a: i32, b: i32| storage_call(&mut caller, key, len, f, &[a, b]),
         )
         .map_err(err)?;
     Ok(())

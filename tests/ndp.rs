@@ -92,7 +92,7 @@ fn wordcount_of(text: &str) -> String {
 fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     let c = cluster("ndp-samples", &[], &[]);
     // Uploaded to the compute node only: the storage node is sent the function when it lacks it.
-    upload(&c.compute, &["put", "substr", "grep", "sha256sum", "wordcount"]);
+    upload(&c.compute, &["put", "get", "substr", "grep", "sha256sum", "wordcount"]);
     let text = words(400_000);
     put(&c.compute, "corpus", text.as_bytes());
     let log: String = (0..6000).map(|i| format!("line {i}: {}\n", if i % 7 == 0 { "needle here" } else { "hay" })).collect();
@@ -107,6 +107,9 @@ fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     assert_eq!(both_ways(&c.compute, "sha256sum", "log"), (200, format!("{:x}", Sha256::digest(log.as_bytes()))));
     assert_eq!(both_ways(&c.compute, "sha256sum", "nothing").0, 500, "a missing object is the function's error, both ways");
     assert_eq!(both_ways(&c.compute, "put", "note hello near data"), (200, "stored 15".into()));
+    assert_eq!(both_ways(&c.compute, "get", "note"), (200, "hello near data".into()));
+    assert_eq!(both_ways(&c.compute, "get", "log"), (200, log.clone()));
+    assert_eq!(both_ways(&c.compute, "get", "nothing"), (500, "no such object".into()));
     let before = (metrics(&c.compute), metrics(&c.storage));
     // Another offloaded scan: what crossed the compute↔storage link for it.
     assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));

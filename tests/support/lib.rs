@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ebb_runtime::replay::spawn_listening;
 
+pub mod hosts;
 pub mod http;
 
 /// The pattern module (see `tests/modules/pattern.wat`).

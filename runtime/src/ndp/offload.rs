@@ -236,7 +236,13 @@ fn bearer<B>(r: ureq::RequestBuilder<B>, cluster: Option<&Secret>, user: &str) -
 fn before_sending(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-        ureq::Error::Io(io) => matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable),
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::HostUnreachable
+        ),
         _ => false,
     }
 }

@@ -67,3 +67,29 @@ maddr=$(sed -n 's/^memnode listening on \([^ ]*\).*/\1/p' "$mlog")
 [ -n "$maddr" ] || { echo "memnode did not start" >&2; exit 1; }
 echo "memnode at $maddr"
 "$R" run functions/build/examples/table.wasm --memnode "$maddr" --repeat 3 --offload-every-call --stats
+
+step "near-data offloading: a storage node and a compute node sharing that memnode"
+slog="$data/storage.log"; clog="$data/compute.log"
+"$R" serve --listen 127.0.0.1:0 --data-dir "$data/storage" --storage --memnode "$maddr" >"$slog" 2>&1 &
+spid=$!
+trap 'kill $pid $mpid $spid ${cpid:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 200); do grep -q "listening on" "$slog" && break; sleep 0.05; done
+saddr=$(sed -n 's/^runtime listening on \([^ ]*\).*/\1/p' "$slog")
+[ -n "$saddr" ] || { echo "storage runtime did not start:"; cat "$slog"; exit 1; } >&2
+"$R" serve --listen 127.0.0.1:0 --data-dir "$data/compute" --memnode "$maddr" --storage-nodes "http://$saddr" >"$clog" 2>&1 &
+cpid=$!
+for _ in $(seq 200); do grep -q "listening on" "$clog" && break; sleep 0.05; done
+caddr=$(sed -n 's/^runtime listening on \([^ ]*\).*/\1/p' "$clog")
+[ -n "$caddr" ] || { echo "compute runtime did not start:"; cat "$clog"; exit 1; } >&2
+export EBB_SERVER="http://$caddr"
+echo "storage node http://$saddr, compute node $EBB_SERVER"
+for f in wordcount grep sha256sum; do "$R" upload demo "$f" "functions/build/ndp/$f.wasm"; done
+for i in $(seq 20000); do echo "line $i: near data $([ $((i % 1000)) = 0 ] && echo needle) far code"; done >"$data/log.txt"
+"$R" put-object demo log.txt "$data/log.txt"
+echo "wordcount, offloaded to the storage node (its memory follows by pages through the memnode):"
+"$R" invoke demo wordcount --input log.txt | sort -k2 -n -r | head -4
+echo "the same with forbid_ndp (run here, the object fetched):"
+"$R" invoke demo wordcount --input log.txt --forbid-ndp | sort -k2 -n -r | head -4
+"$R" invoke demo grep --input "log.txt needle" | head -3
+echo "sha256sum offloaded: $("$R" invoke demo sha256sum --input log.txt)   local: $(sha256sum "$data/log.txt" | cut -d' ' -f1)"
+"$R" metrics | grep -E '^ebb_ndp_(offloads_total|link_bytes_total|pages_returned_total)'

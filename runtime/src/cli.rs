@@ -45,6 +45,17 @@ enum Command {
         /// Return the call id at once instead of waiting (poll with `runtime status ID`).
         #[arg(long = "async")]
         is_async: bool,
+        /// Run its near-data parts on the compute node (Faasm's `forbid_ndp`).
+        #[arg(long)]
+        forbid_ndp: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Store a file as an object (on the storage node that holds it).
+    PutObject {
+        user: String,
+        key: String,
+        file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -543,8 +554,13 @@ pub fn main() -> anyhow::Result<()> {
             let (status, body) = client.request("PUT", &format!("/f/{user}/{function}"), &wasm)?;
             finish(status, &body)
         }
-        Command::Invoke { user, function, input, is_async, client } => {
-            let msg = serde_json::json!({"user": user, "function": function, "input_data": input, "async": is_async});
+        Command::PutObject { user, key, file, client } => {
+            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (status, body) = client.request("PUT", &crate::ndp::remote::object_path(&user, &key), &data)?;
+            finish(status, &body)
+        }
+        Command::Invoke { user, function, input, is_async, forbid_ndp, client } => {
+            let msg = serde_json::json!({"user": user, "function": function, "input_data": input, "async": is_async, "forbid_ndp": forbid_ndp});
             let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
             finish(status, &body)
         }

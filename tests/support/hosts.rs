@@ -98,6 +98,11 @@ impl Hosts {
         assert!(out.status.success(), "tc on {}: {}", end.dev, String::from_utf8_lossy(&out.stderr).trim());
     }
 
+    /// Removes the shaping of `end` (if any).
+    pub fn unshape(&self, end: &End) {
+        let _ = Command::new("ip").args(["netns", "exec", &self.ns(&end.host), "tc", "qdisc", "del", "dev", &end.dev, "root"]).output();
+    }
+
     /// Takes a link end down or up.
     pub fn set_up(&self, end: &End, up: bool) {
         ip(&["-n", &self.ns(&end.host), "link", "set", &end.dev, if up { "up" } else { "down" }]);
@@ -125,19 +130,24 @@ impl Hosts {
 
     /// Runs `f` on a thread inside host `name`'s network (its sockets are that host's).
     pub fn within<T: Send>(&self, name: &str, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.ns(name));
         std::thread::scope(|s| {
             s.spawn(|| {
-                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                // SAFETY: setns on a namespace file descriptor we hold; it changes only this
-                // thread's network namespace.
-                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+                self.enter(name);
                 f()
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// Moves the calling thread into host `name`'s network for good (a bench's main thread).
+    pub fn enter(&self, name: &str) {
+        let path = format!("/var/run/netns/{}", self.ns(name));
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a namespace file descriptor we hold; it changes only this thread's
+        // network namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -213,6 +223,18 @@ impl NdpHosts {
         let c = &mut self.children[1 + i];
         let _ = c.kill();
         let _ = c.wait();
+    }
+
+    /// Shapes both directions of every compute↔storage link to `rate`, or unshapes them (None).
+    pub fn shape_storage_links(&self, rate: Option<&str>) {
+        for (c, s) in &self.storage_links {
+            for end in [c, s] {
+                match rate {
+                    Some(r) => self.hosts.shape(end, r),
+                    None => self.hosts.unshape(end),
+                }
+            }
+        }
     }
 
     /// Bytes that crossed the compute↔storage links so far, both ways, all storage nodes.

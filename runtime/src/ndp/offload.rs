@@ -374,6 +374,12 @@ impl Admission {
         f
     }
 
+    /// Forgets the CPU reading, so the next look takes a fresh sample: what this node just did
+    /// for an offload (compiling a function sent for it) is not load to refuse that offload for.
+    pub fn resample_cpu(&self) {
+        *self.cpu.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Admits one offload, or says why not.
     pub fn admit(&self) -> Result<Admitted<'_>, String> {
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed);

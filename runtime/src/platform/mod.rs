@@ -315,7 +315,11 @@ impl Platform {
     /// Validates, compiles (within the compile limits) and stores a function.
     pub fn upload(&self, user: &str, function: &str, wasm: &[u8]) -> Result<(), UploadError> {
         let key = FunctionKey::new(user, function).map_err(UploadError::BadName)?;
-        self.registry.upload(&self.exec, &self.compiler, key, wasm).map(drop)
+        let uploaded = self.registry.upload(&self.exec, &self.compiler, key, wasm).map(drop);
+        // A compute node sends a function right before the offload that needs it: the compile's
+        // CPU is not the load admission is about.
+        self.admission.resample_cpu();
+        uploaded
     }
 
     /// The platform's record of a function (made on first use; a new upload gets a new one).

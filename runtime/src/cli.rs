@@ -594,9 +594,12 @@ fn compile() -> anyhow::Result<()> {
 /// Prints a response body; a non-2xx status is an error exit.
 fn finish(status: u16, body: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    std::io::stdout().write_all(body)?;
-    if !body.ends_with(b"\n") {
-        println!();
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(body).and_then(|()| if body.ends_with(b"\n") { Ok(()) } else { out.write_all(b"\n") }).and_then(|()| out.flush());
+    // A reader that stopped early (`| head`) is not an error of the call.
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     if !(200..300).contains(&status) {
         std::process::exit(1);

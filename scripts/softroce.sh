@@ -2,7 +2,7 @@
 # The RDMA suite, for real, on a machine without RDMA hardware: a stock Debian kernel booted under
 # qemu (TCG) loads rdma_rxe, creates a soft-RoCE device and runs inside the guest
 #   1. the rdma transport's own tests (ebb-memnode's unit tests, ignored elsewhere for want of a device),
-#      including the isolation test (guessed and stale keys);
+#      including the isolation test (guessed and stale keys) and a ticket holder's access (tickets);
 #   2. a `memnode --rdma-device rxe0` and `runtime run` of tests/modules/pattern.wat over rdma://,
 #      its 64 MiB offloaded and faulted back three times, verified byte for byte by the module.
 #
@@ -149,6 +149,7 @@ case "$role" in
   single)
     memnode-tests --include-ignored --test-threads=1 rdma >/tmp/transport_tests.log 2>&1; result transport_tests $?
     grep -q "guessed_and_stale_keys_cannot_reach_other_regions ... ok" /tmp/transport_tests.log; result isolation $?
+    grep -q "a_ticket_holder_reaches_the_owners_region_and_the_owner_rekeys_after_it_grew ... ok" /tmp/transport_tests.log; result tickets $?
     memnode --listen "$addr:7070" --capacity 1G --rdma-device rxe0 >/tmp/memnode.log 2>&1 &
     wait_port "$addr"
     runtime_over_rdma "$addr" runtime_run_over_rdma
@@ -226,7 +227,7 @@ status=0
 start=$(date +%s)
 if [[ $mode == single || $mode == all ]]; then
   boot single single 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
-  check "$work/single.log" transport_tests isolation runtime_run_over_rdma || { status=1; tail -n 60 "$work/single.log" >&2; }
+  check "$work/single.log" transport_tests isolation tickets runtime_run_over_rdma || { status=1; tail -n 60 "$work/single.log" >&2; }
 fi
 if [[ $mode == two || $mode == all ]]; then
   # The two guests are linked by two taps on a bridge, in a network namespace of this run's own.

@@ -352,6 +352,10 @@ impl Transport for RdmaTransport {
     }
 
     fn resize(&self, region: RegionId, size: u64) -> Result<(), TransportError> {
+        if self.is_attached(region) {
+            // Another client's region (growing it is all a ticket allows): no key of ours.
+            return self.control.resize(region, size);
+        }
         // The memnode re-registers a resized region under a new key.
         self.forget(region);
         self.control.resize(region, size)?;

@@ -105,6 +105,38 @@ fn pages_round_trip_by_one_sided_reads_and_writes() {
 
 #[test]
 #[ignore = "needs an RDMA device: scripts/softroce.sh runs it in a soft-RoCE guest"]
+fn a_ticket_holder_reaches_the_owners_region_and_the_owner_rekeys_after_it_grew() {
+    let tokens = Tokens::from_pairs([("alice", "a-secret"), ("bob", "b-secret")]);
+    let s = server(true, Some(tokens));
+    let (alice, bob) = (connect(&s, Some("a-secret")), connect(&s, Some("b-secret")));
+    let region = alice.alloc(64 * PAGE_SIZE as u64).unwrap();
+    let pages: Vec<u64> = (0..64).collect();
+    let data = pattern(64, 3);
+    alice.write_pages(region, &pages, &data).unwrap();
+    let ticket = alice.grant(region, true).unwrap();
+    let mut out = vec![0u8; data.len()];
+    assert!(bob.read_pages(region, &pages, &mut out).is_err(), "not before attaching");
+    assert!(bob.attach(region, &ticket).unwrap());
+    bob.read_pages(region, &pages, &mut out).unwrap();
+    assert!(out == data, "the holder reads the owner's pages");
+    // The holder writes and grows it (over the control connection: no key of its own).
+    bob.write_pages(region, &[5], &pattern(1, 9)).unwrap();
+    bob.resize(region, 128 * PAGE_SIZE as u64).unwrap();
+    bob.write_pages(region, &[100], &pattern(1, 11)).unwrap();
+    // The owner renews its registration and reads both by RDMA.
+    alice.resize(region, 128 * PAGE_SIZE as u64).unwrap();
+    let mut page = vec![0u8; PAGE_SIZE];
+    alice.read_pages(region, &[5], &mut page).unwrap();
+    assert!(page == pattern(1, 9));
+    alice.read_pages(region, &[100], &mut page).unwrap();
+    assert!(page == pattern(1, 11));
+    alice.revoke(region, &ticket).unwrap();
+    assert!(bob.read_pages(region, &[5], &mut page).is_err(), "revoked");
+    alice.free(region).unwrap();
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/softroce.sh runs it in a soft-RoCE guest"]
 fn guessed_and_stale_keys_cannot_reach_other_regions() {
     let tokens = Tokens::from_pairs([("alice", "a-secret"), ("bob", "b-secret")]);
     let s = server(true, Some(tokens));

@@ -418,3 +418,60 @@ pub struct NdpCounters {
     /// Compute side: pages the storage side changed, dropped here to fault back on touch.
     pub pages_returned: AtomicU64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lent_memory_and_globals_survive_the_wire() {
+        let lent = LentMemory {
+            pages: 100,
+            region: RegionId(7),
+            region_ticket: [0xab; 16],
+            snapshot: RegionId(3),
+            snapshot_ticket: [1; 16],
+            runs: vec![PageRun { start: 0, len: 4, source: PageSource::Snapshot }, PageRun { start: 9, len: 2, source: PageSource::Region }],
+        };
+        let wire: Memory = serde_json::from_str(&serde_json::to_string(&Memory::from(&lent)).unwrap()).unwrap();
+        assert_eq!(wire.lent().unwrap(), lent);
+        let mut bad = wire.clone();
+        bad.region_ticket = "zz".repeat(16);
+        assert!(bad.lent().is_err());
+        bad = wire;
+        bad.runs[0][2] = 7;
+        assert!(bad.lent().is_err());
+        let globals = vec![
+            ("sp".to_string(), Val::I32(-16)),
+            ("big".to_string(), Val::I64(i64::MIN)),
+            ("f".to_string(), Val::F32(1.5f32.to_bits())),
+            ("d".to_string(), Val::F64(2.25f64.to_bits())),
+        ];
+        let back = globals_in(&globals_out(&globals).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{globals:?}"));
+        assert!(globals_in(&[Global { name: "x".into(), ty: "i32".into(), bits: 1 << 40 }]).is_err());
+    }
+
+    #[test]
+    fn page_runs_round_trip_and_absurd_runs_are_refused() {
+        let pages = vec![1, 2, 3, 7, 9, 10];
+        let runs = page_runs(&pages);
+        assert_eq!(runs, vec![[1, 3], [7, 1], [9, 2]]);
+        assert_eq!(pages_of(&runs, 11), Some(pages));
+        assert_eq!(pages_of(&runs, 10), None);
+        assert_eq!(pages_of(&[[usize::MAX, 2]], usize::MAX), None);
+    }
+
+    #[test]
+    fn admission_bounds_offloads_in_flight() {
+        let a = Admission::new(AdmissionLimits { cpu: 1.0, memory: 1.0, in_flight: 2 });
+        let first = a.admit().unwrap();
+        let second = a.admit().unwrap();
+        assert!(a.admit().unwrap_err().contains("--ndp-max-in-flight"));
+        drop(first);
+        let third = a.admit().unwrap();
+        drop((second, third));
+        let none = Admission::new(AdmissionLimits { cpu: 1.0, memory: 0.0, in_flight: 2 });
+        assert!(none.admit().unwrap_err().contains("memory"), "any use of memory is above 0");
+    }
+}

@@ -125,6 +125,8 @@ fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     assert_eq!(m(&after.0, "ebb_ndp_offloads_total{outcome=\"forbidden\"}"), 8.0);
     assert_eq!(m(&after.0, "ebb_ndp_offloads_total{outcome=\"failed\"}"), 0.0);
     assert!(m(&after.0, "ebb_ndp_pages_returned_total") > 0.0, "the storage side's changes came back by pages");
+    let back = m(&after.0, "ebb_ndp_pages_faulted_back_total");
+    assert!(back > 0.0 && back <= m(&after.0, "ebb_ndp_pages_returned_total"), "{back} faulted back");
     // The offloaded part's writes (wordcount's map, grep's lines) came back: instances were
     // reused for the calls after, which still gave the right answers — nothing leaked between
     // calls through the lent pages.

@@ -404,6 +404,7 @@ fn a_memory_lent_to_another_identity_follows_by_pages_and_resets_to_its_initial_
     }
     // The next call starts from the initial state again, whatever the lent call changed.
     let report = a.handle.reset().unwrap();
+    assert_eq!(lender.stats().lent_faulted_back, 3, "the borrower's three pages were faulted back");
     for p in [1, 3, 7, 9] {
         assert!(report.written.contains(&p), "page {p} restored by the reset: {:?}", report.written);
     }

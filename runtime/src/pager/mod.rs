@@ -109,6 +109,9 @@ pub struct PagerStats {
     /// Read-arounds whose later frames arrived after the memory was reset, evicted or offloaded,
     /// and were dropped.
     pub readaround_fenced: AtomicU64,
+    /// Pages a borrower changed that the lender's call then touched (faulted back), counted at
+    /// the reset.
+    pub lent_faulted_back: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -128,6 +131,7 @@ pub struct PagerSnapshot {
     pub bytes_out: u64,
     pub handler_failures: u64,
     pub readaround_fenced: u64,
+    pub lent_faulted_back: u64,
 }
 
 impl PagerStats {
@@ -148,6 +152,7 @@ impl PagerStats {
             bytes_out: l(&self.bytes_out),
             handler_failures: l(&self.handler_failures),
             readaround_fenced: l(&self.readaround_fenced),
+            lent_faulted_back: l(&self.lent_faulted_back),
         }
     }
 }
@@ -329,6 +334,8 @@ struct MemoryState {
     /// Pages whose region copy the running call (lent to another node) made: restored by the
     /// reset (see `share`).
     lent_dirty: Mutex<Vec<usize>>,
+    /// Of those, the pages a borrower changed (to count how many the call faulted back).
+    returned: Mutex<Vec<usize>>,
     /// The region is another node's, borrowed (see `share`): never freed here.
     region_borrowed: AtomicBool,
 }
@@ -501,6 +508,7 @@ impl PagedMemory {
             fault_log: Mutex::new(Vec::new()),
             shared_maps: Mutex::new(Vec::new()),
             lent_dirty: Mutex::new(Vec::new()),
+            returned: Mutex::new(Vec::new()),
             region_borrowed: AtomicBool::new(false),
         });
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());

@@ -193,6 +193,7 @@ impl MemoryHandle {
         }
         self.discard_pages(&resident);
         self.note_lent_dirty(changed);
+        self.state.returned.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(changed);
         Ok(())
     }
 
@@ -306,8 +307,12 @@ impl MemoryHandle {
         Ok(written)
     }
 
-    /// Takes the pages lent dirty since the last reset (see the module doc).
+    /// Takes the pages lent dirty since the last reset (see the module doc), counting the
+    /// borrower's pages the call faulted back.
     pub(super) fn take_lent_dirty(&self) -> Vec<usize> {
+        let returned = std::mem::take(&mut *self.state.returned.lock().unwrap_or_else(|e| e.into_inner()));
+        let back = returned.iter().filter(|&&p| self.state.table.get(p) == PageState::Resident).count();
+        self.shared.stats.lent_faulted_back.fetch_add(back as u64, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut *self.state.lent_dirty.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

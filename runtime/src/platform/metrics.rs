@@ -165,6 +165,7 @@ impl Platform {
             let _ = writeln!(out, "ebb_ndp_link_bytes_total{{direction=\"{direction}\"}} {}", get(v));
         }
         let _ = writeln!(out, "# TYPE ebb_ndp_pages_returned_total counter\nebb_ndp_pages_returned_total {}", get(&n.pages_returned));
+        let _ = writeln!(out, "# TYPE ebb_ndp_pages_faulted_back_total counter\nebb_ndp_pages_faulted_back_total {}", s.lent_faulted_back);
         let (running, queued) = self.pool.load();
         let (records, record_bytes) = self.calls.held();
         let single: [(&str, u64); 6] = [

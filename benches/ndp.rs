@@ -40,14 +40,6 @@ fn corpus(mib: usize) -> String {
     s
 }
 
-fn wordcount_of(text: &str) -> String {
-    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
-    for w in text.split_ascii_whitespace() {
-        *counts.entry(w).or_default() += 1;
-    }
-    counts.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect()
-}
-
 fn grep_of(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("needle")).collect();
     format!("{}\n{}\n", lines.len(), lines.join("\n"))
@@ -73,7 +65,7 @@ fn bench(c: &mut Criterion) {
             let text = corpus(mib);
             let key = format!("corpus-{mib}m");
             assert_eq!(send("PUT", &format!("{url}/o/alice/{key}"), Some(ALICE), text.as_bytes()).status, 200);
-            let want = [("wordcount", wordcount_of(&text), key.clone()), ("grep", grep_of(&text), format!("{key} needle"))];
+            let want = [("wordcount", ebb::wordcount_of(&text), key.clone()), ("grep", grep_of(&text), format!("{key} needle"))];
             drop(text);
             for shape in [None, Some("1gbit")] {
                 h.shape_storage_links(shape);

@@ -80,14 +80,6 @@ fn words(n: usize) -> String {
     (0..n).map(|i| format!("{}{}", words[(i * 7 + i / 13) % words.len()], if i % 11 == 0 { "\n" } else { " " })).collect()
 }
 
-fn wordcount_of(text: &str) -> String {
-    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
-    for w in text.split_ascii_whitespace() {
-        *counts.entry(w).or_default() += 1;
-    }
-    counts.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect()
-}
-
 #[test]
 fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     let c = cluster("ndp-samples", &[], &[]);
@@ -97,7 +89,7 @@ fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     put(&c.compute, "corpus", text.as_bytes());
     let log: String = (0..6000).map(|i| format!("line {i}: {}\n", if i % 7 == 0 { "needle here" } else { "hay" })).collect();
     put(&c.compute, "log", log.as_bytes());
-    assert_eq!(both_ways(&c.compute, "wordcount", "corpus"), (200, wordcount_of(&text)));
+    assert_eq!(both_ways(&c.compute, "wordcount", "corpus"), (200, ebb::wordcount_of(&text)));
     for (offset, len) in [(0usize, 10usize), (4095, 2), (5000, 10_000), (log.len() - 5, 100)] {
         let want = &log[offset..(offset + len).min(log.len())];
         assert_eq!(both_ways(&c.compute, "substr", &format!("log {offset} {len}")), (200, want.to_string()), "substr {offset} {len}");
@@ -112,7 +104,7 @@ fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     assert_eq!(both_ways(&c.compute, "get", "nothing"), (500, "no such object".into()));
     let before = (metrics(&c.compute), metrics(&c.storage));
     // Another offloaded scan: what crossed the compute↔storage link for it.
-    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));
+    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, ebb::wordcount_of(&text)));
     let after = (metrics(&c.compute), metrics(&c.storage));
     let delta = |name: &str| m(&after.0, name) - m(&before.0, name);
     assert_eq!(delta("ebb_ndp_offloads_total{outcome=\"offloaded\"}"), 1.0);
@@ -130,7 +122,7 @@ fn the_samples_run_on_the_storage_node_by_pages_and_match_running_here() {
     // The offloaded part's writes (wordcount's map, grep's lines) came back: instances were
     // reused for the calls after, which still gave the right answers — nothing leaked between
     // calls through the lent pages.
-    assert_eq!(both_ways(&c.compute, "wordcount", "log"), (200, wordcount_of(&log)));
+    assert_eq!(both_ways(&c.compute, "wordcount", "log"), (200, ebb::wordcount_of(&log)));
 }
 
 #[test]
@@ -139,7 +131,7 @@ fn a_busy_storage_node_refuses_and_the_caller_runs_it_here() {
     upload(&c.compute, &["wordcount"]);
     let text = words(20_000);
     put(&c.compute, "corpus", text.as_bytes());
-    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));
+    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, ebb::wordcount_of(&text)));
     let (compute, storage) = (metrics(&c.compute), metrics(&c.storage));
     assert_eq!(m(&compute, "ebb_ndp_offloads_total{outcome=\"refused\"}"), 1.0);
     assert_eq!(m(&compute, "ebb_ndp_offloads_total{outcome=\"offloaded\"}"), 0.0);
@@ -153,7 +145,7 @@ fn a_storage_node_that_stops_or_dies_mid_offload_fails_the_call_within_the_bound
     upload(&c.compute, &["wordcount"]);
     let text = words(20_000);
     put(&c.compute, "corpus", text.as_bytes());
-    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));
+    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, ebb::wordcount_of(&text)));
     // Silent (SIGSTOP): the request is accepted by the kernel and never answered.
     let pid = i32::try_from(c.storage.child.id()).unwrap();
     // SAFETY: kill(2) on our own child's pid.
@@ -190,7 +182,7 @@ fn a_storage_node_takes_offloaded_calls_only_from_the_cluster_and_only_with_tick
     let text = words(5_000);
     put(&c.compute, "corpus", text.as_bytes());
     // The first offload sends the function to the storage node.
-    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));
+    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, ebb::wordcount_of(&text)));
     let wasm = std::fs::read(ebb::function_wasm("ndp", "wordcount")).unwrap();
     let digest: String = Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
     let descriptor = |region: u64| {
@@ -221,5 +213,5 @@ fn a_storage_node_takes_offloaded_calls_only_from_the_cluster_and_only_with_tick
     let (status, body) = post(CLUSTER, "alice", "{\"user\": \"alice\"}");
     assert_eq!(status, 400, "{body}");
     // The node still takes real offloads.
-    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, wordcount_of(&text)));
+    assert_eq!(call(&c.compute, "wordcount", "corpus", false), (200, ebb::wordcount_of(&text)));
 }

@@ -33,14 +33,6 @@ fn text(n: usize, seed: usize) -> String {
     (0..n).map(|i| format!("{}{}", words[(i * 7 + i / 13 + seed) % words.len()], if i % 11 == 0 { "\n" } else { " " })).collect()
 }
 
-fn wordcount_of(text: &str) -> String {
-    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
-    for w in text.split_ascii_whitespace() {
-        *counts.entry(w).or_default() += 1;
-    }
-    counts.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect()
-}
-
 #[test]
 fn offloaded_scans_on_two_storage_hosts_match_local_ones_and_leave_the_data_where_it_is() {
     let h = hosts("ndp-hosts", &[]);
@@ -61,7 +53,7 @@ fn offloaded_scans_on_two_storage_hosts_match_local_ones_and_leave_the_data_wher
         let stored: usize = texts.iter().map(String::len).sum();
         let scans = |round: &str| {
             for (k, t) in keys.iter().zip(&texts) {
-                assert_eq!(call(&url, "wordcount", k, false), (200, wordcount_of(t)), "wordcount {k} offloaded, {round}");
+                assert_eq!(call(&url, "wordcount", k, false), (200, ebb::wordcount_of(t)), "wordcount {k} offloaded, {round}");
                 let lines: Vec<&str> = t.lines().filter(|l| l.contains("needle")).collect();
                 assert_eq!(call(&url, "grep", &format!("{k} needle"), false), (200, format!("{}\n{}\n", lines.len(), lines.join("\n"))));
                 assert_eq!(call(&url, "sha256sum", k, false), (200, format!("{:x}", Sha256::digest(t.as_bytes()))));
@@ -82,7 +74,7 @@ fn offloaded_scans_on_two_storage_hosts_match_local_ones_and_leave_the_data_wher
         // The same scans run here: the objects cross.
         let before = h.storage_link_bytes();
         for (k, t) in keys.iter().zip(&texts) {
-            assert_eq!(call(&url, "wordcount", k, true), (200, wordcount_of(t)), "wordcount {k} local");
+            assert_eq!(call(&url, "wordcount", k, true), (200, ebb::wordcount_of(t)), "wordcount {k} local");
         }
         let local = h.storage_link_bytes() - before;
         assert!(local as f64 > stored as f64, "{local} bytes crossed for {stored} bytes read here");
@@ -103,7 +95,7 @@ fn a_storage_link_that_goes_down_ends_the_calls_that_need_it_within_the_bound() 
         let t = text(20_000, 1);
         for k in [&k0, &k1] {
             assert_eq!(send("PUT", &format!("{url}/o/alice/{k}"), Some(ALICE), t.as_bytes()).status, 200);
-            assert_eq!(call(&url, "wordcount", k, false), (200, wordcount_of(&t)));
+            assert_eq!(call(&url, "wordcount", k, false), (200, ebb::wordcount_of(&t)));
         }
         h.hosts.set_up(&h.storage_links[0].0, false);
         let start = Instant::now();
@@ -111,8 +103,8 @@ fn a_storage_link_that_goes_down_ends_the_calls_that_need_it_within_the_bound() 
         assert!(status >= 500, "{status} {body}");
         assert!(start.elapsed() < Duration::from_secs(20), "bounded: {:?}", start.elapsed());
         // The other storage host is not affected.
-        assert_eq!(call(&url, "wordcount", &k1, false), (200, wordcount_of(&t)));
+        assert_eq!(call(&url, "wordcount", &k1, false), (200, ebb::wordcount_of(&t)));
         h.hosts.set_up(&h.storage_links[0].0, true);
-        assert_eq!(call(&url, "wordcount", &k0, false), (200, wordcount_of(&t)), "back when the link is");
+        assert_eq!(call(&url, "wordcount", &k0, false), (200, ebb::wordcount_of(&t)), "back when the link is");
     });
 }

@@ -197,6 +197,15 @@ pub fn function_wasm(dir: &str, name: &str) -> PathBuf {
     root.join("functions/build").join(dir).join(format!("{name}.wasm"))
 }
 
+/// What the `ndp/wordcount` sample outputs for `text`: "word\tcount\n" lines, sorted by word.
+pub fn wordcount_of(text: &str) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    for w in text.split_ascii_whitespace() {
+        *counts.entry(w).or_default() += 1;
+    }
+    counts.iter().map(|(w, c)| format!("{w}\t{c}\n")).collect()
+}
+
 /// A fresh, empty directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);

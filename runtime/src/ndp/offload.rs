@@ -27,7 +27,7 @@ use ebb_memnode::{RegionId, Ticket};
 use serde::{Deserialize, Serialize};
 use wasmtime::Val;
 
-use super::remote::{FORWARDED_HEADER, USER_HEADER};
+use super::remote::marked;
 use crate::pager::{LentMemory, PageRun, PageSource};
 
 /// The path a storage node takes offloaded calls at.
@@ -224,14 +224,6 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-fn bearer<B>(r: ureq::RequestBuilder<B>, cluster: Option<&Secret>, user: &str) -> ureq::RequestBuilder<B> {
-    let r = r.header(FORWARDED_HEADER, "1").header(USER_HEADER, user);
-    match cluster {
-        Some(t) => r.header("authorization", &format!("Bearer {}", t.expose())),
-        None => r,
-    }
-}
-
 /// Whether a request error happened before the request can have reached the node.
 fn before_sending(e: &ureq::Error) -> bool {
     match e {
@@ -255,7 +247,7 @@ pub fn send(node: &str, cluster: Option<&Secret>, request: &Request, timeout: Du
     };
     let url = format!("{}{CALL_PATH}", node.trim_end_matches('/'));
     let sent = body.len() as u64;
-    let reply = bearer(agent(timeout).post(&url), cluster, &request.user).header("content-type", "application/json").send(&body[..]);
+    let reply = marked(agent(timeout).post(&url), cluster, &request.user).header("content-type", "application/json").send(&body[..]);
     let mut reply = match reply {
         Ok(r) => r,
         Err(e) if before_sending(&e) => return (Err(OffloadError::Refused(format!("storage node {node} is unreachable: {e}"))), (sent, 0)),
@@ -280,7 +272,7 @@ pub fn send(node: &str, cluster: Option<&Secret>, request: &Request, timeout: Du
 /// Sends a function's wasm to a storage node (as its user), so it can run offloaded calls of it.
 pub fn push_function(node: &str, cluster: Option<&Secret>, user: &str, function: &str, wasm: &[u8], timeout: Duration) -> Result<(), String> {
     let url = format!("{}/f/{user}/{function}", node.trim_end_matches('/'));
-    let mut reply = bearer(agent(timeout).put(&url), cluster, user).send(wasm).map_err(|e| format!("storage node {node}: {e}"))?;
+    let mut reply = marked(agent(timeout).put(&url), cluster, user).send(wasm).map_err(|e| format!("storage node {node}: {e}"))?;
     let status = reply.status().as_u16();
     if status == 200 {
         return Ok(());

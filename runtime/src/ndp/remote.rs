@@ -35,7 +35,8 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn marked<B>(r: ureq::RequestBuilder<B>, cluster: Option<&Secret>, user: &str) -> ureq::RequestBuilder<B> {
+/// `r` marked as one runtime's request to another, acting for `user` with the cluster secret.
+pub(super) fn marked<B>(r: ureq::RequestBuilder<B>, cluster: Option<&Secret>, user: &str) -> ureq::RequestBuilder<B> {
     let r = r.header(FORWARDED_HEADER, "1").header(USER_HEADER, user);
     match cluster {
         Some(t) => r.header("authorization", &format!("Bearer {}", t.expose())),

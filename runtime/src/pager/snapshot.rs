@@ -87,6 +87,11 @@ impl Snapshot {
     /// Another node's initial state, read from its region `region` (a borrowed memory's, see
     /// `share`): `nonzero` pages of `size` bytes, no local image, the region never freed here.
     pub(super) fn borrowed(size: usize, nonzero: Vec<bool>, region: RegionId, transport: Arc<dyn Transport>) -> Snapshot {
+        Snapshot::new(size, nonzero, region, None, transport, false)
+    }
+
+    /// A snapshot of `size` bytes whose `nonzero` pages are in `region` (and in `local`, if given).
+    fn new(size: usize, nonzero: Vec<bool>, region: RegionId, local: Option<LocalImage>, transport: Arc<dyn Transport>, owned: bool) -> Snapshot {
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
         Snapshot {
             working_set: std::sync::Mutex::new(Vec::new()),
@@ -95,9 +100,9 @@ impl Snapshot {
             nonzero,
             nonzero_count,
             region,
-            local: RwLock::new(None),
+            local: RwLock::new(local.map(Arc::new)),
             transport,
-            owned: false,
+            owned,
         }
     }
 
@@ -341,18 +346,8 @@ impl MemoryHandle {
             return Err(e);
         }
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
-        let held = nonzero.clone();
-        let snap = Arc::new(Snapshot {
-            working_set: std::sync::Mutex::new(Vec::new()),
-            write_set: std::sync::Mutex::new(vec![false; nonzero.len()]),
-            size,
-            nonzero,
-            nonzero_count,
-            region,
-            local: RwLock::new(Some(Arc::new(LocalImage { map: image, held, count: nonzero_count }))),
-            transport: self.shared.transport.clone(),
-            owned: true,
-        });
+        let image = LocalImage { map: image, held: nonzero.clone(), count: nonzero_count };
+        let snap = Arc::new(Snapshot::new(size, nonzero, region, Some(image), self.shared.transport.clone(), true));
         self.track(&snap)?;
         self.shared.stats.bytes_out.fetch_add((nonzero_count * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(snap)

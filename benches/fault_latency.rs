@@ -1,8 +1,9 @@
 //! The cost of one 4 KiB page fault by each path, in one run (so ratios are meaningful on a noisy
-//! machine): an anonymous first touch (the kernel alone), a userfaultfd zero-page fault, one page
-//! read through the tcp transport with no fault (the transport's own round trip), and a remote
-//! fault over tcp with and without read-around; with an RDMA device, the rdma transport's round
-//! trip and a remote fault over rdma. Needs root (userfaultfd).
+//! machine): an anonymous first touch (the kernel alone); on each fault path (`uffd`: handler
+//! threads, `sigbus`: the faulting thread itself) a zero-page fault and a remote fault over tcp
+//! with and without read-around; one page read through the tcp transport with no fault (the
+//! transport's own round trip); with an RDMA device, the rdma transport's round trip and a remote
+//! fault over rdma on each path. Needs root (userfaultfd).
 //!
 //! cargo bench --bench fault_latency
 
@@ -11,9 +12,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ebb::{PagedBuffer, loopback_memnode, rdma_memnode, rdma_only};
-use ebb_runtime::pager::{Pager, PagerConfig};
+use ebb_runtime::pager::{FaultPath, Pager, PagerConfig};
 
 const CHUNK: usize = 16 << 20; // pages touched per setup: 16 MiB
+
+const PATHS: [(FaultPath, &str); 2] = [(FaultPath::Uffd, "uffd"), (FaultPath::UffdSigbus, "sigbus")];
+
+fn pager(fault_path: FaultPath, readaround: usize, transport: &Arc<dyn ebb_memnode::Transport>) -> Arc<Pager> {
+    Pager::new(PagerConfig { fault_path, fault_threads: 1, readaround, ..Default::default() }, transport.clone()).expect("pager (run as root)")
+}
 
 /// Times `iters` single-page faults, `per_chunk` at a time, re-creating state with `setup`.
 fn faults<S>(iters: u64, mut setup: impl FnMut() -> S, mut touch: impl FnMut(&S, usize)) -> Duration {
@@ -45,16 +52,20 @@ fn bench(c: &mut Criterion) {
         tcp(&mut g);
     }
     if let Some((_server, rdma)) = rdma_memnode(4 << 30) {
-        let p0 = Pager::new(PagerConfig { fault_threads: 1, readaround: 0, ..Default::default() }, rdma.clone()).expect("pager (run as root)");
         let region = rdma.alloc(CHUNK as u64).expect("alloc");
         rdma.write_pages(region, &[0], &[7u8; 4096]).expect("write");
         let mut page = vec![0u8; 4096];
         g.bench_function("rdma_rtt_4k", |b| b.iter(|| rdma.read_pages(region, &[0], &mut page).expect("read")));
-        g.bench_function("remote_rdma_4k", |b| {
-            b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
-                m.touch(p);
-            }))
-        });
+        for (path, name) in PATHS {
+            let p0 = pager(path, 0, &rdma);
+            // The user-space rdma path's historical id is the handler-thread one.
+            let id = if path == FaultPath::Uffd { "remote_rdma_4k".to_string() } else { format!("remote_rdma_4k_{name}") };
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
+                    m.touch(p);
+                }))
+            });
+        }
     }
     g.finish();
 }
@@ -74,33 +85,31 @@ fn touch_anon(m: &memmap2::MmapMut, p: usize) {
 
 fn tcp(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let (_server, transport) = loopback_memnode(4 << 30);
-    let pager = |readaround| {
-        Pager::new(PagerConfig { fault_threads: 1, readaround, ..Default::default() }, transport.clone()).expect("pager (run as root)")
-    };
-
-    let p0 = pager(0);
-    g.bench_function("uffd_zero", |b| {
-        b.iter_custom(|iters| faults(iters, || PagedBuffer::new(&p0, CHUNK), |m, p| {
-            m.touch(p);
-        }))
-    });
-
     let region = transport.alloc(CHUNK as u64).expect("alloc");
     transport.write_pages(region, &[0], &[7u8; 4096]).expect("write");
     let mut page = vec![0u8; 4096];
     g.bench_function("tcp_rtt_4k", |b| b.iter(|| transport.read_pages(region, &[0], &mut page).expect("read")));
 
-    g.bench_function("remote_tcp_4k", |b| {
-        b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
-            m.touch(p);
-        }))
-    });
-    let p15 = pager(15);
-    g.bench_function("remote_tcp_readaround", |b| {
-        b.iter_custom(|iters| faults(iters, || offloaded(&p15), |m, p| {
-            m.touch(p);
-        }))
-    });
+    for (path, name) in PATHS {
+        let thread_name = if path == FaultPath::Uffd { "thread" } else { name };
+        let p0 = pager(path, 0, &transport);
+        g.bench_function(format!("uffd_{thread_name}_zero"), |b| {
+            b.iter_custom(|iters| faults(iters, || PagedBuffer::new(&p0, CHUNK), |m, p| {
+                m.touch(p);
+            }))
+        });
+        g.bench_function(format!("remote_tcp_4k_{name}"), |b| {
+            b.iter_custom(|iters| faults(iters, || offloaded(&p0), |m, p| {
+                m.touch(p);
+            }))
+        });
+        let p15 = pager(path, 15, &transport);
+        g.bench_function(format!("remote_tcp_readaround_{name}"), |b| {
+            b.iter_custom(|iters| faults(iters, || offloaded(&p15), |m, p| {
+                m.touch(p);
+            }))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

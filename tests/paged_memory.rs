@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ebb::{AREA_A, LEN_OFFSET, Memnode, PATTERN_WAT, SEED_OFFSET, first_mismatch};
 use ebb_memnode::{LocalTransport, TcpConfig, Transport};
 use ebb_runtime::exec::{Executor, Instance, Stdout};
-use ebb_runtime::pager::{PageState, Pager, PagerConfig};
+use ebb_runtime::pager::{FaultPath, PageState, Pager, PagerConfig};
 
 const MIB: usize = 1 << 20;
 
@@ -254,6 +254,21 @@ fn a_late_readaround_never_lands_after_the_memory_moved_on() {
         std::thread::spawn(move || buf.touch(0))
     };
     assert!(ebb::wait_until(Duration::from_secs(10), || gated.hooks.get().0), "the fault never reached the transport");
+    if pager.fault_path() == FaultPath::UffdSigbus {
+        // The faulting thread fetches its fault's whole read-around before it returns into the
+        // call, so no frame can arrive after the call: the touch waits at the gate too.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!toucher.is_finished(), "the fault returned before its read-around was installed");
+        gated.hooks.set(|s| s.1 = true);
+        let first = toucher.join().unwrap();
+        assert_eq!(buf.handle.count(PageState::Resident), 256, "the page and its whole read-around");
+        buf.handle.evict().unwrap();
+        assert_eq!(buf.handle.count(PageState::Resident), 0);
+        assert!(buf.handle.poisoned().is_none());
+        assert_eq!(buf.touch(0), first);
+        assert_eq!(buf.touch(300), 3u8.wrapping_add(300usize.to_le_bytes()[0]) | 1);
+        return;
+    }
     let first = toucher.join().unwrap();
     // The call is over; its memory is evicted while the read-around is still in flight. The evict
     // must neither wait for the transfer nor let the late frames land afterwards.
@@ -420,4 +435,57 @@ fn a_memory_lent_to_another_identity_follows_by_pages_and_resets_to_its_initial_
     let other = tcp(&memnode.addr);
     assert!(other.attach(lent.region, &lent.region_ticket).is_err());
     drop(snap);
+}
+
+/// Writes memory [65536, 131072) to stdout with one WASI `fd_write`.
+const WRITER_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2 2)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (if (i32.ne (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)) (i32.const 0))
+      (then unreachable))))"#;
+
+/// Reads the last word of its memory, then one past its end.
+const OOB_WAT: &str = r#"(module
+  (memory (export "memory") 2 2)
+  (func (export "_start")
+    (drop (i32.load (i32.const 131068)))
+    (drop (i32.load (i32.const 131072)))))"#;
+
+#[test]
+fn a_wasi_write_from_offloaded_memory_writes_its_bytes() {
+    let exec = executor(Arc::new(LocalTransport::embedded(64 << 20)), 2);
+    let module = exec.compile(WRITER_WAT.as_bytes()).unwrap();
+    let pipe = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
+    let mut inst = exec.instantiate(&module, &["writer".into()], Stdout::Capture(pipe.clone())).unwrap();
+    let expected: Vec<u8> = (0..65536u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2]).collect();
+    inst.memory_bytes_mut().unwrap()[65536..].copy_from_slice(&expected);
+    let mem = inst.memory().unwrap().clone();
+    mem.offload().unwrap();
+    assert_eq!(mem.count(PageState::Resident), 0);
+    // The host reads the buffer while WASI copies it out: on the sigbus path those reads fault
+    // in the calling thread, and nothing hands a missing page to the kernel (no EFAULT).
+    assert_eq!(inst.run().unwrap(), 0, "fd_write failed (on {})", exec.pager().fault_path());
+    assert!(exec.pager().stats().pages_fetched >= 16, "the buffer came back from the memnode: {:?}", exec.pager().stats());
+    let written = pipe.contents();
+    assert_eq!(written.len(), expected.len());
+    assert!(written[..] == expected[..], "fd_write wrote other bytes than the offloaded buffer holds");
+}
+
+#[test]
+fn an_out_of_bounds_access_stays_a_trap_on_paged_memory() {
+    let exec = executor(Arc::new(LocalTransport::embedded(64 << 20)), 1);
+    let module = exec.compile(OOB_WAT.as_bytes()).unwrap();
+    let mut inst = exec.instantiate(&module, &["oob".into()], Stdout::Inherit).unwrap();
+    inst.memory_bytes_mut().unwrap()[65536..65540].copy_from_slice(b"kept");
+    inst.memory().unwrap().offload().unwrap();
+    for _ in 0..3 {
+        let err = inst.run().unwrap_err();
+        assert!(format!("{err:?}").contains("out of bounds"), "not a memory trap: {err:?}");
+    }
+    let mem = inst.memory().unwrap().clone();
+    assert!(mem.poisoned().is_none(), "a trap is not a lost page");
+    assert_eq!(&inst.memory_bytes().unwrap()[65536..65540], b"kept");
 }

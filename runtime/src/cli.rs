@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ebb_memnode::{LocalTransport, TcpConfig, Transport, parse_size};
 
 use crate::exec::{Executor, Stdout};
-use crate::pager::{Pager, PagerConfig, PagerSnapshot};
+use crate::pager::{FaultPath, Pager, PagerConfig, PagerSnapshot};
 
 #[derive(Debug, Parser)]
 #[command(name = "runtime", version, about = "Ebb's compute-host runtime: wasm functions on paged memory")]
@@ -455,7 +455,11 @@ pub struct MemoryArgs {
     /// Capacity of the embedded memnode (when --memnode is not given).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub embedded_capacity: u64,
-    /// Fault-handler threads.
+    /// How faults reach the pager: `uffd-sigbus` (the faulting thread resolves its own fault in
+    /// its SIGBUS handler) or `uffd` (handler threads read userfaultfd events).
+    #[arg(long, env = FaultPath::ENV, default_value_t = FaultPath::default())]
+    pub fault_path: FaultPath,
+    /// Fault-handler threads (the uffd path).
     #[arg(long, default_value_t = 2)]
     pub fault_threads: usize,
     /// Following remote pages fetched with a faulting one (0 to 1023).
@@ -511,6 +515,7 @@ impl MemoryArgs {
             None => Arc::new(LocalTransport::embedded(self.embedded_capacity)),
         };
         let config = PagerConfig {
+            fault_path: self.fault_path,
             fault_threads: self.fault_threads,
             readaround: self.readaround,
             spin: Duration::from_micros(self.fault_spin_us),

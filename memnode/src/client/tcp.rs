@@ -615,30 +615,34 @@ impl Transport for TcpTransport {
         }
         let inner = &self.inner;
         let frame_pages = inner.config.read_frame_pages.clamp(1, MAX_PAGES_PER_FRAME);
+        // Allocation-free on its success path (fixed buffers on the stack): the pager's in-thread
+        // fault path reads pages from inside a SIGBUS handler.
         inner.with_conn(pages.len() <= frame_pages, |conn| {
             let call = inner.call("read");
-            let chunks: Vec<&[u64]> = pages.chunks(frame_pages).collect();
+            let n_chunks = pages.len().div_ceil(frame_pages);
+            let chunk_of = |i: usize| &pages[i * frame_pages..((i + 1) * frame_pages).min(pages.len())];
             let first_tag = conn.next_tag + 1;
             let window = inner.config.window.max(1);
             let send = |conn: &mut Conn, i: usize| -> Result<(), TransportError> {
-                let chunk = chunks[i];
+                let chunk = chunk_of(i);
                 let tag = conn.tag();
                 let count = u32::try_from(chunk.len()).expect("chunk ≤ MAX_PAGES_PER_FRAME");
                 let h = Header::new(Op::Read as u16, tag, region.0, count, chunk.len() * 8);
-                let mut frame = Vec::with_capacity(HEADER_LEN + chunk.len() * 8);
-                frame.extend_from_slice(h.as_bytes());
-                for p in chunk {
-                    frame.extend_from_slice(&p.to_le_bytes());
+                let mut frame = [0u8; HEADER_LEN + MAX_PAGES_PER_FRAME * 8];
+                frame[..HEADER_LEN].copy_from_slice(h.as_bytes());
+                for (slot, p) in frame[HEADER_LEN..].chunks_exact_mut(8).zip(chunk) {
+                    slot.copy_from_slice(&p.to_le_bytes());
                 }
-                call.write_all(&mut conn.stream, &frame)
+                call.write_all(&mut conn.stream, &frame[..HEADER_LEN + chunk.len() * 8])
             };
             // Keep up to `window` frames in flight: requests are tiny, replies up to 1 MiB each.
-            for i in 0..chunks.len().min(window) {
+            for i in 0..n_chunks.min(window) {
                 send(conn, i)?;
             }
-            let mut descs = vec![PageDesc { page: 0.into(), crc: 0.into(), reserved: 0.into() }; MAX_PAGES_PER_FRAME];
+            let mut descs = [PageDesc { page: 0.into(), crc: 0.into(), reserved: 0.into() }; MAX_PAGES_PER_FRAME];
             let mut offset = 0;
-            for (i, chunk) in chunks.iter().enumerate() {
+            for i in 0..n_chunks {
+                let chunk = chunk_of(i);
                 let h = call.reply_header(conn, Op::Read, first_tag + i as u64)?;
                 if h.arg.get() as usize != chunk.len() || h.payload_len() != chunk.len() * (16 + PAGE_SIZE) {
                     return Err(call.protocol(format!("{} pages for a request of {}", h.arg.get(), chunk.len())));
@@ -647,7 +651,7 @@ impl Transport for TcpTransport {
                 call.read_exact(&mut conn.stream, descs.as_mut_bytes())?;
                 let data = &mut out[offset..offset + chunk.len() * PAGE_SIZE];
                 call.read_exact(&mut conn.stream, data)?;
-                if i + window < chunks.len() {
+                if i + window < n_chunks {
                     send(conn, i + window)?;
                 }
                 for (j, d) in descs.iter().enumerate() {

@@ -1,13 +1,13 @@
-//! The fault path: handler threads that fill missing pages of paged memories.
+//! Resolving a fault, whichever path delivered it: the page table says where the page is, and
+//! the fill puts it there. The paths — handler threads reading uffd events (`thread`), the
+//! faulting thread's own SIGBUS handler (`sigbus`) — only deliver faults here; nothing else in
+//! the pager knows which one runs.
 //!
 //! ```text
-//!   handler thread ── epoll (one-shot per memory's uffd) ──► read the memory's fault events
 //!     Zero page     → UFFDIO_ZEROPAGE / a zero-filled copy
 //!     Image page    → a run from the local image, or a fetch from the snapshot's region
 //!     Remote page   → a fetch of the page and its read-around from the memory's region,
 //!                     installed frame by frame as the frames arrive
-//!   supervisor (the thread's own loop): a panic or an epoll error poisons the memory being
-//!   served, releases its faulting thread, and the thread serves on
 //! ```
 //! A fetch that fails (memnode gone, timeout, bad checksum) never installs the remote bytes: the
 //! faulting thread is released with a zero page, the memory is *poisoned* — every later fault on it
@@ -18,16 +18,17 @@
 //! finished its call and the memory is reset, evicted or offloaded. Those operations *fence* the
 //! memory first (a generation number under the install lock); a frame whose fault began before the
 //! fence is not installed. So nothing a fetch brought in can land after the memory has moved on.
+//!
+//! Locks taken here (the install lock, the fault log, the transport's pool) are never held by
+//! code that touches linear memory, so neither a handler thread nor an interrupted faulting
+//! thread can wait on itself; and serving a fault allocates nothing on its common paths.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use ebb_memnode::{PAGE_SIZE, RegionId};
-use userfaultfd::{Event, ReadWrite};
 
-use super::{MemoryState, PageState, Poison, STOP_KEY, Shared, ZEROS, sys};
+use super::{MemoryState, PageState, Poison, Shared, ZEROS, sys};
 
 /// Where the content of non-resident pages comes from.
 #[derive(Clone, Copy)]
@@ -40,100 +41,28 @@ enum Source<'a> {
     Missing(&'static str),
 }
 
-/// What a handler is in the middle of, for its supervisor.
-#[derive(Default)]
-struct Serving {
-    memory: Option<(Arc<MemoryState>, u64)>,
-    fault: Option<usize>,
+/// The scratch space of one fault: the page list and the bytes of the largest fetch (the
+/// faulting page and its read-around). Made before any fault, so that serving one allocates
+/// nothing (the in-thread path serves from inside a signal handler).
+pub(super) struct FaultBuf {
+    pages: Vec<u64>,
+    bytes: Vec<u8>,
 }
 
-/// The body of a fault-handler thread: serves faults until the pager stops. A panic or an error
-/// waiting for events never ends the thread: what it was serving is poisoned and released, and
-/// it serves on.
-pub(super) fn handler_thread(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; (shared.config.readaround + 1) * PAGE_SIZE];
-    let mut failures = 0u32;
-    loop {
-        let mut serving = Serving::default();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| shared.serve(&mut buf, &mut serving, &mut failures)));
-        let why = match outcome {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => format!("waiting for fault events failed: {e}"),
-            Err(panic) => {
-                let msg = panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                format!("the fault handler panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))
-            }
-        };
-        shared.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("{why}; serving on");
-        shared.abandon(serving, why);
-        failures += 1;
-        // Backs off on repeated errors so a broken epoll set does not spin a CPU.
-        std::thread::sleep(Duration::from_millis(u64::from(failures.min(100)) * 10));
+impl FaultBuf {
+    pub(super) fn new(readaround: usize) -> FaultBuf {
+        FaultBuf { pages: Vec::with_capacity(readaround + 1), bytes: vec![0; (readaround + 1) * PAGE_SIZE] }
     }
 }
 
 impl Shared {
-    /// Serves fault events until the stop key fires (`Ok`) or waiting fails (`Err`).
-    fn serve(&self, buf: &mut [u8], serving: &mut Serving, failures: &mut u32) -> std::io::Result<()> {
-        loop {
-            let key = self.epoll.wait_one(self.config.spin)?;
-            if key == STOP_KEY {
-                return Ok(());
-            }
-            *failures = 0;
-            let Some(mem) = self.memories.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() else {
-                continue; // The memory was dropped after the event fired.
-            };
-            serving.memory = Some((mem.clone(), key));
-            loop {
-                match mem.uffd.read_event() {
-                    Ok(Some(Event::Pagefault { addr, rw, .. })) => {
-                        let addr = addr as usize;
-                        serving.fault = Some(addr);
-                        self.resolve(&mem, addr, rw == ReadWrite::Write, buf);
-                        serving.fault = None;
-                    }
-                    Ok(Some(_)) => {} // Only page faults are requested.
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("cannot read userfaultfd events: {e}");
-                        break;
-                    }
-                }
-            }
-            serving.memory = None;
-            if let Err(e) = self.epoll.rearm(&mem.uffd, key) {
-                // Only fails once the memory's uffd is gone, i.e. the memory was dropped.
-                tracing::debug!("not re-arming a dropped memory: {e}");
-            }
-        }
-    }
-
-    /// After a handler failed while serving a memory: poisons it, releases the fault it was on
-    /// and every other waiter (they fault again and are answered at once), and gives the memory
-    /// back to the epoll set so its remaining events are served by whichever thread is free.
-    fn abandon(&self, serving: Serving, why: String) {
-        let Some((mem, key)) = serving.memory else { return };
-        mem.poison(Poison::Handler(why));
-        self.fire_interrupt();
-        if let Some(addr) = serving.fault {
-            self.release_with_zero(&mem, addr);
-        }
-        let len = mem.accessible_pages() * PAGE_SIZE;
-        if len > 0 {
-            let _ = mem.uffd.wake(mem.base() as *mut _, len);
-        }
-        let _ = self.epoll.rearm(&mem.uffd, key);
-    }
-
     pub(super) fn fire_interrupt(&self) {
         if let Some(f) = self.interrupt.get() {
             f();
         }
     }
 
-    fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
+    pub(super) fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
         let page_addr = addr & !(PAGE_SIZE - 1);
         // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
         if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::ZeroPage, page_addr, PAGE_SIZE) } {
@@ -142,13 +71,15 @@ impl Shared {
         mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);
     }
 
-    fn fail(&self, mem: &MemoryState, why: Poison) {
+    pub(super) fn fail(&self, mem: &MemoryState, why: Poison) {
         self.stats.faults_failed.fetch_add(1, Ordering::Relaxed);
         mem.poison(why);
         self.fire_interrupt();
     }
 
-    fn resolve(&self, mem: &MemoryState, addr: usize, write: bool, buf: &mut [u8]) {
+    /// Resolves a fault at `addr` of `mem` (a write if `write`): on return the page is mapped, or
+    /// the memory is poisoned and the page is zero.
+    pub(super) fn resolve(&self, mem: &MemoryState, addr: usize, write: bool, buf: &mut FaultBuf) {
         let page = (addr - mem.base()) / PAGE_SIZE;
         let page_addr = mem.base() + page * PAGE_SIZE;
         if mem.poisoned.load(Ordering::Acquire) {
@@ -223,7 +154,7 @@ impl Shared {
     /// Fills `run` pages from `fill.page` (all in state `fill.previous`) from `source`, installing
     /// them frame by frame as they arrive; on any failure the memory is poisoned and the faulting
     /// thread released. Frames arriving after the memory was fenced are dropped.
-    fn fill_run(&self, fill: &Fill<'_>, run: usize, source: Source<'_>, buf: &mut [u8]) {
+    fn fill_run(&self, fill: &Fill<'_>, run: usize, source: Source<'_>, buf: &mut FaultBuf) {
         let Fill { mem, page, previous, generation, addr } = *fill;
         let mut installed = 0;
         let mut failed: Option<Poison> = None;
@@ -252,8 +183,10 @@ impl Shared {
             }
             Source::Region(region) => {
                 self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
-                let pages: Vec<u64> = (page..page + run).map(|p| p as u64).collect();
-                let buf = &mut buf[..run * PAGE_SIZE];
+                let FaultBuf { pages, bytes } = buf;
+                pages.clear();
+                pages.extend((page..page + run).map(|p| p as u64));
+                let bytes = &mut bytes[..run * PAGE_SIZE];
                 let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
                     self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
                     self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -261,7 +194,7 @@ impl Shared {
                 };
                 // Pages are installed frame by frame as they arrive: the faulting page's frame
                 // first, so the guest resumes while the rest of the read-around is in flight.
-                self.transport.read_pages_streaming(region, &pages, buf, &mut ready).map_err(|e| Poison::Transport(Arc::new(e)))
+                self.transport.read_pages_streaming(region, pages, bytes, &mut ready).map_err(|e| Poison::Transport(Arc::new(e)))
             }
             Source::Missing(why) => Err(Poison::Inconsistent(why)),
         };

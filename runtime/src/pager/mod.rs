@@ -6,19 +6,24 @@
 //!                                                       │ userfaultfd (MISSING mode, whole reservation)
 //!                                                       │ PageTable: Zero | Resident | Remote
 //!                                                       │ memnode region (allocated at first offload)
-//!   Pager ── epoll over every memory's uffd (one-shot) ──► N handler threads
+//!   a fault, delivered by the memory's fault path (FaultPath):
+//!     uffd         epoll over every memory's uffd (one-shot) ──► N handler threads  (thread.rs)
+//!     uffd-sigbus  SIGBUS in the faulting thread ──► its own signal handler        (sigbus.rs)
+//!   └─► resolve (fault.rs)
 //!            a fault on a Zero page   → UFFDIO_ZEROPAGE
 //!            a fault on a Remote page → one batched read of the page + up to `readaround`
 //!                                       following Remote pages → one UFFDIO_COPY
 //! ```
 //!
-//! Each memory's uffd is armed one-shot in a shared epoll set, so at most one handler thread
-//! serves a given memory at a time (its faults come from one guest thread anyway) while different
-//! memories are served in parallel. Page-table entries are therefore changed only by that thread,
-//! or by the memory's owner while the instance is idle ([`MemoryHandle::offload`]), after fencing
-//! the fault path (see [`fault`]).
+//! Either way one thread at a time resolves a given memory's faults (its faults come from one
+//! guest thread; on the thread path each memory's uffd is armed one-shot, on the sigbus path the
+//! memory's scratch buffer is its lock) while different memories are served in parallel.
+//! Page-table entries are therefore changed only by that thread, or by the memory's owner while
+//! the instance is idle ([`MemoryHandle::offload`]), after fencing the fault path (see [`fault`]).
+//! Nothing outside `thread` and `sigbus` asks which path a memory is on.
 //!
-//! Rooms: [`fault`] (handler threads, fills, supervision), [`offload`] (pages to the memnode),
+//! Rooms: [`fault`] (resolving a fault), `thread` and `sigbus` (the fault paths),
+//! [`offload`] (pages to the memnode),
 //! [`share`] (a memory lent to another node for an offloaded call),
 //! `snapshot` (initial states: capture, adopt, reset, prefetch, evict), `table` (the page table),
 //! `sys` (raw syscalls).
@@ -26,9 +31,11 @@
 mod fault;
 mod offload;
 mod share;
+mod sigbus;
 mod snapshot;
 mod sys;
 mod table;
+mod thread;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,11 +62,66 @@ static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 /// handler thread holds a buffer of this many pages.
 pub const MAX_READAROUND: usize = 1023;
 
+/// How a paged memory's faults reach the pager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FaultPath {
+    /// userfaultfd events read by the pager's handler threads; the faulting thread sleeps in the
+    /// kernel until its page is installed.
+    Uffd,
+    /// userfaultfd with `UFFD_FEATURE_SIGBUS`: the faulting thread resolves its own fault in its
+    /// SIGBUS handler; no other thread wakes up.
+    #[default]
+    UffdSigbus,
+}
+
+impl FaultPath {
+    /// The environment variable that sets the default path ([`PagerConfig::default`], and the
+    /// CLI's `--fault-path`): how the test suite runs everything on both paths.
+    pub const ENV: &'static str = "EBB_FAULT_PATH";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultPath::Uffd => "uffd",
+            FaultPath::UffdSigbus => "uffd-sigbus",
+        }
+    }
+
+    /// The path `EBB_FAULT_PATH` names, or the built-in default when it is unset. Panics on a
+    /// value that names no path (a typo must not silently test the other path).
+    pub fn from_env() -> FaultPath {
+        match std::env::var(Self::ENV) {
+            Ok(v) => v.parse().unwrap_or_else(|e| panic!("{}: {e}", Self::ENV)),
+            Err(_) => FaultPath::default(),
+        }
+    }
+}
+
+impl std::fmt::Display for FaultPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FaultPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FaultPath, String> {
+        match s {
+            "uffd" => Ok(FaultPath::Uffd),
+            "uffd-sigbus" => Ok(FaultPath::UffdSigbus),
+            _ => Err(format!("unknown fault path {s:?}: use uffd or uffd-sigbus")),
+        }
+    }
+}
+
 /// How the pager behaves.
 #[derive(Clone, Debug)]
 pub struct PagerConfig {
-    /// Fault-handler threads shared by all memories. Default 2. Each memory is served by one
-    /// thread at a time, so more threads help only with more concurrently faulting instances.
+    /// How faults are delivered. Default: `EBB_FAULT_PATH` if set, else uffd-sigbus.
+    pub fault_path: FaultPath,
+    /// Fault-handler threads shared by all memories (the uffd path; the sigbus path has none).
+    /// Default 2. Each memory is served by one thread at a time, so more threads help only with
+    /// more concurrently faulting instances.
     pub fault_threads: usize,
     /// Remote pages fetched after a faulting one in the same batch (only contiguous Remote pages).
     /// Default 15 (64 KiB per fault). 0 fetches only the faulting page; at most
@@ -73,7 +135,7 @@ pub struct PagerConfig {
 
 impl Default for PagerConfig {
     fn default() -> Self {
-        PagerConfig { fault_threads: 2, readaround: 15, spin: Duration::from_micros(100) }
+        PagerConfig { fault_path: FaultPath::from_env(), fault_threads: 2, readaround: 15, spin: Duration::from_micros(100) }
     }
 }
 
@@ -227,13 +289,12 @@ impl std::fmt::Debug for Pager {
     }
 }
 
-fn new_uffd() -> Result<Uffd, userfaultfd::Error> {
-    UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .user_mode_only(false)
-        .require_features(FeatureFlags::from_bits_retain(sys::UFFD_FEATURE_WP_ASYNC))
-        .create()
+fn new_uffd(path: FaultPath) -> Result<Uffd, userfaultfd::Error> {
+    let mut features = FeatureFlags::from_bits_retain(sys::UFFD_FEATURE_WP_ASYNC);
+    if path == FaultPath::UffdSigbus {
+        features |= FeatureFlags::SIGBUS;
+    }
+    UffdBuilder::new().close_on_exec(true).non_blocking(true).user_mode_only(false).require_features(features).create()
 }
 
 impl Pager {
@@ -243,7 +304,10 @@ impl Pager {
         if config.readaround > MAX_READAROUND {
             return Err(PagerError::Config(format!("read-around of {} pages: allowed 0 to {MAX_READAROUND}", config.readaround)));
         }
-        new_uffd().map_err(PagerError::Unavailable)?;
+        new_uffd(config.fault_path).map_err(PagerError::Unavailable)?;
+        if config.fault_path == FaultPath::UffdSigbus {
+            sigbus::install_handler()?;
+        }
         let setup = |source| PagerError::Setup { len: 0, source };
         let shared = Arc::new(Shared {
             transport,
@@ -257,11 +321,15 @@ impl Pager {
         });
         shared.epoll.add_level(&shared.stop, STOP_KEY).map_err(setup)?;
         let mut threads = Vec::new();
-        for i in 0..config.fault_threads.max(1) {
+        let fault_threads = match config.fault_path {
+            FaultPath::Uffd => config.fault_threads.max(1),
+            FaultPath::UffdSigbus => 0,
+        };
+        for i in 0..fault_threads {
             let s = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ebb-fault-{i}"))
-                .spawn(move || fault::handler_thread(s))
+                .spawn(move || thread::handler_thread(s))
                 .map_err(PagerError::Thread)?;
             threads.push(t);
         }
@@ -275,6 +343,11 @@ impl Pager {
 
     pub fn stats(&self) -> PagerSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// How this pager's memories fault.
+    pub fn fault_path(&self) -> FaultPath {
+        self.shared.config.fault_path
     }
 
     pub fn transport(&self) -> &Arc<dyn Transport> {
@@ -338,6 +411,16 @@ struct MemoryState {
     returned: Mutex<Vec<usize>>,
     /// The region is another node's, borrowed (see `share`): never freed here.
     region_borrowed: AtomicBool,
+    /// Set on the sigbus path: the memory's handler slot and scratch.
+    in_thread: OnceLock<sigbus::InThread>,
+}
+
+impl Drop for MemoryState {
+    fn drop(&mut self) {
+        if let Some(registered) = self.in_thread.get() {
+            sigbus::unregister(registered);
+        }
+    }
 }
 
 impl MemoryState {
@@ -346,6 +429,12 @@ impl MemoryState {
     /// written pages count as dirty.
     fn tracked(&self) -> bool {
         self.snapshot.get().is_some() || self.write_tracking.load(Ordering::Relaxed)
+    }
+
+    /// Whether `addr` lies in a file mapped into the memory for the running call.
+    fn in_file_map(&self, addr: usize) -> bool {
+        let offset = addr.wrapping_sub(self.base());
+        self.shared_maps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|&(o, l)| offset >= o && offset < o + l)
     }
 
     fn log_faults(&self, pages: std::ops::Range<usize>) {
@@ -486,7 +575,8 @@ impl PagedMemory {
         let setup = |source| PagerError::Setup { len: total, source };
         let reservation = sys::Reservation::new(total).map_err(setup)?;
         reservation.make_accessible(0, minimum).map_err(setup)?;
-        let uffd = new_uffd().map_err(PagerError::Unavailable)?;
+        let path = pager.shared.config.fault_path;
+        let uffd = new_uffd(path).map_err(PagerError::Unavailable)?;
         uffd.register_with_mode(reservation.base() as *mut _, capacity, RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
             .map_err(|e| setup(std::io::Error::other(e.to_string())))?;
         let shared = pager.shared.clone();
@@ -510,16 +600,22 @@ impl PagedMemory {
             lent_dirty: Mutex::new(Vec::new()),
             returned: Mutex::new(Vec::new()),
             region_borrowed: AtomicBool::new(false),
+            in_thread: OnceLock::new(),
         });
+        match path {
+            FaultPath::Uffd => shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?,
+            FaultPath::UffdSigbus => sigbus::register(&state, shared.clone())?,
+        }
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
-        shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?;
         Ok(PagedMemory { state, shared, _pager: pager.clone() })
     }
 }
 
 impl Drop for PagedMemory {
     fn drop(&mut self) {
-        let _ = self.shared.epoll.remove(&self.state.uffd);
+        if self.shared.config.fault_path == FaultPath::Uffd {
+            let _ = self.shared.epoll.remove(&self.state.uffd);
+        }
         self.shared.memories.write().unwrap_or_else(|e| e.into_inner()).remove(&self.state.key);
         let region = self.state.region.lock().unwrap_or_else(|e| e.into_inner()).take();
         let region = region.filter(|_| !self.state.region_borrowed.load(Ordering::Relaxed));
@@ -622,7 +718,12 @@ impl MemoryHandle {
 
     /// Starts logging the page of every fault this memory takes (clearing the log).
     pub fn start_fault_log(&self) {
-        self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut log = self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.clear();
+        // Room for every page once (and a read-around more), so that logging a fault does not
+        // allocate (faults may be served in a signal handler).
+        log.reserve(self.state.accessible_pages() + MAX_READAROUND + 1);
+        drop(log);
         self.state.logging.store(true, Ordering::Relaxed);
     }
 

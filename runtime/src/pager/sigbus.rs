@@ -162,10 +162,20 @@ fn is_write(context: *mut c_void) -> bool {
     }
 }
 
+thread_local! {
+    /// The slot this thread's last fault was in: a thread faults on its own call's memory, so
+    /// this is nearly always the one, and the scan is skipped. (A const-initialised `Cell` has
+    /// no lazy initialisation and no destructor: safe to touch in a signal handler.)
+    static LAST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Serves a fault at `addr` if a registered memory holds it; false if none does.
 fn serve(addr: usize, write: bool) -> bool {
     let high = HIGH.load(Ordering::Acquire).min(MAX_MEMORIES);
-    for s in &SLOTS[..high] {
+    let last = LAST.with(std::cell::Cell::get);
+    let order = std::iter::once(last).filter(|&i| i < high).chain((0..high).filter(|&i| i != last));
+    for i in order {
+        let s = &SLOTS[i];
         if addr < s.start.load(Ordering::Relaxed) || addr >= s.end.load(Ordering::Relaxed) {
             continue;
         }
@@ -176,6 +186,7 @@ fn serve(addr: usize, write: bool) -> bool {
         let served = !state.is_null() && serve_on(unsafe { &*state }, addr, write);
         s.users.fetch_sub(1, Ordering::Release);
         if served {
+            LAST.with(|l| l.set(i));
             return true;
         }
     }

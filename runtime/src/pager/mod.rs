@@ -59,7 +59,8 @@ const STOP_KEY: u64 = 0;
 static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// Most pages a fault's read-around may fetch after the faulting one (4 MiB per fault): each
-/// handler thread holds a buffer of this many pages.
+/// handler thread (uffd path) or each memory (sigbus path) holds a buffer of the configured
+/// read-around, made before its first fault.
 pub const MAX_READAROUND: usize = 1023;
 
 /// How a paged memory's faults reach the pager.

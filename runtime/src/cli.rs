@@ -662,6 +662,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--call-timeout-s {} is out of range: allowed 1 to 86400", args.call_timeout_s);
     }
     let pager = args.memory.pager(Some(&args.data_dir))?;
+    let pager_path = pager.fault_path();
     let platform = crate::platform::Platform::start(config, pager)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -669,7 +670,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         let memnode = args.memory.memnode.as_deref().unwrap_or("embedded");
         // Tests and scripts wait for this line.
-        println!("runtime listening on {local} (memnode: {memnode}, data: {})", args.data_dir.display());
+        println!("runtime listening on {local} (memnode: {memnode}, fault path: {}, data: {})", pager_path, args.data_dir.display());
         let app = crate::api::router(crate::api::ApiState::new(platform, tokens));
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -704,6 +705,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     argv.extend(args.args.iter().cloned());
     let mut instance = exec.instantiate(&module, &argv, Stdout::Inherit)?;
     if args.stats {
+        eprintln!("[init] fault path: {}", pager.fault_path());
         print_stats("init", &pager.stats());
     }
     let mut last = 0;

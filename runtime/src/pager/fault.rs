@@ -192,8 +192,9 @@ impl Shared {
                     self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     install(range, bytes);
                 };
-                // Pages are installed frame by frame as they arrive: the faulting page's frame
-                // first, so the guest resumes while the rest of the read-around is in flight.
+                // Pages are installed frame by frame as they arrive, the faulting page's frame
+                // first: on the thread path that wakes the guest while the rest of the read-around
+                // is in flight; on the sigbus path the guest is the fetcher and resumes after it.
                 self.transport.read_pages_streaming(region, pages, bytes, &mut ready).map_err(|e| Poison::Transport(Arc::new(e)))
             }
             Source::Missing(why) => Err(Poison::Inconsistent(why)),

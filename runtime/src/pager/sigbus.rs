@@ -195,7 +195,7 @@ fn serve(addr: usize, write: bool) -> bool {
 
 fn serve_on(mem: &MemoryState, addr: usize, write: bool) -> bool {
     let Some(t) = mem.in_thread.get() else { return false };
-    if addr < mem.base() || addr >= mem.base() + mem.accessible_pages() * ebb_memnode::PAGE_SIZE || mem.in_file_map(addr) {
+    if addr < mem.base() || addr >= mem.base() + mem.accessible.load(Ordering::Acquire) || mem.in_file_map(addr) {
         // Not a userfaultfd fault: a file mapped into the memory (past its end), or a page
         // that is not accessible. Not ours to hide.
         return false;

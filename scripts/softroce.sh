@@ -36,7 +36,9 @@ work=$(mktemp -d /tmp/ebb-softroce.XXXXXX)
 [[ "${EBB_SOFTROCE_KEEP:-}" == 1 ]] && echo "softroce: keeping $work" >&2 || trap 'rm -rf "$work"' EXIT
 
 # --- kernel and qemu, downloaded once ---------------------------------------------------------
-kpkg=$(apt-cache depends linux-image-6.12-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}')
+# (`|| true`: on a machine whose package lists were never fetched apt-cache fails, and pipefail
+# would end the script here instead of fetching them below.)
+kpkg=$(apt-cache depends linux-image-6.12-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}' || true)
 if [[ -z "$kpkg" ]]; then
   apt-get update -qq
   kpkg=$(apt-cache depends linux-image-6.12-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')

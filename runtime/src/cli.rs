@@ -468,6 +468,10 @@ pub struct MemoryArgs {
     /// Microseconds an idle fault-handler thread polls for the next fault before blocking.
     #[arg(long, default_value_t = 100)]
     pub fault_spin_us: u64,
+    /// Copy a function's initial state into each instance's memory page by page, instead of
+    /// mapping its image copy-on-write (the default): the older, slower path, for comparison.
+    #[arg(long)]
+    pub copy_images: bool,
 }
 
 /// The file under a data directory that holds the runtime's stable memnode identity.
@@ -519,6 +523,7 @@ impl MemoryArgs {
             fault_threads: self.fault_threads,
             readaround: self.readaround,
             spin: Duration::from_micros(self.fault_spin_us),
+            cow_images: !self.copy_images,
         };
         Ok(Pager::new(config, transport)?)
     }

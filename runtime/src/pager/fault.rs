@@ -101,7 +101,9 @@ impl Shared {
                 // once, saving the copy-on-write fault that would follow the zero page. In
                 // tracked memory a read installs a clean (write-protected) private page instead,
                 // so that a later write is noticed.
-                let fill = match (write, mem.tracked()) {
+                // Under a mapped image, writes are told apart by the page's kind (private, not the
+                // zero page), so a read maps the zero page there.
+                let fill = match (write, mem.tracked() && !mem.in_image(page)) {
                     (true, _) => sys::Fill::Copy(ZEROS.as_ptr()),
                     (false, true) => sys::Fill::CopyClean(ZEROS.as_ptr()),
                     (false, false) => sys::Fill::ZeroPage,
@@ -111,6 +113,7 @@ impl Shared {
                     self.fail(mem, Poison::Install(Arc::new(e)));
                 }
             }
+            PageState::Image if mem.in_image(page) => self.fill_image(mem, page, buf),
             state @ (PageState::Remote | PageState::Image) => {
                 // Read-around: the following pages in the same state, up to the configured count.
                 let limit = (page + 1 + self.config.readaround).min(mem.accessible_pages());
@@ -147,6 +150,62 @@ impl Shared {
                         self.fill_run(&fill, run, source, buf);
                     }
                 }
+            }
+        }
+    }
+
+    /// A fault on a hole of the image a memory maps (a non-zero initial page the image lacks):
+    /// the page and its read-around — the following pages the image lacks too — are fetched from
+    /// the snapshot's region into the image, frame by frame, and the access, retried, hits the
+    /// page cache. The image only ever gets the initial state's bytes, so no fence is needed: a
+    /// late frame lands in an image, never in a memory that moved on.
+    fn fill_image(&self, mem: &MemoryState, page: usize, buf: &mut FaultBuf) {
+        let page_addr = mem.base() + page * PAGE_SIZE;
+        let (Some(image), Some(snap)) = (mem.mapped_image(), mem.snapshot.get()) else {
+            self.fail(mem, Poison::Inconsistent("a fault under a mapped image, but no image or snapshot"));
+            self.release_with_zero(mem, page_addr);
+            return;
+        };
+        if image.holds(page) {
+            // Filled meanwhile (by another memory of the function): the retry finds it.
+            self.stats.faults_spurious.fetch_add(1, Ordering::Relaxed);
+            let _ = mem.uffd.wake(page_addr as *mut _, PAGE_SIZE);
+            return;
+        }
+        let limit = (page + 1 + self.config.readaround).min(mem.image_pages());
+        let mut run = 1;
+        while page + run < limit && mem.table.get(page + run) == PageState::Image && !image.holds(page + run) {
+            run += 1;
+        }
+        self.stats.faults_remote.fetch_add(1, Ordering::Relaxed);
+        let FaultBuf { pages, bytes } = buf;
+        pages.clear();
+        pages.extend((page..page + run).map(|p| p as u64));
+        let bytes = &mut bytes[..run * PAGE_SIZE];
+        let mut failed: Option<Poison> = None;
+        let mut filled = 0;
+        let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+            self.stats.pages_fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
+            self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if failed.is_some() {
+                return;
+            }
+            match image.put(page + range.start, bytes) {
+                Ok(()) => {
+                    filled = range.end;
+                    // The thread path's faulting thread waits to be woken; the sigbus path's retries.
+                    let _ = mem.uffd.wake((page_addr + range.start * PAGE_SIZE) as *mut _, bytes.len());
+                }
+                Err(e) => failed = Some(Poison::Install(Arc::new(e))),
+            }
+        };
+        let fetched = self.transport.read_pages_streaming(snap.region(), pages, bytes, &mut ready).map_err(|e| Poison::Transport(Arc::new(e)));
+        mem.log_faults(page..page + filled);
+        if let Some(why) = fetched.err().or(failed) {
+            // Pages filled stay filled (they are the initial state's); the call ends in an error.
+            self.fail(mem, why);
+            if filled == 0 {
+                self.release_with_zero(mem, page_addr);
             }
         }
     }

@@ -23,12 +23,14 @@
 //! Nothing outside `thread` and `sigbus` asks which path a memory is on.
 //!
 //! Rooms: [`fault`] (resolving a fault), `thread` and `sigbus` (the fault paths),
+//! [`image`] (local images of initial states, mapped copy-on-write into memories),
 //! [`offload`] (pages to the memnode),
 //! [`share`] (a memory lent to another node for an offloaded call),
 //! `snapshot` (initial states: capture, adopt, reset, prefetch, evict), `table` (the page table),
 //! `sys` (raw syscalls).
 
 mod fault;
+mod image;
 mod offload;
 mod share;
 mod sigbus;
@@ -132,11 +134,22 @@ pub struct PagerConfig {
     /// thread costs tens of µs on these VMs (shared/notes/kernel.md), more than the rest of a
     /// fault; polling costs a CPU while faults keep coming. Default 100 µs; zero never polls.
     pub spin: Duration,
+    /// Copy-on-write initial states (default on): a function's local image is a memfd that its
+    /// memories map privately, so resets, adoptions and restores cost page-cache hits, and the
+    /// pages instances only read are held once (see `image`). Off, the image is copied into each
+    /// memory page by page (`UFFDIO_COPY`) and a reset copies written pages back.
+    pub cow_images: bool,
 }
 
 impl Default for PagerConfig {
     fn default() -> Self {
-        PagerConfig { fault_path: FaultPath::from_env(), fault_threads: 2, readaround: 15, spin: Duration::from_micros(100) }
+        PagerConfig {
+            fault_path: FaultPath::from_env(),
+            fault_threads: 2,
+            readaround: 15,
+            spin: Duration::from_micros(100),
+            cow_images: true,
+        }
     }
 }
 
@@ -414,6 +427,10 @@ struct MemoryState {
     region_borrowed: AtomicBool,
     /// Set on the sigbus path: the memory's handler slot and scratch.
     in_thread: OnceLock<sigbus::InThread>,
+    /// The local image mapped copy-on-write over the first `image_pages` pages (see `image`);
+    /// changed only while the memory is idle (or its guest stopped in a host call).
+    image: RwLock<Option<Arc<image::LocalImage>>>,
+    image_pages: AtomicUsize,
 }
 
 impl Drop for MemoryState {
@@ -602,6 +619,8 @@ impl PagedMemory {
             returned: Mutex::new(Vec::new()),
             region_borrowed: AtomicBool::new(false),
             in_thread: OnceLock::new(),
+            image: RwLock::new(None),
+            image_pages: AtomicUsize::new(0),
         });
         match path {
             FaultPath::Uffd => shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?,

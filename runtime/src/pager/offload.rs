@@ -71,6 +71,8 @@ impl MemoryHandle {
         if let Some(why) = self.poisoned() {
             return Err(PagerError::Poisoned(why));
         }
+        // Pages go to the memnode only from anonymous memory (see `image`).
+        self.unmap_image()?;
         let state = &self.state;
         state.fence();
         let limit = state.accessible_pages();

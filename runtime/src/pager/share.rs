@@ -100,6 +100,8 @@ impl MemoryHandle {
         if !state.shared_maps.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return Err(PagerError::Snapshot("a memory with a state value or object mapped in cannot be lent"));
         }
+        // A lent memory's pages move through its region: anonymous memory only (see `image`).
+        self.unmap_image()?;
         // A read-around still arriving must not land while the page map is made.
         state.fence();
         let pages = state.accessible_pages();

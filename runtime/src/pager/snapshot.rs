@@ -19,42 +19,9 @@
 use std::sync::{Arc, RwLock};
 
 use ebb_memnode::{PAGE_SIZE, RegionId, Transport};
-use memmap2::MmapMut;
 
+use super::image::LocalImage;
 use super::{MemoryHandle, OFFLOAD_BATCH, PageState, PagerError, sys};
-
-/// This host's copy of (some of) the initial state's pages: a mapping of the memory's size, of
-/// which only the pages `held` are filled (the others cost nothing). Immutable once made: a
-/// trimmed or completed image is a new one, swapped in, so readers (faults, resets, prefetches)
-/// hold an `Arc` and no lock while they touch instance memory.
-pub(super) struct LocalImage {
-    map: MmapMut,
-    held: Vec<bool>,
-    count: usize,
-}
-
-impl LocalImage {
-    /// Whether page `p` is in the image.
-    pub(super) fn holds(&self, p: usize) -> bool {
-        self.held.get(p).copied().unwrap_or(false)
-    }
-
-    /// The bytes of pages `first..first + n` (all held).
-    pub(super) fn pages(&self, first: usize, n: usize) -> &[u8] {
-        &self.map[first * PAGE_SIZE..(first + n) * PAGE_SIZE]
-    }
-
-    /// An image of `size` bytes holding `pages` (ascending) with the bytes `fill(p)` gives.
-    fn build<'a>(size: usize, len: usize, pages: &[usize], fill: impl Fn(usize) -> &'a [u8]) -> Result<LocalImage, PagerError> {
-        let mut map = MmapMut::map_anon(size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: size, source })?;
-        let mut held = vec![false; len];
-        for &p in pages {
-            map[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(fill(p));
-            held[p] = true;
-        }
-        Ok(LocalImage { map, held, count: pages.len() })
-    }
-}
 
 /// The initial state of a function's memory.
 pub struct Snapshot {
@@ -70,6 +37,9 @@ pub struct Snapshot {
     transport: Arc<dyn Transport>,
     /// The region is this runtime's (freed with the snapshot), not a lender's.
     owned: bool,
+    /// Memories map the local image copy-on-write (`PagerConfig::cow_images`): images then only
+    /// grow, and are never trimmed (instances hold no copies of the pages they read).
+    cow: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -87,11 +57,19 @@ impl Snapshot {
     /// Another node's initial state, read from its region `region` (a borrowed memory's, see
     /// `share`): `nonzero` pages of `size` bytes, no local image, the region never freed here.
     pub(super) fn borrowed(size: usize, nonzero: Vec<bool>, region: RegionId, transport: Arc<dyn Transport>) -> Snapshot {
-        Snapshot::new(size, nonzero, region, None, transport, false)
+        Snapshot::new(size, nonzero, region, None, transport, false, false)
     }
 
     /// A snapshot of `size` bytes whose `nonzero` pages are in `region` (and in `local`, if given).
-    fn new(size: usize, nonzero: Vec<bool>, region: RegionId, local: Option<LocalImage>, transport: Arc<dyn Transport>, owned: bool) -> Snapshot {
+    fn new(
+        size: usize,
+        nonzero: Vec<bool>,
+        region: RegionId,
+        local: Option<LocalImage>,
+        transport: Arc<dyn Transport>,
+        owned: bool,
+        cow: bool,
+    ) -> Snapshot {
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
         Snapshot {
             working_set: std::sync::Mutex::new(Vec::new()),
@@ -103,6 +81,7 @@ impl Snapshot {
             local: RwLock::new(local.map(Arc::new)),
             transport,
             owned,
+            cow,
         }
     }
 
@@ -123,14 +102,51 @@ impl Snapshot {
 
     /// Bytes of the initial state held locally.
     pub fn local_bytes(&self) -> usize {
-        self.local.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |l| l.count * PAGE_SIZE)
+        self.local.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |l| l.count() * PAGE_SIZE)
     }
 
     /// Drops the local image: later faults on initial-state pages fetch from the memnode.
-    /// Returns the bytes released.
+    /// Returns the bytes released (with copy-on-write images, once no memory maps it: each
+    /// moves off it at its next reset or eviction, or at [`MemoryHandle::sync_image`]).
     pub fn drop_local(&self) -> usize {
         let image = self.local.write().unwrap_or_else(|e| e.into_inner()).take();
-        image.map_or(0, |l| l.count * PAGE_SIZE)
+        image.map_or(0, |l| l.count() * PAGE_SIZE)
+    }
+
+    /// The local image, made (empty) if there is none: where a copy-on-write restore fetches.
+    pub(super) fn ensure_local(&self) -> Result<Arc<LocalImage>, PagerError> {
+        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(image) = &*local {
+            return Ok(image.clone());
+        }
+        let image = Arc::new(LocalImage::empty(self.size)?);
+        *local = Some(image.clone());
+        Ok(image)
+    }
+
+    /// Reads `pages` (ascending, all non-zero) from the memnode into `image`, in large batches,
+    /// each frame written into the image as it arrives. Returns the pages fetched.
+    pub(super) fn fetch_into(&self, image: &LocalImage, pages: &[usize]) -> Result<usize, PagerError> {
+        let mut buf = vec![0u8; pages.len().min(PREFETCH_BATCH) * PAGE_SIZE];
+        for chunk in pages.chunks(PREFETCH_BATCH) {
+            let indexes: Vec<u64> = chunk.iter().map(|&p| p as u64).collect();
+            let mut failed = None;
+            let mut ready = |range: std::ops::Range<usize>, bytes: &[u8]| {
+                for (run, at) in runs_of(&chunk[range.clone()]) {
+                    let from = at * PAGE_SIZE;
+                    if failed.is_none()
+                        && let Err(e) = image.put(run.start, &bytes[from..from + run.len() * PAGE_SIZE])
+                    {
+                        failed = Some(e);
+                    }
+                }
+            };
+            self.transport.read_pages_streaming(self.region, &indexes, &mut buf[..chunk.len() * PAGE_SIZE], &mut ready)?;
+            if let Some(source) = failed {
+                return Err(PagerError::Setup { len: chunk.len() * PAGE_SIZE, source });
+            }
+        }
+        Ok(pages.len())
     }
 
     /// Notes pages a call wrote (they join the write set).
@@ -152,15 +168,20 @@ impl Snapshot {
     /// Keeps in the local image only the pages calls have written: resets need only the write
     /// set, and instances already hold what they read (new instances fetch from the memnode).
     /// Returns the bytes released.
+    /// With copy-on-write images nothing is trimmed: instances read the image's pages instead of
+    /// holding copies, so dropping them would free nothing that is not needed.
     pub fn trim_local(&self) -> Result<usize, PagerError> {
-        let keep = self.write_set.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(old) = self.local() else { return Ok(0) };
-        let kept: Vec<usize> = (0..old.held.len()).filter(|&p| old.held[p] && keep[p]).collect();
-        if kept.len() == old.count {
+        if self.cow {
             return Ok(0);
         }
-        let image = LocalImage::build(self.size, self.nonzero.len(), &kept, |p| old.pages(p, 1))?;
-        let released = (old.count - kept.len()) * PAGE_SIZE;
+        let keep = self.write_set.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(old) = self.local() else { return Ok(0) };
+        let kept: Vec<usize> = (0..self.nonzero.len()).filter(|&p| old.holds(p) && keep[p]).collect();
+        if kept.len() == old.count() {
+            return Ok(0);
+        }
+        let image = LocalImage::build(self.size, &kept, |p| old.pages(p, 1))?;
+        let released = (old.count() - kept.len()) * PAGE_SIZE;
         let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
         // Swapped only if nothing else replaced or dropped the image meanwhile.
         if local.as_ref().is_some_and(|l| Arc::ptr_eq(l, &old)) {
@@ -172,8 +193,19 @@ impl Snapshot {
 
     /// Fetches the write set's pages the local image lacks from the memnode (the function is
     /// warm again, or its calls wrote new pages): resets then restore them from local memory
-    /// instead of faulting them back one by one. Returns the bytes fetched.
+    /// instead of faulting them back one by one. With copy-on-write images the working set's
+    /// pages are fetched too (instances read them from the image), into the image itself.
+    /// Returns the bytes fetched.
     pub fn restore_local(&self) -> Result<usize, PagerError> {
+        if self.cow {
+            let image = self.ensure_local()?;
+            let mut want = self.written_nonzero();
+            want.extend(self.working_set());
+            want.sort_unstable();
+            want.dedup();
+            let lacking: Vec<usize> = want.into_iter().filter(|&p| !image.holds(p)).collect();
+            return Ok(self.fetch_into(&image, &lacking)? * PAGE_SIZE);
+        }
         let old = self.local();
         let want: Vec<usize> =
             self.written_nonzero().into_iter().filter(|&p| !old.as_ref().is_some_and(|l| l.holds(p))).collect();
@@ -188,10 +220,10 @@ impl Snapshot {
         }
         let mut all: Vec<usize> = want.clone();
         if let Some(old) = &old {
-            all.extend((0..old.held.len()).filter(|&p| old.held[p]));
+            all.extend((0..self.nonzero.len()).filter(|&p| old.holds(p)));
         }
         all.sort_unstable();
-        let image = LocalImage::build(self.size, self.nonzero.len(), &all, |p| match want.binary_search(&p) {
+        let image = LocalImage::build(self.size, &all, |p| match want.binary_search(&p) {
             Ok(i) => &fetched[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
             Err(_) => old.as_ref().expect("held by the old image").pages(p, 1),
         })?;
@@ -244,7 +276,7 @@ impl Snapshot {
     }
 
     /// What page `p` holds in the initial state.
-    fn initial(&self, p: usize) -> PageState {
+    pub(super) fn initial(&self, p: usize) -> PageState {
         if self.nonzero.get(p).copied().unwrap_or(false) { PageState::Image } else { PageState::Zero }
     }
 }
@@ -266,6 +298,16 @@ pub const RESTORE_IN_PLACE_MAX: usize = 4096;
 
 /// Pages per transport call when prefetching (4 MiB).
 const PREFETCH_BATCH: usize = 1024;
+
+/// The runs of consecutive pages in `pages` (ascending): each run and its index in `pages`.
+fn runs_of(pages: &[usize]) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + '_ {
+    let mut at = 0;
+    pages.chunk_by(|a, b| *b == *a + 1).map(move |run| {
+        let item = (run[0]..run[0] + run.len(), at);
+        at += run.len();
+        item
+    })
+}
 
 /// What a reset did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -312,15 +354,19 @@ impl MemoryHandle {
         let size = pages * PAGE_SIZE;
         let transport = self.shared.transport.clone();
         let region = transport.alloc(size.max(PAGE_SIZE) as u64)?;
-        let mut image = MmapMut::map_anon(size.max(PAGE_SIZE)).map_err(|source| PagerError::Setup { len: size, source })?;
+        let image = LocalImage::empty(size)?;
         let mut nonzero = vec![false; pages];
         let mut resident = Vec::new();
         state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
-        let mut batch: Vec<u64> = Vec::with_capacity(OFFLOAD_BATCH);
-        let write = |batch: &mut Vec<u64>, image: &MmapMut| -> Result<(), PagerError> {
-            for run in batch.chunk_by(|a, b| *b == *a + 1) {
-                let start = usize::try_from(run[0]).expect("page index") * PAGE_SIZE;
-                transport.write_pages(region, run, &image[start..start + run.len() * PAGE_SIZE])?;
+        let mut batch: Vec<usize> = Vec::with_capacity(OFFLOAD_BATCH);
+        let mut staged = vec![0u8; OFFLOAD_BATCH.min(resident.len()) * PAGE_SIZE];
+        // Each batch goes to the region and into the image, run by run.
+        let write = |batch: &mut Vec<usize>, staged: &[u8]| -> Result<(), PagerError> {
+            for (run, at) in runs_of(batch) {
+                let bytes = &staged[at * PAGE_SIZE..(at + run.len()) * PAGE_SIZE];
+                let indexes: Vec<u64> = run.clone().map(|p| p as u64).collect();
+                transport.write_pages(region, &indexes, bytes)?;
+                image.put(run.start, bytes).map_err(|source| PagerError::Setup { len: bytes.len(), source })?;
             }
             batch.clear();
             Ok(())
@@ -332,22 +378,23 @@ impl MemoryHandle {
                 if sys::is_zero(bytes) {
                     continue;
                 }
-                image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(bytes);
+                let i = batch.len();
+                staged[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(bytes);
                 nonzero[p] = true;
-                batch.push(p as u64);
+                batch.push(p);
                 if batch.len() == OFFLOAD_BATCH {
-                    write(&mut batch, &image)?;
+                    write(&mut batch, &staged)?;
                 }
             }
-            write(&mut batch, &image)
+            write(&mut batch, &staged)
         })();
         if let Err(e) = result {
             let _ = self.shared.transport.free(region);
             return Err(e);
         }
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
-        let image = LocalImage { map: image, held: nonzero.clone(), count: nonzero_count };
-        let snap = Arc::new(Snapshot::new(size, nonzero, region, Some(image), self.shared.transport.clone(), true));
+        let cow = self.shared.config.cow_images;
+        let snap = Arc::new(Snapshot::new(size, nonzero, region, Some(image), self.shared.transport.clone(), true, cow));
         self.track(&snap)?;
         self.shared.stats.bytes_out.fetch_add((nonzero_count * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(snap)
@@ -389,7 +436,13 @@ impl MemoryHandle {
                 state.table.set(p, PageState::Image);
             }
         }
-        self.track(snap)
+        self.track(snap)?;
+        // Copy-on-write: the memory maps the image, made now if the function has none (the
+        // memory's faults then fetch into it, for every later instance too).
+        if snap.cow && snap.size > 0 {
+            snap.ensure_local()?;
+        }
+        self.sync_image()
     }
 
     /// Returns the memory to its initial state after a call: the pages the call wrote (and only
@@ -403,6 +456,11 @@ impl MemoryHandle {
         // A read-around still arriving for the call that just ended must not land from now on.
         state.fence();
         let len = state.accessible_pages() * PAGE_SIZE;
+        if state.mapped_image().is_some() {
+            let report = self.reset_mapped(snap, len)?;
+            self.sync_image()?;
+            return Ok(report);
+        }
         // Pages a lent call changed through the memory's region count as written: resident ones
         // lose their region copy (it is the call's), the others take their initial state again.
         let lent_dirty = self.take_lent_dirty();
@@ -454,6 +512,7 @@ impl MemoryHandle {
                 }
                 self.discard_pages(&lacking);
                 report.written = written;
+                self.sync_image()?;
                 return Ok(report);
             }
         }
@@ -463,13 +522,57 @@ impl MemoryHandle {
         }
         self.discard_pages(&written);
         report.written = written;
+        self.sync_image()?;
         Ok(report)
     }
 
-    /// Pages resident now (ascending).
+    /// [`MemoryHandle::reset`] of a memory that maps its image: the call's private pages are
+    /// exactly the pages it wrote; dropping them brings back the image's (a page-cache hit at the
+    /// next touch). Pages beyond the image (the memory grew) are tracked as in anonymous memory.
+    fn reset_mapped(&self, snap: &Snapshot, len: usize) -> Result<ResetReport, PagerError> {
+        let state = &self.state;
+        let mut written = self.written_in_image()?;
+        let image_end = state.image_pages() * PAGE_SIZE;
+        if len > image_end {
+            let mut ranges = Vec::new();
+            sys::scan_written(state.base() + image_end, state.base() + len, true, &mut ranges)
+                .map_err(|source| PagerError::Setup { len, source })?;
+            for r in ranges {
+                let (start, end) = ((r.start - state.base()) / PAGE_SIZE, (r.end - state.base()) / PAGE_SIZE);
+                written.extend((start..end).filter(|&p| state.table.get(p) == PageState::Resident));
+            }
+        }
+        for &p in &written {
+            state.table.set(p, snap.initial(p));
+        }
+        // Zero pages the calls write (a stack, a heap) join the image as zeros: the next call
+        // finds them in the page cache instead of taking a userfaultfd fault for a zero page.
+        if let Some(image) = state.mapped_image() {
+            let image_pages = state.image_pages();
+            for &p in written.iter().filter(|&&p| p < image_pages && !snap.holds(p) && !image.holds(p)) {
+                image.put(p, &super::ZEROS).map_err(|source| PagerError::Setup { len: PAGE_SIZE, source })?;
+            }
+        }
+        self.discard_pages(&written);
+        Ok(ResetReport { written, grown: len > snap.size })
+    }
+
+    /// Pages resident now (ascending): with a mapped image, every page of it mapped (read or
+    /// written since it was last dropped), and the private pages beyond it.
     pub fn resident_pages(&self) -> Vec<usize> {
-        let mut pages = Vec::new();
-        self.state.table.for_each_in(0..self.state.accessible_pages(), PageState::Resident, |p| pages.push(p));
+        let state = &self.state;
+        let from = state.image_pages();
+        let mut pages = if from > 0 {
+            self.present_in_image().unwrap_or_else(|e| {
+                tracing::warn!("PAGEMAP_SCAN failed; counting only private pages: {e}");
+                let mut pages = Vec::new();
+                state.table.for_each_in(0..from, PageState::Resident, |p| pages.push(p));
+                pages
+            })
+        } else {
+            Vec::new()
+        };
+        state.table.for_each_in(from..state.accessible_pages(), PageState::Resident, |p| pages.push(p));
         pages
     }
 
@@ -485,6 +588,22 @@ impl MemoryHandle {
         let limit = state.accessible_pages();
         let want: Vec<usize> =
             pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Image).collect();
+        if snap.cow && snap.size > 0 {
+            // Copy-on-write: the pages go into the image in large batches (what this memory
+            // still holds first), and the memory maps them.
+            let image = snap.ensure_local()?;
+            self.sync_image()?;
+            let lacking: Vec<usize> = want.iter().copied().filter(|&p| !image.holds(p)).collect();
+            let fetched = snap.fetch_into(&image, &lacking)?;
+            let stats = &self.shared.stats;
+            stats.pages_fetched.fetch_add(fetched as u64, std::sync::atomic::Ordering::Relaxed);
+            stats.bytes_in.fetch_add((fetched * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);
+            if state.mapped_image().is_some_and(|m| Arc::ptr_eq(&m, &image)) {
+                self.populate(&want);
+                stats.pages_prefetched.fetch_add(want.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                return Ok(want.len());
+            }
+        }
         let local = snap.local();
         let mut buf = Vec::new();
         let mut done = 0;
@@ -540,16 +659,25 @@ impl MemoryHandle {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
         state.fence();
-        let resident = self.resident_among(pages);
+        let resident = match pages {
+            // With a mapped image the page table does not see the image's pages.
+            Some(pages) if state.image_pages() > 0 => {
+                let mapped = self.resident_pages();
+                pages.iter().copied().filter(|p| mapped.binary_search(p).is_ok()).collect()
+            }
+            None if state.image_pages() > 0 => self.resident_pages(),
+            _ => self.resident_among(pages),
+        };
         for &p in &resident {
             if state.table.is_backed(p) {
                 state.table.set_backed(p, PageState::Remote);
-            } else {
+            } else if state.table.get(p) == PageState::Resident {
                 state.table.set(p, snap.initial(p));
             }
         }
         self.discard_pages(&resident);
         self.shared.stats.pages_dropped_clean.fetch_add(resident.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.sync_image()?;
         Ok(resident.len())
     }
 }

@@ -189,6 +189,9 @@ const PAGE: usize = ebb_memnode::PAGE_SIZE;
 const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 #[repr(C)]
 #[derive(Default)]
@@ -225,23 +228,43 @@ fn pagemap() -> io::Result<&'static std::fs::File> {
     Ok(PAGEMAP.get_or_init(|| f))
 }
 
-/// Appends to `out` the address ranges in `[start, end)` written since they were last
-/// write-protected, and with `reprotect` write-protects them again in the same atomic
-/// PAGEMAP_SCAN pass. Needs a range registered in uffd write-protect mode with
-/// UFFD_FEATURE_WP_ASYNC.
-pub fn scan_written(start: usize, end: usize, reprotect: bool, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
+/// Which pages a PAGEMAP_SCAN reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// Written since they were last write-protected (needs a range registered in uffd
+    /// write-protect mode with UFFD_FEATURE_WP_ASYNC); with `reprotect`, write-protected again in
+    /// the same atomic pass.
+    Written { reprotect: bool },
+    /// Present private anonymous pages that are not the shared zero page: in a private file
+    /// mapping, exactly the pages written (copied on write) since they were last dropped.
+    Private,
+    /// Present pages, of any kind.
+    Present,
+}
+
+/// Appends to `out` the address ranges in `[start, end)` that `which` selects, stopping after
+/// `max` pages.
+pub fn scan_pages(start: usize, end: usize, which: Scan, max: usize, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
+    let (flags, inverted, mask) = match which {
+        Scan::Written { reprotect } => (if reprotect { PM_SCAN_WP_MATCHING } else { 0 }, 0, PAGE_IS_WRITTEN),
+        Scan::Private => (0, PAGE_IS_FILE | PAGE_IS_PFNZERO, PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO),
+        Scan::Present => (0, 0, PAGE_IS_PRESENT),
+    };
     let mut regions = [PageRegion::default(); 64];
     let mut from = start;
-    while from < end {
+    let mut found = 0;
+    while from < end && found < max {
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
-            flags: if reprotect { PM_SCAN_WP_MATCHING } else { 0 },
+            flags,
             start: from as u64,
             end: end as u64,
             vec: regions.as_mut_ptr() as u64,
             vec_len: regions.len() as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
+            max_pages: if max == usize::MAX { 0 } else { (max - found) as u64 },
+            category_inverted: inverted,
+            category_mask: mask,
+            return_mask: mask,
             ..Default::default()
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions.len()` writable
@@ -252,7 +275,9 @@ pub fn scan_written(start: usize, end: usize, reprotect: bool, out: &mut Vec<std
         }
         let n = usize::try_from(n).expect("non-negative");
         for r in &regions[..n] {
-            out.push(usize::try_from(r.start).expect("address")..usize::try_from(r.end).expect("address"));
+            let r = usize::try_from(r.start).expect("address")..usize::try_from(r.end).expect("address");
+            found += (r.end - r.start) / PAGE;
+            out.push(r);
         }
         let walked = usize::try_from(arg.walk_end).expect("address");
         if walked <= from {
@@ -261,6 +286,19 @@ pub fn scan_written(start: usize, end: usize, reprotect: bool, out: &mut Vec<std
         from = walked;
     }
     Ok(())
+}
+
+/// [`scan_pages`] of the pages written since they were last write-protected.
+pub fn scan_written(start: usize, end: usize, reprotect: bool, out: &mut Vec<std::ops::Range<usize>>) -> io::Result<()> {
+    scan_pages(start, end, Scan::Written { reprotect }, usize::MAX, out)
+}
+
+/// Maps `[addr, addr + len)` of a file mapping now, from the page cache (MADV_POPULATE_READ).
+pub fn populate_read(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: only faults pages in; callers pass a range of a memory they own whose pages are
+    // all in the page cache (no userfaultfd event can be raised).
+    let r = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_POPULATE_READ) };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// An epoll instance.

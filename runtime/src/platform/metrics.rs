@@ -91,7 +91,7 @@ impl Platform {
         for (f, p) in &pools {
             let mut fp = Footprint::default();
             for m in p.memories() {
-                fp.resident += m.count(PageState::Resident) as u64 * PAGE;
+                fp.resident += m.private_pages() as u64 * PAGE;
                 fp.memnode += m.count(PageState::Remote) as u64 * PAGE;
             }
             if let Some(s) = p.function.snapshot() {

@@ -501,7 +501,7 @@ impl Platform {
         // machines: the guest, the installer and the transport compete for the cores.)
         let mut prefetched = Vec::new();
         let restoring = match (instance.memory(), f.snapshot()) {
-            (Some(m), Some(snap)) if phase != Some(Phase::Warm) || m.count(PageState::Resident) == 0 => {
+            (Some(m), Some(snap)) if phase != Some(Phase::Warm) || m.is_drained() => {
                 let ws = snap.working_set();
                 if policy.kind.prefetches() && !ws.is_empty() {
                     prefetched = ws.into_iter().filter(|&pg| m.page_state(pg) == PageState::Image).collect();
@@ -587,7 +587,9 @@ impl Platform {
     /// move (a call meanwhile starts another), and given back after.
     pub fn offload(&self, user: &str, function: &str) -> Result<u64, CallError> {
         let p = self.pooled(user, function)?;
-        let mut bytes = 0u64;
+        // The image goes first: each eviction then also moves its memory off it (with
+        // copy-on-write images the memories map it).
+        let mut bytes = p.function.snapshot().map_or(0, |snap| snap.drop_local() as u64);
         let mut failed = None;
         for i in p.take_all_idle() {
             if let Some(m) = i.instance.memory()
@@ -602,9 +604,6 @@ impl Platform {
         }
         if let Some(e) = failed {
             return Err(CallError::Failed { function: p.function.name.clone(), failure: CallFailure::Internal(Arc::new(e)) });
-        }
-        if let Some(snap) = p.function.snapshot() {
-            bytes += snap.drop_local() as u64;
         }
         Ok(bytes)
     }

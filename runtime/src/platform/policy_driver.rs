@@ -86,6 +86,16 @@ impl Platform {
         let m = &f.metrics;
         if snap.is_local() && f.busy.load(Ordering::Relaxed) == 0 && idle_for.is_some_and(|d| d >= semi_warm_after) {
             moved.dropped_clean += snap.drop_local() as u64 / PAGE;
+            // Copy-on-write: the idle memories map the image; each moves off it now (keeping
+            // the pages it had mapped), so that the image's memory is released.
+            for i in f.take_all_idle() {
+                if let Some(memory) = i.instance.memory()
+                    && let Err(e) = memory.sync_image()
+                {
+                    tracing::warn!("an idle instance of {} could not leave its dropped image: {e}", f.function.name);
+                }
+                f.give_back(i, self.config.max_idle);
+            }
             return true;
         }
         if idle_for.is_some_and(|d| d < semi_warm_after) {

@@ -114,3 +114,59 @@ fn every_call_starts_from_the_initial_state_with_copied_images_over_tcp() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
     scenario(ebb_memnode::connect(&memnode.addr, TcpConfig::default()).unwrap(), false);
 }
+
+/// Copy-on-write images: instances of one function share the image's pages, never each other's
+/// writes; a reset drops exactly the pages the call wrote; a dropped image keeps serving the
+/// memories that map it until they move off it; an offload or a host write under a mapped image
+/// keeps every byte.
+#[test]
+fn instances_share_the_image_and_never_each_others_writes() {
+    let pager = Pager::new(PagerConfig { readaround: 63, ..Default::default() }, Arc::new(LocalTransport::embedded(1 << 30))).unwrap();
+    let exec = Executor::new(pager.clone()).unwrap();
+    let f = Arc::new(Function::new("demo/table", exec.compile(TABLE_WAT.as_bytes()).unwrap()));
+    let want = expected_checksum();
+    let mut a = exec.function_instance(&f, Stdout::Inherit, None, None).unwrap().0;
+    let snap = f.snapshot().unwrap().clone();
+    let mut b = exec.function_instance(&f, Stdout::Inherit, None, None).unwrap().0;
+    assert_eq!(parse(&a.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    assert_eq!(parse(&b.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    let image = snap.local_bytes();
+
+    // A writes 1 000 table words (one every 64 KiB of the table) outside any call: B's next call
+    // sees none of them, and the image did not change (B's checksum is the initial one).
+    {
+        let mem = a.memory_bytes_mut().unwrap();
+        for w in 0..1000 {
+            mem[65536 + w * 65536..65536 + w * 65536 + 4].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        }
+    }
+    assert_eq!(parse(&b.call(b"", Entry::Start, None).unwrap().output), (want, 1), "B saw A's writes");
+    // A's call sees its own writes (they are its memory's), and its reset drops exactly those
+    // pages (plus the output and stack pages the call wrote).
+    let (sum, _) = parse(&a.call(b"", Entry::Start, None).unwrap().output);
+    assert_ne!(sum, want, "A's own writes are gone before its call ran");
+    let table_written = a.last_call.written.iter().filter(|&&p| p >= 16).count();
+    assert_eq!(table_written, 1000, "written table pages {:?}", a.last_call.written);
+    assert_eq!(parse(&a.call(b"", Entry::Start, None).unwrap().output), (want, 1), "the reset restored the table");
+    assert_eq!(snap.local_bytes(), image, "resets add nothing to the image");
+
+    // The image is dropped while both memories map it: their calls go on from it (no fetch), and
+    // their next eviction moves them off it, after which the table comes from the memnode.
+    assert!(snap.drop_local() >= TABLE_PAGES * 4096);
+    let fetched = pager.stats().pages_fetched;
+    assert_eq!(parse(&a.call(b"scribble", Entry::Start, None).unwrap().output), (want, 1));
+    assert_eq!(parse(&b.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    assert_eq!(pager.stats().pages_fetched, fetched, "the dropped image still served its memories");
+    b.memory().unwrap().evict().unwrap();
+    assert_eq!(parse(&b.call(b"", Entry::Start, None).unwrap().output), (want, 1));
+    assert!(pager.stats().pages_fetched - fetched >= TABLE_PAGES as u64, "B fetched the table after leaving the image");
+
+    // A still maps the dropped image: an offload turns it into anonymous memory first and keeps
+    // a host write made under the image; the next call faults the table back and is correct.
+    a.memory_bytes_mut().unwrap()[65536..65540].copy_from_slice(&7u32.to_le_bytes());
+    a.memory().unwrap().offload().unwrap();
+    assert_eq!(u32::from_le_bytes(a.memory_bytes().unwrap()[65536..65540].try_into().unwrap()), 7, "the host write survived the offload");
+    let (sum, _) = parse(&a.call(b"", Entry::Start, None).unwrap().output);
+    assert_eq!(sum, want ^ 7 ^ 1, "A's call saw exactly its one changed word"); // word 0 is 0 ^ 1 initially
+    assert_eq!(pager.stats().faults_failed, 0);
+}

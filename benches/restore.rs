@@ -3,14 +3,21 @@
 //! offloaded memory touched page by page, without and with read-around. Then the first call of
 //! a fully offloaded 64 MiB function instance (demo/bigtable, which reads its whole table),
 //! restored lazily by faults (faasmem policy) or with the recorded working set prefetched (ebb
-//! policy), beside a warm call of the same function. Needs root.
+//! policy), beside a warm call of the same function. Last, the reset of a warm instance whose
+//! 64 MiB table was overwritten, with copy-on-write images and with images copied page by page:
+//! the reset and the first read of every page after it (what the next call pays), and a whole
+//! warm call that overwrites the table. Needs root.
 //!
 //! cargo bench --bench restore
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ebb::{PagedBuffer, TempDir, function_wasm, loopback_memnode, rdma_memnode, rdma_only};
+use ebb_memnode::Transport;
+use ebb_runtime::exec::{Entry, Executor, Function, Instance, Stdout};
 use ebb_runtime::pager::{Pager, PagerConfig};
 use ebb_runtime::platform::{Platform, PlatformConfig};
 use ebb_runtime::policy::{PolicyFile, PolicyKind};
@@ -29,6 +36,44 @@ fn fault_back(pager: &std::sync::Arc<Pager>, iters: u64) -> Duration {
         for page in 0..PAGES {
             m.touch(page);
         }
+        total += start.elapsed();
+    }
+    total
+}
+
+/// The table module: `_faasm_zygote` fills a 64 MiB table (page 16 on); "scribble" overwrites it.
+const TABLE_WAT: &str = include_str!("../tests/modules/table.wat");
+const TABLE: std::ops::Range<usize> = 65536..65536 + SIZE;
+
+/// A warm instance of the table module whose initial state was captured, on copy-on-write or
+/// copied images. The second instance is measured (it adopted the state, as instances do).
+fn table_instance(transport: Arc<dyn Transport>, cow: bool) -> Instance {
+    let pager = Pager::new(PagerConfig { cow_images: cow, ..Default::default() }, transport).expect("pager (run as root)");
+    let exec = Executor::new(pager).expect("executor");
+    let f = Arc::new(Function::new("bench/table", exec.compile(TABLE_WAT.as_bytes()).expect("table.wat")));
+    let _first = exec.function_instance(&f, Stdout::Inherit, None, None).expect("instance").0;
+    let mut i = exec.function_instance(&f, Stdout::Inherit, None, None).expect("instance").0;
+    for _ in 0..2 {
+        i.call(b"", Entry::Start, None).expect("call");
+    }
+    i
+}
+
+/// Overwrites the table from the host, then times the reset and a read of every table page.
+fn reset_overwritten(i: &mut Instance, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for n in 0..iters {
+        i.memory_bytes_mut().expect("memory")[TABLE].fill(n as u8 | 1);
+        let m = i.memory().expect("paged").clone();
+        let start = Instant::now();
+        m.reset().expect("reset");
+        let bytes = i.memory_bytes().expect("memory");
+        let mut sum = 0u8;
+        for p in (TABLE.start..TABLE.end).step_by(4096) {
+            // SAFETY: `p` is inside the memory's bytes; a volatile read makes the access happen.
+            sum ^= unsafe { std::ptr::read_volatile(bytes.as_ptr().add(p)) };
+        }
+        std::hint::black_box(sum);
         total += start.elapsed();
     }
     total
@@ -107,6 +152,15 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+    }
+
+    // A warm instance's reset after its table was overwritten: copy-on-write images drop the
+    // private pages (the next reads are page-cache hits); copied images drop them too (more
+    // than RESTORE_IN_PLACE_MAX pages) and the next reads fault them back from the local image.
+    for (name, cow) in [("cow", true), ("copy", false)] {
+        let mut i = table_instance(transport.clone(), cow);
+        g.bench_function(format!("reset_64m_overwritten_{name}"), |b| b.iter_custom(|iters| reset_overwritten(&mut i, iters)));
+        g.bench_function(format!("warm_scribble_call_64m_{name}"), |b| b.iter(|| i.call(b"scribble", Entry::Start, None).expect("call")));
     }
     g.finish();
 }

@@ -159,7 +159,7 @@ fn every_phase_of_a_guest_is_bounded_and_queues_are_too() {
 #[test]
 fn finished_call_records_expire() {
     let data = TempDir::new("hard-records");
-    let rt = Runtime::start(&data.0, &["--call-record-ttl", "1s", "--call-records", "3"]).unwrap();
+    let rt = Runtime::start(&data.0, &["--call-record-ttl", "3s", "--call-records", "3"]).unwrap();
     put(&rt, "demo", "echo", ECHO, None);
     let ids: Vec<String> = (0..5).map(|i| submit(&rt, "demo", "echo", &format!("out-{i}"), None).body).collect();
     let last = finished(&rt, &ids[4], None, Duration::from_secs(10));

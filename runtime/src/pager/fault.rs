@@ -64,8 +64,11 @@ impl Shared {
 
     pub(super) fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
         let page_addr = addr & !(PAGE_SIZE - 1);
+        // A copy, not the zero page: UFFDIO_ZEROPAGE refuses (EEXIST) a page whose entry holds a
+        // write-protect marker (tracked memory that was write-protected while empty), and the
+        // faulting thread would fault on it for ever.
         // SAFETY: `page_addr` is a page of `mem`'s reservation, registered with its uffd.
-        if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::ZeroPage, page_addr, PAGE_SIZE) } {
+        if let Err(e) = unsafe { sys::install(&mem.uffd, sys::Fill::Copy(ZEROS.as_ptr()), page_addr, PAGE_SIZE) } {
             tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
         }
         mem.table.set((page_addr - mem.base()) / PAGE_SIZE, PageState::Resident);

@@ -16,6 +16,10 @@
 //!                                      are exactly those the call wrote → MADV_DONTNEED them
 //! ```
 //!
+//! A memory maps the image only while the function has one: without it (after an offload, or once
+//! the function turned semi-warm) memories are anonymous paged memory, whose faults install what
+//! they fetch in one `UFFDIO_COPY` — fetching into an image and then mapping it costs two copies.
+//!
 //! So resets, adoptions and restores cost page-cache hits, not one `UFFDIO_COPY` per page, every
 //! instance shares one copy of the pages it only reads, and the pages a call read are visible
 //! (mapped in the page table) — which the policy's working sets use.

@@ -437,11 +437,10 @@ impl MemoryHandle {
             }
         }
         self.track(snap)?;
-        // Copy-on-write: the memory maps the image, made now if the function has none (the
-        // memory's faults then fetch into it, for every later instance too).
-        if snap.cow && snap.size > 0 {
-            snap.ensure_local()?;
-        }
+        // Copy-on-write: the memory maps the function's image if it has one. Without one it stays
+        // anonymous memory whose faults install what they fetch in one step (`UFFDIO_COPY`),
+        // cheaper than fetching into an image and mapping from it (docs/PERFORMANCE.md); the
+        // policy fetches the image back off the calls' path and later resets map it.
         self.sync_image()
     }
 
@@ -588,10 +587,10 @@ impl MemoryHandle {
         let limit = state.accessible_pages();
         let want: Vec<usize> =
             pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Image).collect();
-        if snap.cow && snap.size > 0 {
-            // Copy-on-write: the pages go into the image in large batches (what this memory
-            // still holds first), and the memory maps them.
-            let image = snap.ensure_local()?;
+        if let Some(image) = snap.local().filter(|_| snap.cow && snap.size > 0) {
+            // Copy-on-write, and the function has an image: what it lacks goes into it in large
+            // batches, and the memory maps it. (Without an image the pages are installed into
+            // the memory directly, below: one copy per page instead of two.)
             self.sync_image()?;
             let lacking: Vec<usize> = want.iter().copied().filter(|&p| !image.holds(p)).collect();
             let fetched = snap.fetch_into(&image, &lacking)?;

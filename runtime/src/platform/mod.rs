@@ -590,6 +590,9 @@ impl Platform {
         // The image goes first: each eviction then also moves its memory off it (with
         // copy-on-write images the memories map it).
         let mut bytes = p.function.snapshot().map_or(0, |snap| snap.drop_local() as u64);
+        // As when the policy drops it: the image comes back from the second call on (not at the
+        // policy's next tick, which would undo the offload before any call asked for it).
+        p.metrics.calls_since_image_drop.store(0, Ordering::Relaxed);
         let mut failed = None;
         for i in p.take_all_idle() {
             if let Some(m) = i.instance.memory()

@@ -63,7 +63,7 @@ fn table_instance(transport: Arc<dyn Transport>, cow: bool) -> Instance {
 fn reset_overwritten(i: &mut Instance, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for n in 0..iters {
-        i.memory_bytes_mut().expect("memory")[TABLE].fill(n as u8 | 1);
+        i.memory_bytes_mut().expect("memory")[TABLE].fill(n.to_le_bytes()[0] | 1);
         let m = i.memory().expect("paged").clone();
         let start = Instant::now();
         m.reset().expect("reset");

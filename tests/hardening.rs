@@ -411,7 +411,9 @@ fn declared_memory_does_not_fill_the_memnode() {
         assert_eq!(call(&rt, "greedy", &format!("tiny{i}"), b"", None).status, 200);
     }
     // Another tenant's 64 MiB still fits.
-    let other = Runtime::start(&TempDir::new("hard-declared2").0, &["--memnode", memnode.addr.as_str()]).unwrap();
+    // (Held to the end: a temporary would remove the directory before the runtime fills it.)
+    let other_data = TempDir::new("hard-declared2");
+    let other = Runtime::start(&other_data.0, &["--memnode", memnode.addr.as_str()]).unwrap();
     assert_eq!(upload(&other, "demo", "bigtable", None).status, 200);
     let r = call(&other, "demo", "bigtable", b"", None);
     assert_eq!(r.status, 200, "{}", r.body);

@@ -26,6 +26,14 @@ impl MemoryHandle {
     /// Those of `pages` (ascending) that are resident, or every resident page for `None`.
     pub(super) fn resident_among(&self, pages: Option<&[usize]>) -> Vec<usize> {
         let state = &self.state;
+        if state.image_pages() > 0 {
+            // With a mapped image the page table does not see the image's pages: the mapping does.
+            let mapped = self.resident_pages();
+            return match pages {
+                None => mapped,
+                Some(pages) => pages.iter().copied().filter(|p| mapped.binary_search(p).is_ok()).collect(),
+            };
+        }
         let limit = state.accessible_pages();
         let mut resident = Vec::new();
         match pages {

@@ -658,15 +658,7 @@ impl MemoryHandle {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
         state.fence();
-        let resident = match pages {
-            // With a mapped image the page table does not see the image's pages.
-            Some(pages) if state.image_pages() > 0 => {
-                let mapped = self.resident_pages();
-                pages.iter().copied().filter(|p| mapped.binary_search(p).is_ok()).collect()
-            }
-            None if state.image_pages() > 0 => self.resident_pages(),
-            _ => self.resident_among(pages),
-        };
+        let resident = self.resident_among(pages);
         for &p in &resident {
             if state.table.is_backed(p) {
                 state.table.set_backed(p, PageState::Remote);

@@ -69,6 +69,87 @@ fn ebb_warm_then_semi_warm_then_called_prefetches_and_drops_clean_pages() {
     assert_eq!(fmetric(&rt, "ebb_cold_starts_total"), 1.0);
 }
 
+/// Waits until the instance is semi-warm and drained: the policy has dropped `pages` more clean
+/// pages than `from` (a count it adds once the instance is back in the idle list; the resident
+/// gauge alone falls while the last drain step still has the instance out).
+fn wait_drained(rt: &Runtime, from: f64, pages: f64) {
+    let dropped = || fmetric(rt, "ebb_pages_dropped_clean_total");
+    assert!(
+        wait_until(Duration::from_secs(10), || state(rt, "semi_warm") == 1.0
+            && fmetric(rt, "ebb_function_resident_bytes") < MIB
+            && dropped() >= from + pages),
+        "never drained again: {} resident, {} dropped (from {from}, {pages} wanted), instances warm {} semi-warm {} busy {}",
+        fmetric(rt, "ebb_function_resident_bytes"),
+        dropped(),
+        state(rt, "warm"),
+        state(rt, "semi_warm"),
+        state(rt, "busy")
+    );
+}
+
+#[test]
+fn a_probe_restore_records_what_calls_touch_now_not_the_union() {
+    let data = TempDir::new("ka-probe");
+    let (rt, _) = drained_instance(&data, "ebb", &["--ws-probe-every", "2"]);
+    let ws = || fmetric(&rt, "ebb_function_working_set_bytes");
+    let dropped = || fmetric(&rt, "ebb_pages_dropped_clean_total");
+    // The image and the instance's table.
+    wait_drained(&rt, 0.0, 2.0 * TABLE_PAGES);
+    // The first call read the whole table: all of it is the working set.
+    assert!(ws() >= 64.0 * MIB, "working set {}", ws());
+    // Restore 1 prefetches the whole set; the call reads a quarter, but reads of prefetched
+    // pages cannot be seen, so the set stays.
+    let quarter = invoke(&rt, "demo", "bigtable", "quarter");
+    assert_eq!(quarter.status, 200, "{}", quarter.body);
+    assert_eq!(fmetric(&rt, "ebb_cold_starts_total"), 1.0, "the semi-warm instance took the call");
+    assert!(fmetric(&rt, "ebb_prefetch_pages_total") >= TABLE_PAGES, "prefetched {}", fmetric(&rt, "ebb_prefetch_pages_total"));
+    let back = dropped();
+    assert!(ws() >= 64.0 * MIB, "working set {}", ws());
+    assert_eq!(fmetric(&rt, "ebb_working_set_probes_total"), 0.0);
+    // Restore 2 is a probe: no prefetch, and what the call faults in (the quarter, with the
+    // read-around) replaces the set.
+    wait_drained(&rt, back, TABLE_PAGES);
+    let prefetched = fmetric(&rt, "ebb_prefetch_pages_total");
+    let back = dropped();
+    let again = invoke(&rt, "demo", "bigtable", "quarter");
+    assert_eq!((again.status, &again.body), (200, &quarter.body), "the same bytes, faulted back lazily");
+    assert_eq!(fmetric(&rt, "ebb_working_set_probes_total"), 1.0);
+    assert_eq!(fmetric(&rt, "ebb_prefetch_pages_total"), prefetched, "a probe prefetches nothing");
+    assert!((16.0 * MIB..24.0 * MIB).contains(&ws()), "working set after the probe {}", ws());
+    // Restore 3 prefetches the new, smaller set.
+    wait_drained(&rt, back, TABLE_PAGES / 4.0);
+    let third = invoke(&rt, "demo", "bigtable", "quarter");
+    assert_eq!(third.body, quarter.body);
+    let fetched = fmetric(&rt, "ebb_prefetch_pages_total") - prefetched;
+    assert!((TABLE_PAGES / 4.0..TABLE_PAGES * 0.375).contains(&fetched), "prefetched {fetched} pages");
+}
+
+#[test]
+fn a_hot_floor_keeps_the_working_set_resident_while_semi_warm() {
+    let data = TempDir::new("ka-floor");
+    let rt = Runtime::start(
+        &data.0,
+        &["--semi-warm-after", "400ms", "--drain-rate", "1G", "--policy-tick-ms", "20", "--hot-floor", "32M"],
+    )
+    .unwrap();
+    assert_eq!(upload(&rt, "demo", "bigtable", None).status, 200);
+    let first = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Semi-warm: everything drains but 32 MiB of the working set (the table).
+    assert!(wait_until(Duration::from_secs(10), || state(&rt, "semi_warm") == 1.0), "never semi-warm");
+    let floor = || fmetric(&rt, "ebb_function_resident_bytes");
+    assert!(wait_until(Duration::from_secs(10), || floor() <= 34.0 * MIB), "drained to {}", floor());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!((31.0 * MIB..=34.0 * MIB).contains(&floor()), "kept {}", floor());
+    // The next call fetches only the other half.
+    let back = || fmetric(&rt, "ebb_prefetch_pages_total") + fmetric(&rt, "ebb_call_fault_pages_total");
+    let before = back();
+    let r = invoke(&rt, "demo", "bigtable", "");
+    assert_eq!((r.status, &r.body), (200, &first.body));
+    let fetched = back() - before;
+    assert!(fetched < TABLE_PAGES * 0.6, "{fetched} pages came back");
+}
+
 #[test]
 fn faasmem_drain_writes_back_and_calls_fault_back() {
     let data = TempDir::new("ka-faasmem");

@@ -292,6 +292,14 @@ struct PolicyArgs {
     /// Bytes a semi-warm instance keeps resident (default 0).
     #[arg(long)]
     floor: Option<String>,
+    /// Bytes of the function's working set a semi-warm instance keeps on top of --floor
+    /// (default 0: off).
+    #[arg(long)]
+    hot_floor: Option<String>,
+    /// Every this many restores, one runs without prefetch and re-records the working set
+    /// (default 8; 0: never).
+    #[arg(long)]
+    ws_probe_every: Option<String>,
     /// Idle time after which an instance is freed (default 10m).
     #[arg(long)]
     keep_alive: Option<String>,
@@ -318,6 +326,8 @@ impl PolicyArgs {
             ("semi-warm-min", &self.semi_warm_min),
             ("drain-rate", &self.drain_rate),
             ("floor", &self.floor),
+            ("hot-floor", &self.hot_floor),
+            ("ws-probe-every", &self.ws_probe_every),
             ("keep-alive", &self.keep_alive),
             ("init-idle-calls", &self.init_idle_calls),
             ("init-idle", &self.init_idle),

@@ -134,6 +134,15 @@ impl MemoryState {
     }
 }
 
+/// Clears a memory's count of pages being moved when the move ends, on every path.
+struct MovingDone<'a>(&'a AtomicUsize);
+
+impl Drop for MovingDone<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
 /// One PAGEMAP_SCAN of a memory's pages `range`, as page indexes.
 fn scan(state: &MemoryState, range: std::ops::Range<usize>, which: sys::Scan, max: usize) -> Result<Vec<usize>, PagerError> {
     let (start, end) = (state.base() + range.start * PAGE_SIZE, state.base() + range.end * PAGE_SIZE);
@@ -156,11 +165,18 @@ impl MemoryHandle {
 
     /// Pages only this memory holds: with a mapped image, its private pages (the image's own
     /// pages are counted once, in [`super::Snapshot::local_bytes`]); else every resident page.
+    /// An image the function has dropped is held alive by its mappings alone (until
+    /// [`MemoryHandle::sync_image`] moves the memory off it), so its mapped pages count here.
     pub fn private_pages(&self) -> usize {
         let state = &self.state;
         let from = state.image_pages();
-        let mapped = if from == 0 { 0 } else { self.written_in_image().map_or(0, |p| p.len()) };
-        mapped + state.table.count(from..state.accessible_pages(), PageState::Resident)
+        let current = |m: &Arc<LocalImage>| state.snapshot.get().and_then(|s| s.local()).is_some_and(|l| Arc::ptr_eq(&l, m));
+        let mapped = match state.mapped_image() {
+            _ if from == 0 => 0,
+            Some(m) if !current(&m) => self.present_in_image().map_or(0, |p| p.len()),
+            _ => self.written_in_image().map_or(0, |p| p.len()),
+        };
+        mapped + state.table.count(from..state.accessible_pages(), PageState::Resident) + state.moving.load(Ordering::Relaxed)
     }
 
     /// Whether nothing of the memory is resident (an evicted or never-touched instance): no
@@ -265,6 +281,9 @@ impl MemoryHandle {
             let bytes = unsafe { std::slice::from_raw_parts((state.base() + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
             saved[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(bytes);
         }
+        let kept = present.iter().filter(|&&p| private.binary_search(&p).is_err() && image.holds(p)).count();
+        state.moving.store(private.len() + kept, Ordering::Relaxed);
+        let moved = MovingDone(&state.moving);
         let mut slot = state.image.write().unwrap_or_else(|e| e.into_inner());
         state.image_pages.store(0, Ordering::Release);
         state.reservation.map_anonymous(0, len).map_err(setup)?;
@@ -283,6 +302,7 @@ impl MemoryHandle {
         }
         let install = |p: usize, bytes: &[u8], clean: bool| -> Result<(), PagerError> {
             state.table.set(p, PageState::Resident);
+            state.moving.fetch_sub(1, Ordering::Relaxed);
             let fill = if clean { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
             // SAFETY: page `p` is inside the registered range; `bytes` is one page.
             unsafe { sys::install(&state.uffd, fill, state.base() + p * PAGE_SIZE, PAGE_SIZE) }.map(drop).map_err(|source| {
@@ -296,6 +316,7 @@ impl MemoryHandle {
         for &p in present.iter().filter(|&&p| private.binary_search(&p).is_err() && image.holds(p)) {
             install(p, image.pages(p, 1), true)?;
         }
+        drop(moved);
         Ok(())
     }
 

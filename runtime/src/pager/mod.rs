@@ -431,6 +431,9 @@ struct MemoryState {
     /// changed only while the memory is idle (or its guest stopped in a host call).
     image: RwLock<Option<Arc<image::LocalImage>>>,
     image_pages: AtomicUsize,
+    /// Pages [`MemoryHandle::unmap_image`] is moving from the image into private memory: held
+    /// throughout, so they count as this memory's while the move is under way.
+    moving: AtomicUsize,
 }
 
 impl Drop for MemoryState {
@@ -621,6 +624,7 @@ impl PagedMemory {
             in_thread: OnceLock::new(),
             image: RwLock::new(None),
             image_pages: AtomicUsize::new(0),
+            moving: AtomicUsize::new(0),
         });
         match path {
             FaultPath::Uffd => shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?,

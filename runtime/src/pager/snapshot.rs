@@ -244,6 +244,11 @@ impl Snapshot {
         self.working_set.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Pages in the recorded working set.
+    pub fn working_set_len(&self) -> usize {
+        self.working_set.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Records the pages a call touched, to prefetch before the next call of a cold instance.
     /// Only pages the initial state holds are kept (the others have nothing to fetch).
     pub fn record_working_set(&self, mut pages: Vec<usize>) {

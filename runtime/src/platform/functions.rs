@@ -6,8 +6,8 @@
 //! list changes, so `/metrics` never walks a list or a page table under a lock calls take.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::exec::{Function, Instance};
 use crate::pager::MemoryHandle;
@@ -58,6 +58,10 @@ pub struct FunctionMetrics {
     pub prefetch_hits: AtomicU64,
     /// Pages with content that calls still faulted on after a prefetch.
     pub prefetch_misses: AtomicU64,
+    /// Calls on restored instances with a working set recorded, and those of them that ran
+    /// without prefetch to record it afresh.
+    pub restores: AtomicU64,
+    pub ws_probes: AtomicU64,
     /// Pages the policy sent to the memnode, and pages it dropped because the memnode already
     /// held them unchanged.
     pub written_back: AtomicU64,
@@ -88,6 +92,10 @@ impl FunctionMetrics {
 pub struct Pooled {
     pub function: Arc<Function>,
     idle: Mutex<Vec<Idle>>,
+    /// Idle instances the policy has out of the list now (changed under the list's lock), and
+    /// the signal that one came back: a call that finds the list empty waits for them a little.
+    out: AtomicUsize,
+    given_back: Condvar,
     /// Idle instances per phase: [warm, semi-warm], kept with the list. An instance taken out for
     /// the policy's work ([`Pooled::sweep`], [`Pooled::take_all_idle`]) still counts: it is idle in
     /// its phase while its pages move, and the gauge must not show it gone and back.
@@ -100,6 +108,9 @@ pub struct Pooled {
     /// The segments the first instance's init phase labelled (runtime and init pages).
     pub initial_segments: OnceLock<Segments>,
 }
+
+/// How long a call waits for an idle instance the policy has out before it starts a new one.
+pub const POLICY_WAIT: Duration = Duration::from_millis(250);
 
 fn slot(phase: Phase) -> Option<usize> {
     match phase {
@@ -114,6 +125,8 @@ impl Pooled {
         Pooled {
             function,
             idle: Mutex::new(Vec::new()),
+            out: AtomicUsize::new(0),
+            given_back: Condvar::new(),
             phases: Default::default(),
             busy: AtomicUsize::new(0),
             memories: Mutex::new(Vec::new()),
@@ -136,11 +149,24 @@ impl Pooled {
         }
     }
 
-    /// The most recently used idle instance, if any.
+    /// The most recently used idle instance, if any. With none in the list but some out for the
+    /// policy's work (a drain step, an image swap: milliseconds), it waits up to
+    /// [`POLICY_WAIT`] for one to come back rather than start a new instance (instantiation and
+    /// a restore of the whole initial state: far longer).
     pub fn pop_idle(&self) -> Option<Idle> {
-        let i = self.idle().pop()?;
-        self.count(i.phase, -1);
-        Some(i)
+        let mut idle = self.idle();
+        let deadline = Instant::now() + POLICY_WAIT;
+        loop {
+            if let Some(i) = idle.pop() {
+                self.count(i.phase, -1);
+                return Some(i);
+            }
+            let now = Instant::now();
+            if self.out.load(Ordering::Relaxed) == 0 || now >= deadline {
+                return None;
+            }
+            idle = self.given_back.wait_timeout(idle, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 
     /// Returns an instance to the pool, unless `max` are idle already (then it is dropped).
@@ -159,10 +185,15 @@ impl Pooled {
     /// counted in its phase), unless it must be discarded or `max` are idle already.
     pub fn give_back(&self, i: Idle, max: usize) {
         let mut idle = self.idle();
+        self.out.fetch_sub(1, Ordering::Relaxed);
         if idle.len() < max && !i.instance.must_discard() {
             idle.push(i);
+            drop(idle);
+            self.given_back.notify_one();
         } else {
             drop(idle);
+            // Waiting calls look again: with nothing left out they start an instance at once.
+            self.given_back.notify_all();
             self.count(i.phase, -1);
             self.forget(&i.instance);
         }
@@ -193,6 +224,7 @@ impl Pooled {
             }
         }
         *idle = keep;
+        self.out.fetch_add(work.len(), Ordering::Relaxed);
         drop(idle);
         for i in &expired {
             self.forget(&i.instance);
@@ -203,7 +235,9 @@ impl Pooled {
     /// Takes every idle instance out of the list (to work on them without holding it; no call can
     /// take them meanwhile). Give them back with [`Pooled::give_back`].
     pub fn take_all_idle(&self) -> Vec<Idle> {
-        std::mem::take(&mut *self.idle())
+        let mut idle = self.idle();
+        self.out.fetch_add(idle.len(), Ordering::Relaxed);
+        std::mem::take(&mut *idle)
     }
 
     /// Records a new live instance's memory.
@@ -250,6 +284,31 @@ mod tests {
             p.push_idle(Idle::new(instance, Segments::default(), since), 8);
         }
         p
+    }
+
+    #[test]
+    fn a_call_waits_for_the_instance_the_policy_has_out() {
+        let p = pool(1, Instant::now());
+        let taken = p.take_all_idle();
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| p.pop_idle().map(|i| i.phase));
+            std::thread::sleep(Duration::from_millis(30));
+            for i in taken {
+                p.give_back(i, 8);
+            }
+            assert_eq!(caller.join().unwrap(), Some(Phase::Warm), "the call took the instance given back");
+        });
+        assert!(p.pop_idle().is_none(), "none idle, none out: no instance");
+        // Given back to a full pool, the instance goes; a waiting call gets none.
+        let p = pool(1, Instant::now());
+        let taken = p.take_all_idle();
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| p.pop_idle().is_none());
+            for i in taken {
+                p.give_back(i, 0);
+            }
+            assert!(caller.join().unwrap());
+        });
     }
 
     #[test]

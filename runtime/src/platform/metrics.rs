@@ -69,7 +69,7 @@ impl Platform {
             let _ = writeln!(out, "ebb_call_seconds_count{{function=\"{f}\"}} {cumulative}");
         }
         type Counter = (&'static str, fn(&FunctionMetrics) -> &AtomicU64);
-        let counters: [Counter; 9] = [
+        let counters: [Counter; 10] = [
             ("ebb_call_fault_pages_total", |m| &m.faults),
             ("ebb_cold_starts_total", |m| &m.cold_starts),
             ("ebb_warm_starts_total", |m| &m.warm_starts),
@@ -77,6 +77,7 @@ impl Platform {
             ("ebb_prefetch_pages_total", |m| &m.prefetched),
             ("ebb_prefetch_hits_total", |m| &m.prefetch_hits),
             ("ebb_prefetch_misses_total", |m| &m.prefetch_misses),
+            ("ebb_working_set_probes_total", |m| &m.ws_probes),
             ("ebb_pages_written_back_total", |m| &m.written_back),
             ("ebb_pages_dropped_clean_total", |m| &m.dropped_clean),
         ];
@@ -116,6 +117,11 @@ impl Platform {
         let _ = writeln!(out, "# TYPE ebb_function_memnode_bytes gauge");
         for (f, fp, _) in &lines {
             let _ = writeln!(out, "ebb_function_memnode_bytes{{function=\"{f}\"}} {}", fp.memnode);
+        }
+        let _ = writeln!(out, "# TYPE ebb_function_working_set_bytes gauge");
+        for (f, p) in &pools {
+            let ws = p.function.snapshot().map_or(0, |s| s.working_set_len() as u64 * PAGE);
+            let _ = writeln!(out, "ebb_function_working_set_bytes{{function=\"{f}\"}} {ws}");
         }
         if viewer != Viewer::Operator {
             return out;

@@ -496,14 +496,27 @@ impl Platform {
             }
         };
         // An instance that is new, semi-warm or fully offloaded gets the recorded working set
-        // in bulk first; the pages its call still faults on join the working set. (Installing
+        // in bulk first; the pages its call still faults on join the working set. Every
+        // `ws-probe-every`-th such call runs without it instead, and what it touches replaces
+        // the working set (see `policy::probe_working_set`). (Installing
         // it from a second thread while the call runs was measured slower on these 2-core
         // machines: the guest, the installer and the transport compete for the cores.)
         let mut prefetched = Vec::new();
+        // A probe's pages resident before it that the working set did not hold: still resident
+        // after the call, they are no sign that it touched them.
+        let mut stale = Vec::new();
         let restoring = match (instance.memory(), f.snapshot()) {
             (Some(m), Some(snap)) if phase != Some(Phase::Warm) || m.is_drained() => {
                 let ws = snap.working_set();
-                if policy.kind.prefetches() && !ws.is_empty() {
+                let probe = policy.kind.prefetches() && !ws.is_empty() && {
+                    let restores = p.metrics.restores.fetch_add(1, Ordering::Relaxed) + 1;
+                    crate::policy::probe_working_set(&policy, restores)
+                };
+                if probe {
+                    p.metrics.ws_probes.fetch_add(1, Ordering::Relaxed);
+                    stale = m.resident_pages();
+                    stale.retain(|pg| ws.binary_search(pg).is_err());
+                } else if policy.kind.prefetches() && !ws.is_empty() {
                     prefetched = ws.into_iter().filter(|&pg| m.page_state(pg) == PageState::Image).collect();
                     if let Err(e) = m.prefetch(&prefetched) {
                         tracing::warn!("prefetching {} pages of {} failed (the call will fault them): {e}", prefetched.len(), f.name);
@@ -528,7 +541,10 @@ impl Platform {
             snap.note_written(&instance.last_call.written);
             misses = instance.last_call.faulted.iter().filter(|&&pg| snap.holds(pg)).count();
             if restoring && result.is_ok() {
-                let resident = std::mem::take(&mut instance.last_call.resident);
+                let mut resident = std::mem::take(&mut instance.last_call.resident);
+                if !stale.is_empty() {
+                    resident.retain(|pg| stale.binary_search(pg).is_err() || touched.binary_search(pg).is_ok());
+                }
                 if prefetched.is_empty() {
                     snap.record_working_set(resident);
                 } else {

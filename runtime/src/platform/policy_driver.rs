@@ -54,8 +54,9 @@ impl Platform {
             let (work, expired) = f.sweep(phase_of, needs_work);
             drop(expired);
             let mut moved = Moved::default();
+            let working_set = f.function.snapshot().map(|s| s.working_set()).unwrap_or_default();
             for mut i in work {
-                if let Err(e) = advance(&policy, &mut i, now, &mut moved) {
+                if let Err(e) = advance(&policy, &mut i, now, &working_set, &mut moved) {
                     tracing::warn!("offloading an idle instance of {key} failed: {e}");
                 }
                 f.give_back(i, self.config.max_idle);
@@ -117,7 +118,9 @@ impl Platform {
 }
 
 /// Offloads what the policy says one idle instance should no longer keep.
-fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, moved: &mut Moved) -> Result<(), PagerError> {
+/// `working_set` (ascending) is the function's recorded one: its pages drain last, and with a hot
+/// floor they stay.
+fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, working_set: &[usize], moved: &mut Moved) -> Result<(), PagerError> {
     let Some(memory) = i.instance.memory().cloned() else { return Ok(()) };
     // Whether the drain reaches the floor with these pages (then it is done: no further look).
     let mut reaches_floor = false;
@@ -129,12 +132,12 @@ fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, moved: &mut Moved)
         Phase::SemiWarm if !i.drained => {
             let budget = i.drain.pages(policy.drain_rate, now);
             let resident = memory.resident_pages();
-            let floor = usize::try_from(policy.floor / PAGE).unwrap_or(usize::MAX);
+            let floor = crate::policy::floor_pages(policy, &resident, working_set);
             if resident.len() <= floor {
                 i.drained = true;
                 return Ok(());
             }
-            let mut order = i.segments.drain_order(&resident);
+            let mut order = i.segments.drain_order(&resident, working_set);
             order.truncate(budget.min(resident.len() - floor));
             order.sort_unstable();
             reaches_floor = resident.len() - order.len() <= floor;

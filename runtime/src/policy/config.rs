@@ -77,6 +77,12 @@ pub struct PolicyConfig {
     pub drain_rate: u64,
     /// Resident bytes a semi-warm instance keeps (its hottest pages). Default 0.
     pub floor: u64,
+    /// On top of `floor`: a semi-warm instance keeps its resident pages of the function's
+    /// recorded working set, up to this many bytes (0: off). Default 0.
+    pub hot_floor: u64,
+    /// Every this many restores of a function (calls on new, semi-warm or offloaded instances),
+    /// one runs without prefetch and its pages replace the working set (0: never). Default 8.
+    pub ws_probe_every: u32,
     /// Idle time after which an instance is freed with its memnode pages. Default 600 s.
     pub keep_alive: Duration,
     /// A warm instance offloads init pages no call touched for this many calls... Default 4.
@@ -93,6 +99,8 @@ impl Default for PolicyConfig {
             semi_warm_min: Duration::from_secs(60),
             drain_rate: 64 << 20,
             floor: 0,
+            hot_floor: 0,
+            ws_probe_every: 8,
             keep_alive: Duration::from_secs(600),
             init_idle_calls: 4,
             init_idle: Duration::from_secs(60),
@@ -103,7 +111,7 @@ impl Default for PolicyConfig {
 /// A bad policy setting.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("unknown policy setting `{0}`: use policy, semi-warm-after, semi-warm-min, drain-rate, floor, keep-alive, init-idle-calls or init-idle")]
+    #[error("unknown policy setting `{0}`: use policy, semi-warm-after, semi-warm-min, drain-rate, floor, hot-floor, ws-probe-every, keep-alive, init-idle-calls or init-idle")]
     Key(String),
     #[error("policy setting {key}={value} is invalid: allowed {allowed}")]
     Value { key: String, value: String, allowed: String },
@@ -132,6 +140,14 @@ fn bytes(key: &str, value: &str, min: u64, max: u64, allowed: &str) -> Result<u6
     if (min..=max).contains(&n) { Ok(n) } else { Err(bad()) }
 }
 
+fn count(key: &str, value: &str, min: u32) -> Result<u32, ConfigError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (min..=1_000_000).contains(n))
+        .ok_or_else(|| ConfigError::Value { key: key.into(), value: value.into(), allowed: format!("{min} to 1000000") })
+}
+
 impl PolicyConfig {
     /// Applies one `key=value` setting.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -143,14 +159,10 @@ impl PolicyConfig {
             "semi-warm-min" => self.semi_warm_min = duration(key, value)?,
             "drain-rate" => self.drain_rate = bytes(key, value, 4096, 1 << 40, "4K to 1T (bytes per second)")?,
             "floor" => self.floor = bytes(key, value, 0, 1 << 40, "0 to 1T")?,
+            "hot-floor" => self.hot_floor = bytes(key, value, 0, 1 << 40, "0 (off) to 1T")?,
+            "ws-probe-every" => self.ws_probe_every = count(key, value, 0)?,
             "keep-alive" => self.keep_alive = duration(key, value)?,
-            "init-idle-calls" => {
-                self.init_idle_calls = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| ConfigError::Value { key: key.into(), value: value.into(), allowed: "1 to 1000000".into() })?;
-            }
+            "init-idle-calls" => self.init_idle_calls = count(key, value, 1)?,
             "init-idle" => self.init_idle = duration(key, value)?,
             _ => return Err(ConfigError::Key(key.into())),
         }
@@ -240,7 +252,8 @@ mod tests {
     #[test]
     fn settings_parse_and_ranges_are_enforced() {
         let mut c = PolicyConfig::default();
-        c.apply(["policy=faasmem", "semi-warm-after=30s", "drain-rate=128M", "floor=8M", "init-idle-calls=2"]).unwrap();
+        c.apply(["policy=faasmem", "semi-warm-after=30s", "drain-rate=128M", "floor=8M", "init-idle-calls=2", "hot-floor=64M", "ws-probe-every=0"]).unwrap();
+        assert_eq!((c.hot_floor, c.ws_probe_every), (64 << 20, 0));
         assert_eq!(c.kind, PolicyKind::Faasmem);
         assert_eq!(c.semi_warm_after, Some(Duration::from_secs(30)));
         assert_eq!((c.drain_rate, c.floor, c.init_idle_calls), (128 << 20, 8 << 20, 2));
@@ -249,6 +262,7 @@ mod tests {
         assert!(err("drain-rate=0").to_string().contains("allowed 4K to 1T"));
         assert!(err("keep-alive=0s").to_string().contains("1ms to 7d"));
         assert!(err("init-idle-calls=0").to_string().contains("1 to 1000000"));
+        assert!(err("ws-probe-every=-1").to_string().contains("0 to 1000000"));
         assert_eq!(err("speed=3"), ConfigError::Key("speed".into()));
         assert_eq!(err("floor"), ConfigError::Syntax("floor".into()));
         assert!(matches!(err("semi-warm-after=20m"), ConfigError::Conflict(_)), "beyond the 10 min keep-alive");

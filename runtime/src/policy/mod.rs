@@ -82,19 +82,30 @@ impl ReuseStats {
 
     /// The 99th percentile of the recorded intervals (nearest rank), if any.
     pub fn p99(&self) -> Option<Duration> {
-        if self.intervals.is_empty() {
+        self.p99_below(Duration::MAX)
+    }
+
+    /// The 99th percentile (nearest rank) of the recorded intervals shorter than `below`, if any.
+    fn p99_below(&self, below: Duration) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.intervals.iter().copied().filter(|&d| d < below).collect();
+        if v.is_empty() {
             return None;
         }
-        let mut v: Vec<Duration> = self.intervals.iter().copied().collect();
         v.sort_unstable();
         let rank = (v.len() * 99).div_ceil(100).max(1);
         Some(v[rank - 1])
     }
 
     /// When an idle instance of this function turns semi-warm: the configured value, or the P99
-    /// reuse interval but at least `semi_warm_min`.
+    /// reuse interval but at least `semi_warm_min`. Intervals of keep-alive or longer do not
+    /// count: the instance had expired, so they say nothing about how soon a kept instance is
+    /// reused — and with the few intervals of a rarely called function (nearest-rank P99 of
+    /// under 100 is the largest) one such gap would otherwise keep every later idle period warm
+    /// until it expires, for the next 512 calls.
     pub fn semi_warm_after(&self, config: &PolicyConfig) -> Duration {
-        config.semi_warm_after.unwrap_or_else(|| self.p99().unwrap_or_default().max(config.semi_warm_min))
+        config
+            .semi_warm_after
+            .unwrap_or_else(|| self.p99_below(config.keep_alive).unwrap_or_default().max(config.semi_warm_min))
     }
 }
 
@@ -250,16 +261,40 @@ impl Segments {
             .collect()
     }
 
-    /// `resident` in the order a semi-warm drain takes them: cold before hot, then runtime,
+    /// `resident` in the order a semi-warm drain takes them: pages outside the function's
+    /// working set (`working_set`, ascending) before those in it, cold before hot, then runtime,
     /// init, execution, then least recently seen first.
-    pub fn drain_order(&self, resident: &[usize]) -> Vec<usize> {
+    pub fn drain_order(&self, resident: &[usize], working_set: &[usize]) -> Vec<usize> {
         let mut v = resident.to_vec();
         v.sort_by_key(|&p| {
             let info = self.pages.get(p).copied().unwrap_or(UNSEEN);
-            (info.hot, info.segment.map_or(0, |s| s as u8), info.last_call, p)
+            (working_set.binary_search(&p).is_ok(), info.hot, info.segment.map_or(0, |s| s as u8), info.last_call, p)
         });
         v
     }
+}
+
+/// How many resident pages a semi-warm instance keeps: `floor` bytes, plus with `hot_floor` its
+/// resident pages of the function's working set up to that many bytes (they drain last, see
+/// [`Segments::drain_order`], so the floor holds them).
+pub fn floor_pages(config: &PolicyConfig, resident: &[usize], working_set: &[usize]) -> usize {
+    let page = ebb_memnode::PAGE_SIZE as u64;
+    let hot = if config.hot_floor == 0 {
+        0
+    } else {
+        let in_ws = resident.iter().filter(|p| working_set.binary_search(p).is_ok()).count();
+        in_ws.min(usize::try_from(config.hot_floor / page).unwrap_or(usize::MAX))
+    };
+    usize::try_from(config.floor / page).unwrap_or(usize::MAX).saturating_add(hot)
+}
+
+/// Whether a restoring call should run without the working-set prefetch, so that what it touches
+/// — faults, with their read-around, and writes — replaces the recorded working set instead of
+/// joining it: every `ws_probe_every`-th restore of a function (counting from 1). User space
+/// cannot see reads of resident pages, so a prefetched call can only add to the set; without
+/// these probes it would be the union of every restore, and grow with every call shape.
+pub fn probe_working_set(config: &PolicyConfig, restores: u64) -> bool {
+    config.ws_probe_every > 0 && restores.is_multiple_of(u64::from(config.ws_probe_every))
 }
 
 #[cfg(test)]
@@ -311,6 +346,49 @@ mod tests {
     }
 
     #[test]
+    fn gaps_beyond_keep_alive_do_not_set_the_semi_warm_threshold() {
+        // A rarely called function: calls every 90 s, and once a 30 min gap (its instance
+        // expired). With under 100 intervals the nearest-rank P99 is the largest one, so the gap
+        // would keep every later idle period warm until the 10 min keep-alive ends.
+        let c = config(PolicyKind::Ebb);
+        let mut r = ReuseStats::default();
+        let mut t = Instant::now();
+        r.record(t);
+        for i in 0..20 {
+            t += Duration::from_secs(if i == 5 { 1800 } else { 90 });
+            r.record(t);
+        }
+        assert_eq!(r.p99(), Some(Duration::from_secs(1800)));
+        assert_eq!(r.semi_warm_after(&c), Duration::from_secs(90));
+        // Only such gaps: the minimum.
+        let mut r = ReuseStats::default();
+        r.record(t);
+        r.record(t + Duration::from_secs(3600));
+        assert_eq!(r.semi_warm_after(&c), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn hot_floor_keeps_the_working_set_and_probes_come_every_nth_restore() {
+        let mut c = config(PolicyKind::Ebb);
+        let page = ebb_memnode::PAGE_SIZE as u64;
+        let resident = [1, 2, 3, 4, 5, 9];
+        let ws = [2, 3, 7, 9];
+        assert_eq!(floor_pages(&c, &resident, &ws), 0, "no floor by default");
+        c.floor = 2 * page;
+        assert_eq!(floor_pages(&c, &resident, &ws), 2);
+        c.hot_floor = 64 * page;
+        assert_eq!(floor_pages(&c, &resident, &ws), 2 + 3, "the three resident working-set pages");
+        c.hot_floor = 2 * page;
+        assert_eq!(floor_pages(&c, &resident, &ws), 2 + 2, "capped at hot-floor");
+
+        assert_eq!(c.ws_probe_every, 8);
+        let probes: Vec<u64> = (1..=24).filter(|&n| probe_working_set(&c, n)).collect();
+        assert_eq!(probes, vec![8, 16, 24]);
+        c.ws_probe_every = 0;
+        assert!(!(1..=100).any(|n| probe_working_set(&c, n)), "0: never");
+    }
+
+    #[test]
     fn drain_is_paced_by_rate_with_carry() {
         let t0 = Instant::now();
         let mut b = DrainBudget::default();
@@ -354,7 +432,9 @@ mod tests {
 
         // Execution pages never leave while warm; hot pages drain last.
         assert!(!s.warm_offload(&resident, &c, later).contains(&6));
-        assert_eq!(s.drain_order(&[6, 0, 4, 1, 3]), vec![1, 4, 3, 6, 0]);
+        assert_eq!(s.drain_order(&[6, 0, 4, 1, 3], &[]), vec![1, 4, 3, 6, 0]);
+        // Pages of the working set go after every other, hot or not.
+        assert_eq!(s.drain_order(&[6, 0, 4, 1, 3], &[1, 4]), vec![3, 6, 0, 1, 4]);
     }
 
     #[test]

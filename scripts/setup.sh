@@ -7,10 +7,11 @@
 #    (functions/toolchain/ebb.cmake, a Faasm-style project built out of tree).
 #  - pkg-config, libibverbs-dev, librdmacm-dev: the rdma transport (rdma-sys links the system verbs
 #    libraries); ibverbs-providers: the soft-RoCE provider copied into the test guest.
-#  - busybox-static, cpio, kmod, xz-utils: the soft-RoCE guest's initramfs (scripts/softroce.sh).
+#  - busybox-static, cpio, kmod, xz-utils: the soft-RoCE guest's initramfs (scripts/softroce.sh);
+#    gcc-12: the compiler the guest kernel's headers name, to build kmod/ebb.ko for it.
 set -euo pipefail
 pkgs=(libclang-dev clang lld wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 cmake make
-  pkg-config libibverbs-dev librdmacm-dev ibverbs-providers busybox-static cpio kmod xz-utils iproute2)
+  pkg-config libibverbs-dev librdmacm-dev ibverbs-providers busybox-static cpio kmod xz-utils iproute2 gcc-12)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,11 @@
 #   1. the rdma transport's own tests (ebb-memnode's unit tests, ignored elsewhere for want of a device),
 #      including the isolation test (guessed and stale keys) and a ticket holder's access (tickets);
 #   2. a `memnode --rdma-device rxe0` and `runtime run` of tests/modules/pattern.wat over rdma://,
-#      its 64 MiB offloaded and faulted back three times, verified byte for byte by the module.
+#      its 64 MiB offloaded and faulted back three times, verified byte for byte by the module;
+#   0. first, Ebb's kernel module: kmod/ebb.ko is built here against the guest kernel's own Debian
+#      headers (warnings are errors), insmod'ed in the guest, its device tests run (ebb-runtime's
+#      `tests::kmod_`, ignored elsewhere), rmmod'ed; the kernel log must show no BUG/Oops/WARNING/
+#      refcount/leak and the module no page held at unload.
 #
 #   scripts/softroce.sh [single|two|all|bench]
 #       single: one guest (default); two: memnode and runtime in two guests linked by two taps on a
@@ -66,6 +70,30 @@ if [[ ! -f $kdir/lib/modules/$kver/modules.dep ]]; then
     "./lib/modules/$kver/kernel/crypto/*"
   depmod -b "$kdir" "$kver"
 fi
+# The guest kernel's headers (downloaded, unpacked, never installed: installing them would pull a
+# kernel image), to build kmod/ebb.ko for it. Their Makefile names its common half by absolute path.
+kbase=${kver%-amd64}
+hdir=$cache/headers-$kver
+if [[ ! -f $hdir/usr/src/linux-headers-$kver/Makefile ]]; then
+  for p in "linux-headers-$kver" "linux-headers-$kbase-common" "linux-kbuild-$kbase"; do
+    if ! compgen -G "$cache/debs/${p}_*.deb" >/dev/null; then
+      (cd "$cache/debs" && apt-get download -qq "$p" 2>/dev/null) || { apt-get update -qq && (cd "$cache/debs" && apt-get download -qq "$p"); }
+    fi
+  done
+  rm -rf "$hdir" && mkdir -p "$hdir"
+  for p in "linux-headers-$kver" "linux-headers-$kbase-common" "linux-kbuild-$kbase"; do
+    dpkg-deb -x "$(compgen -G "$cache/debs/${p}_*.deb" | head -1)" "$hdir"
+  done
+  sed -i "s|^include /usr/src/|include $hdir/usr/src/|" "$hdir/usr/src/linux-headers-$kver/Makefile"
+fi
+# Warnings are errors (kmod/Kbuild); no BTF for the module (pahole is not needed for it to load).
+mkdir -p "$work/kmod"
+cp -r kmod/. "$work/kmod/"
+if ! make -s -C "$hdir/usr/src/linux-headers-$kver" M="$work/kmod" CONFIG_DEBUG_INFO_BTF_MODULES= modules >"$work/kmod.log" 2>&1; then
+  echo "softroce: kmod/ebb.ko does not build against $kver:" >&2
+  cat "$work/kmod.log" >&2
+  exit 1
+fi
 qemu=(env "LD_LIBRARY_PATH=$qemu_dir/usr/lib/x86_64-linux-gnu" "$qemu_dir/usr/bin/qemu-system-x86_64"
   -L "$qemu_dir/usr/share/qemu" -L "$qemu_dir/usr/share/seabios" -L "$qemu_dir/usr/lib/ipxe/qemu")
 if missing=$(LD_LIBRARY_PATH=$qemu_dir/usr/lib/x86_64-linux-gnu ldd "$qemu_dir/usr/bin/qemu-system-x86_64" | grep 'not found'); then
@@ -80,12 +108,17 @@ cargo build -q --workspace --all-targets
 unit=$(cargo test -q --workspace --lib --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*ebb_memnode-[^"]*"' | head -1 | cut -d'"' -f4)
 [[ -x "$unit" ]] || { echo "softroce: cannot find the ebb-memnode test binary" >&2; exit 1; }
+runtime_unit=$(cargo test -q --workspace --lib --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*ebb_runtime-[^"]*"' | head -1 | cut -d'"' -f4)
+[[ -x "$runtime_unit" ]] || { echo "softroce: cannot find the ebb-runtime test binary" >&2; exit 1; }
 
 rootfs=$work/rootfs
 mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,etc/libibverbs.d,lib/modules,lib64,usr/lib/x86_64-linux-gnu/libibverbs}
 cp /bin/busybox "$rootfs/bin/busybox"
 for f in target/debug/memnode target/debug/runtime "$(command -v rdma)"; do strip -o "$rootfs/bin/$(basename "$f")" "$f"; done
 strip -o "$rootfs/bin/memnode-tests" "$unit"
+strip -o "$rootfs/bin/runtime-tests" "$runtime_unit"
+cp "$work/kmod/ebb.ko" "$rootfs/ebb.ko"
 if [[ $mode == bench ]]; then
   for b in fault_latency restore; do
     exe=$(cargo bench -q --bench "$b" --no-run --message-format=json 2>/dev/null |
@@ -97,7 +130,7 @@ fi
 cp tests/modules/pattern.wat "$rootfs/pattern.wat"
 cp /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$rootfs/usr/lib/x86_64-linux-gnu/libibverbs/"
 cp /etc/libibverbs.d/rxe.driver "$rootfs/etc/libibverbs.d/"
-for bin in "$rootfs"/bin/{memnode,runtime,rdma,memnode-tests} "$rootfs"/bin/bench-* "$rootfs"/usr/lib/x86_64-linux-gnu/libibverbs/*.so; do
+for bin in "$rootfs"/bin/{memnode,runtime,rdma,memnode-tests,runtime-tests} "$rootfs"/bin/bench-* "$rootfs"/usr/lib/x86_64-linux-gnu/libibverbs/*.so; do
   [[ -e $bin ]] || continue
   ldd "$bin" | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}'
 done | sort -u | while read -r lib; do cp -L "$lib" "$rootfs$lib" 2>/dev/null || { mkdir -p "$rootfs$(dirname "$lib")" && cp -L "$lib" "$rootfs$lib"; }; done
@@ -146,9 +179,27 @@ runtime_over_rdma() {
   [ $rc = 0 ] && grep -q "pages sent to the rdma memnode" "/tmp/$2.log" || rc=1
   result "$2" $rc
 }
+# Ebb's kernel module: loaded, its device tests run (behaviour, misuse, concurrent faults, a killed
+# process), unloaded; the kernel log must stay clean and the module must hold no page at unload.
+kmod_suite() {
+  dmesg -c >/dev/null
+  if ! insmod /ebb.ko 2>/tmp/kmod_load.log; then result kmod_load 1; return; fi
+  result kmod_load 0
+  runtime-tests --include-ignored --test-threads=1 tests::kmod_ >/tmp/kmod_tests.log 2>&1
+  rc=$?
+  # All of them ran (none filtered out by a rename): six device tests.
+  [ $rc = 0 ] && grep -q "test result: ok. 6 passed" /tmp/kmod_tests.log || rc=1
+  result kmod_tests $rc
+  rmmod ebb >/tmp/kmod_unload.log 2>&1; result kmod_unload $?
+  dmesg >/tmp/kmod_kernel_log.log
+  ! grep -E -q "BUG|Oops|WARNING|refcount|leak|Bad page|general protection" /tmp/kmod_kernel_log.log &&
+    grep -q "ebb: unloaded, no pages held" /tmp/kmod_kernel_log.log
+  result kmod_kernel_log $?
+}
 echo "EBB-GUEST-UP role=$role"
 case "$role" in
   single)
+    kmod_suite
     memnode-tests --include-ignored --test-threads=1 rdma >/tmp/transport_tests.log 2>&1; result transport_tests $?
     grep -q "guessed_and_stale_keys_cannot_reach_other_regions ... ok" /tmp/transport_tests.log; result isolation $?
     grep -q "a_ticket_holder_reaches_the_owners_region_and_the_owner_rekeys_after_it_grew ... ok" /tmp/transport_tests.log; result tickets $?
@@ -229,7 +280,7 @@ status=0
 start=$(date +%s)
 if [[ $mode == single || $mode == all ]]; then
   boot single single 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
-  check "$work/single.log" transport_tests isolation tickets runtime_run_over_rdma || { status=1; tail -n 60 "$work/single.log" >&2; }
+  check "$work/single.log" kmod_load kmod_tests kmod_unload kmod_kernel_log transport_tests isolation tickets runtime_run_over_rdma || { status=1; tail -n 60 "$work/single.log" >&2; }
 fi
 if [[ $mode == two || $mode == all ]]; then
   # The two guests are linked by two taps on a bridge, in a network namespace of this run's own.

@@ -31,6 +31,7 @@
 
 mod fault;
 mod image;
+pub mod kmod;
 mod offload;
 mod share;
 mod sigbus;

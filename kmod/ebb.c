@@ -1,0 +1,577 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ebb.ko: Ebb's kernel-assisted fault path. A misc device /dev/ebb; each open file is one region
+ * whose shared mmap is filled in the kernel, in the fault handler, from the region's backend. The
+ * ABI (ioctls, structs, error rules) is include/uapi/ebb.h.
+ *
+ * Pages and references. A region keeps two sparse arrays (xarrays) of pages it allocated: the
+ * *resident* pages (what the mapping shows) and the DRAM backend's *stored* copies. Each holds one
+ * reference per page; a mapped page has one more per PTE, taken by the fault core from the
+ * reference our handler returns. Every page the module allocates is counted in `ebb_pages` and
+ * uncounted when the module drops its own reference, so the count is 0 once every region is
+ * closed (the guest suite checks it before rmmod).
+ *
+ * Locking. `region->lock` (a mutex: faults may sleep) guards both arrays and the counters. The
+ * fault handler returns its page locked (VM_FAULT_LOCKED) and the fault core unlocks it only once
+ * the PTE is set; eviction takes each page's lock before it drops the page, and unmaps it once
+ * more if a fault mapped it meanwhile — so no PTE outlives the page's place in the region.
+ * Dirty tracking: the mapping is shared with ->page_mkwrite, so the kernel maps pages read-only
+ * and the first write of each calls page_mkwrite, which marks the page dirty.
+ *
+ * Each region has an inode of its own (a pseudo file system) so that unmap_mapping_range() reaches
+ * only that region's mappings: every open of a misc device shares the device's inode otherwise.
+ */
+
+#include <linux/bitmap.h>
+#include <linux/fs.h>
+#include <linux/highmem.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/mutex.h>
+#include <linux/pagemap.h>
+#include <linux/pseudo_fs.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/xarray.h>
+
+#include "include/uapi/ebb.h"
+
+#define EBB_FS_MAGIC 0x45424221 /* "EBB!" */
+
+static atomic64_t ebb_pages = ATOMIC64_INIT(0);
+static atomic64_t ebb_regions = ATOMIC64_INIT(0);
+static struct vfsmount *ebb_mnt;
+
+struct ebb_region {
+	struct mutex lock;
+	struct inode *inode; /* the region's own address space */
+	bool created;
+	u64 pages;
+	u32 backend;
+	u32 readaround;
+	struct xarray resident;
+	struct xarray stored;
+	unsigned long *accessed; /* bitmaps of `pages` bits */
+	unsigned long *dirty;
+	struct ebb_counters c;   /* resident, stored, module_* are filled when read */
+};
+
+static struct page *ebb_alloc_page(void)
+{
+	struct page *page = alloc_page(GFP_HIGHUSER | __GFP_ZERO);
+
+	if (page)
+		atomic64_inc(&ebb_pages);
+	return page;
+}
+
+/* Drops the module's own reference to a page it allocated. */
+static void ebb_put_page(struct page *page)
+{
+	/* The fault core marks written pages of a shared mapping dirty; they are ours, not the page
+	 * cache's, and carry no writeback. */
+	ClearPageDirty(page);
+	put_page(page);
+	atomic64_dec(&ebb_pages);
+}
+
+/* Makes page `i` resident, filled from the backend or with zeros. Called with the lock held. */
+static struct page *ebb_fill(struct ebb_region *r, u64 i, u64 *counter)
+{
+	struct page *page = xa_load(&r->resident, i);
+	struct page *copy;
+	void *err;
+
+	if (page)
+		return page;
+	page = ebb_alloc_page();
+	if (!page)
+		return NULL;
+	copy = xa_load(&r->stored, i);
+	if (copy) {
+		copy_highpage(page, copy);
+		r->c.fills_backend++;
+	} else {
+		r->c.fills_zero++;
+	}
+	err = xa_store(&r->resident, i, page, GFP_KERNEL);
+	if (xa_is_err(err)) {
+		ebb_put_page(page);
+		return NULL;
+	}
+	r->c.resident++;
+	if (counter)
+		(*counter)++;
+	return page;
+}
+
+static vm_fault_t ebb_fault(struct vm_fault *vmf)
+{
+	struct ebb_region *r = vmf->vma->vm_file->private_data;
+	u64 i = vmf->pgoff;
+	u64 end, j;
+	struct page *page;
+	bool was_resident;
+
+	if (i >= r->pages) {
+		mutex_lock(&r->lock);
+		r->c.sigbus++;
+		mutex_unlock(&r->lock);
+		return VM_FAULT_SIGBUS;
+	}
+	mutex_lock(&r->lock);
+	was_resident = xa_load(&r->resident, i) != NULL;
+	page = ebb_fill(r, i, NULL);
+	if (!page) {
+		r->c.sigbus++;
+		mutex_unlock(&r->lock);
+		return VM_FAULT_OOM;
+	}
+	if (was_resident) {
+		r->c.faults_mapped++;
+	} else {
+		r->c.faults++;
+		end = min(r->pages, i + 1 + r->readaround);
+		for (j = i + 1; j < end; j++)
+			if (!ebb_fill(r, j, &r->c.readaround))
+				break; /* best effort: the page faults on its own later */
+	}
+	set_bit(i, r->accessed);
+	get_page(page); /* the PTE's reference */
+	lock_page(page);
+	mutex_unlock(&r->lock);
+	vmf->page = page;
+	return VM_FAULT_LOCKED;
+}
+
+static vm_fault_t ebb_page_mkwrite(struct vm_fault *vmf)
+{
+	struct ebb_region *r = vmf->vma->vm_file->private_data;
+	struct page *page = vmf->page;
+
+	lock_page(page);
+	/* An eviction may have taken the page out of the region meanwhile: fault again. */
+	if (vmf->pgoff >= r->pages || xa_load(&r->resident, vmf->pgoff) != page) {
+		unlock_page(page);
+		return VM_FAULT_NOPAGE;
+	}
+	set_bit(vmf->pgoff, r->dirty);
+	return VM_FAULT_LOCKED;
+}
+
+static const struct vm_operations_struct ebb_vm_ops = {
+	.fault = ebb_fault,
+	.page_mkwrite = ebb_page_mkwrite,
+};
+
+static int ebb_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct ebb_region *r = file->private_data;
+	u64 len = vma_pages(vma);
+
+	if (!READ_ONCE(r->created))
+		return -EBADFD;
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL; /* a private copy of a region's pages would escape its tracking */
+	if (vma->vm_pgoff > r->pages || len > r->pages - vma->vm_pgoff)
+		return -EINVAL;
+	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
+	vma->vm_ops = &ebb_vm_ops;
+	return 0;
+}
+
+static int ebb_open(struct inode *inode, struct file *file)
+{
+	struct ebb_region *r = kzalloc(sizeof(*r), GFP_KERNEL);
+
+	if (!r)
+		return -ENOMEM;
+	r->inode = alloc_anon_inode(ebb_mnt->mnt_sb);
+	if (IS_ERR(r->inode)) {
+		int err = PTR_ERR(r->inode);
+
+		kfree(r);
+		return err;
+	}
+	mutex_init(&r->lock);
+	xa_init(&r->resident);
+	xa_init(&r->stored);
+	file->f_mapping = r->inode->i_mapping;
+	file->private_data = r;
+	atomic64_inc(&ebb_regions);
+	return 0;
+}
+
+static void ebb_free_all(struct xarray *xa)
+{
+	struct page *page;
+	unsigned long i;
+
+	xa_for_each(xa, i, page)
+		ebb_put_page(page);
+	xa_destroy(xa);
+}
+
+/* The last reference to the file is gone: no mapping is left (each VMA holds the file). */
+static int ebb_release(struct inode *inode, struct file *file)
+{
+	struct ebb_region *r = file->private_data;
+
+	ebb_free_all(&r->resident);
+	ebb_free_all(&r->stored);
+	bitmap_free(r->accessed);
+	bitmap_free(r->dirty);
+	iput(r->inode);
+	mutex_destroy(&r->lock);
+	kfree(r);
+	atomic64_dec(&ebb_regions);
+	return 0;
+}
+
+static bool ebb_range_ok(struct ebb_region *r, u64 first, u64 count)
+{
+	return first <= r->pages && count <= r->pages - first;
+}
+
+static void ebb_unmap(struct ebb_region *r, u64 first, u64 count)
+{
+	if (count)
+		unmap_mapping_range(r->inode->i_mapping, (loff_t)first << PAGE_SHIFT, (loff_t)count << PAGE_SHIFT, 1);
+}
+
+static long ebb_create(struct ebb_region *r, void __user *arg)
+{
+	struct ebb_create c;
+	int k;
+
+	if (copy_from_user(&c, arg, sizeof(c)))
+		return -EFAULT;
+	for (k = 0; k < ARRAY_SIZE(c.reserved); k++)
+		if (c.reserved[k])
+			return -EINVAL;
+	if (c.pages == 0 || c.pages > EBB_MAX_PAGES || c.readaround > EBB_MAX_READAROUND)
+		return -EINVAL;
+	if (c.backend == EBB_BACKEND_RDMA)
+		return -EOPNOTSUPP; /* not built yet: see the issue tracker */
+	if (c.backend != EBB_BACKEND_DRAM)
+		return -EINVAL;
+	mutex_lock(&r->lock);
+	if (r->created) {
+		mutex_unlock(&r->lock);
+		return -EBUSY;
+	}
+	r->accessed = bitmap_zalloc(c.pages, GFP_KERNEL);
+	r->dirty = bitmap_zalloc(c.pages, GFP_KERNEL);
+	if (!r->accessed || !r->dirty) {
+		bitmap_free(r->accessed);
+		bitmap_free(r->dirty);
+		r->accessed = r->dirty = NULL;
+		mutex_unlock(&r->lock);
+		return -ENOMEM;
+	}
+	r->pages = c.pages;
+	r->backend = c.backend;
+	r->readaround = c.readaround;
+	WRITE_ONCE(r->created, true);
+	mutex_unlock(&r->lock);
+	return 0;
+}
+
+/* Copies pages between the backend and user memory, one page at a time through a bounce page:
+ * user memory may itself fault (even on this region), which must not happen under the lock. */
+static long ebb_store_io(struct ebb_region *r, void __user *arg, bool write)
+{
+	struct ebb_pages_io io;
+	struct page *page;
+	void *bounce;
+	long err = 0;
+	u64 k;
+
+	if (copy_from_user(&io, arg, sizeof(io)))
+		return -EFAULT;
+	if (!ebb_range_ok(r, io.first, io.count))
+		return -EINVAL;
+	bounce = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	if (!bounce)
+		return -ENOMEM;
+	for (k = 0; k < io.count && !err; k++) {
+		void __user *at = u64_to_user_ptr(io.buf + k * PAGE_SIZE);
+		u64 i = io.first + k;
+
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		if (write) {
+			if (copy_from_user(bounce, at, PAGE_SIZE)) {
+				err = -EFAULT;
+				break;
+			}
+			mutex_lock(&r->lock);
+			page = xa_load(&r->stored, i);
+			if (!page) {
+				page = ebb_alloc_page();
+				if (!page) {
+					err = -ENOMEM;
+				} else if (xa_is_err(xa_store(&r->stored, i, page, GFP_KERNEL))) {
+					ebb_put_page(page);
+					page = NULL;
+					err = -ENOMEM;
+				} else {
+					r->c.stored++;
+				}
+			}
+			if (page)
+				memcpy_to_page(page, 0, bounce, PAGE_SIZE);
+			mutex_unlock(&r->lock);
+		} else {
+			mutex_lock(&r->lock);
+			page = xa_load(&r->stored, i);
+			if (page)
+				memcpy_from_page(bounce, page, 0, PAGE_SIZE);
+			else
+				memset(bounce, 0, PAGE_SIZE);
+			mutex_unlock(&r->lock);
+			if (copy_to_user(at, bounce, PAGE_SIZE))
+				err = -EFAULT;
+		}
+	}
+	kfree(bounce);
+	return err;
+}
+
+/* Called with the lock held. */
+static int ebb_writeback(struct ebb_region *r, u64 i, struct page *page)
+{
+	struct page *copy = xa_load(&r->stored, i);
+
+	if (!copy) {
+		copy = ebb_alloc_page();
+		if (!copy)
+			return -ENOMEM;
+		if (xa_is_err(xa_store(&r->stored, i, copy, GFP_KERNEL))) {
+			ebb_put_page(copy);
+			return -ENOMEM;
+		}
+		r->c.stored++;
+	}
+	copy_highpage(copy, page);
+	r->c.written_back++;
+	return 0;
+}
+
+static long ebb_evict(struct ebb_region *r, void __user *arg)
+{
+	struct ebb_range rg;
+	struct page *page;
+	unsigned long i;
+	long err = 0;
+
+	if (copy_from_user(&rg, arg, sizeof(rg)))
+		return -EFAULT;
+	if (rg.reserved || (rg.flags & ~EBB_EVICT_WRITEBACK) || !ebb_range_ok(r, rg.first, rg.count))
+		return -EINVAL;
+	if (!rg.count)
+		return 0;
+	mutex_lock(&r->lock);
+	ebb_unmap(r, rg.first, rg.count);
+	xa_for_each_range(&r->resident, i, page, rg.first, rg.first + rg.count - 1) {
+		/* A fault that returned this page before we took the lock maps it under the page
+		 * lock: once we hold that lock, the PTE is set, and is taken down here. */
+		lock_page(page);
+		if (page_mapped(page))
+			ebb_unmap(r, i, 1);
+		if ((rg.flags & EBB_EVICT_WRITEBACK) && test_bit(i, r->dirty)) {
+			err = ebb_writeback(r, i, page);
+			if (err) {
+				unlock_page(page);
+				break; /* the page stays resident, nothing is lost */
+			}
+		}
+		clear_bit(i, r->dirty);
+		xa_erase(&r->resident, i);
+		r->c.resident--;
+		unlock_page(page);
+		ebb_put_page(page);
+		r->c.evicted++;
+	}
+	mutex_unlock(&r->lock);
+	return err;
+}
+
+static long ebb_prefetch(struct ebb_region *r, void __user *arg)
+{
+	struct ebb_range rg;
+	long err = 0;
+	u64 i;
+
+	if (copy_from_user(&rg, arg, sizeof(rg)))
+		return -EFAULT;
+	if (rg.flags || rg.reserved || !ebb_range_ok(r, rg.first, rg.count))
+		return -EINVAL;
+	mutex_lock(&r->lock);
+	for (i = rg.first; i < rg.first + rg.count; i++) {
+		if (!ebb_fill(r, i, &r->c.prefetched)) {
+			err = -ENOMEM;
+			break;
+		}
+		if (need_resched()) {
+			mutex_unlock(&r->lock);
+			cond_resched();
+			mutex_lock(&r->lock);
+		}
+	}
+	mutex_unlock(&r->lock);
+	return err;
+}
+
+static long ebb_bitmap_read(struct ebb_region *r, void __user *arg, bool dirty)
+{
+	struct ebb_bitmap b;
+	unsigned long *set;
+	u64 *out;
+	u64 words, k;
+	long err = 0;
+
+	if (copy_from_user(&b, arg, sizeof(b)))
+		return -EFAULT;
+	if ((b.flags & ~EBB_BITMAP_RESET) || b.reserved || !ebb_range_ok(r, b.first, b.count))
+		return -EINVAL;
+	words = DIV_ROUND_UP(b.count, 64);
+	out = kvcalloc(words ? words : 1, sizeof(u64), GFP_KERNEL);
+	if (!out)
+		return -ENOMEM;
+	mutex_lock(&r->lock);
+	set = dirty ? r->dirty : r->accessed;
+	for (k = 0; k < b.count; k++)
+		if (test_bit(b.first + k, set))
+			out[k / 64] |= 1ULL << (k % 64);
+	if (b.flags & EBB_BITMAP_RESET) {
+		/* Unmapped, the pages refault (cheaply: they stay resident) at their next access,
+		 * or for a dirty set at their next write, which is how the set sees them again. */
+		ebb_unmap(r, b.first, b.count);
+		bitmap_clear(set, b.first, b.count);
+	}
+	mutex_unlock(&r->lock);
+	if (copy_to_user(u64_to_user_ptr(b.bitmap), out, words * sizeof(u64)))
+		err = -EFAULT;
+	kvfree(out);
+	return err;
+}
+
+static long ebb_counters_read(struct ebb_region *r, void __user *arg)
+{
+	struct ebb_counters c;
+
+	mutex_lock(&r->lock);
+	c = r->c;
+	mutex_unlock(&r->lock);
+	c.module_pages = atomic64_read(&ebb_pages);
+	c.module_regions = atomic64_read(&ebb_regions);
+	return copy_to_user(arg, &c, sizeof(c)) ? -EFAULT : 0;
+}
+
+static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct ebb_region *r = file->private_data;
+	void __user *p = (void __user *)arg;
+	u32 version = EBB_ABI_VERSION;
+
+	switch (cmd) {
+	case EBB_IOC_VERSION:
+		return copy_to_user(p, &version, sizeof(version)) ? -EFAULT : 0;
+	case EBB_IOC_CREATE:
+		return ebb_create(r, p);
+	case EBB_IOC_COUNTERS:
+		return ebb_counters_read(r, p);
+	case EBB_IOC_STORE_WRITE:
+	case EBB_IOC_STORE_READ:
+	case EBB_IOC_EVICT:
+	case EBB_IOC_PREFETCH:
+	case EBB_IOC_ACCESSED:
+	case EBB_IOC_DIRTY:
+		break;
+	default:
+		return -ENOTTY;
+	}
+	if (!READ_ONCE(r->created))
+		return -EBADFD;
+	switch (cmd) {
+	case EBB_IOC_STORE_WRITE:
+		return ebb_store_io(r, p, true);
+	case EBB_IOC_STORE_READ:
+		return ebb_store_io(r, p, false);
+	case EBB_IOC_EVICT:
+		return ebb_evict(r, p);
+	case EBB_IOC_PREFETCH:
+		return ebb_prefetch(r, p);
+	case EBB_IOC_ACCESSED:
+		return ebb_bitmap_read(r, p, false);
+	default:
+		return ebb_bitmap_read(r, p, true);
+	}
+}
+
+static const struct file_operations ebb_fops = {
+	.owner = THIS_MODULE,
+	.open = ebb_open,
+	.release = ebb_release,
+	.mmap = ebb_mmap,
+	.unlocked_ioctl = ebb_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice ebb_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = EBB_DEVICE_NAME,
+	.fops = &ebb_fops,
+	.mode = 0600,
+};
+
+static int ebb_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, EBB_FS_MAGIC) ? 0 : -ENOMEM;
+}
+
+/* No .owner: the mount would hold a reference to the module, which could then never be unloaded
+ * (it is mounted at load and unmounted at unload; the region files pin the module meanwhile). */
+static struct file_system_type ebb_fs_type = {
+	.name = "ebb_regions",
+	.init_fs_context = ebb_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
+static int __init ebb_init(void)
+{
+	int err;
+
+	ebb_mnt = kern_mount(&ebb_fs_type);
+	if (IS_ERR(ebb_mnt))
+		return PTR_ERR(ebb_mnt);
+	err = misc_register(&ebb_misc);
+	if (err) {
+		kern_unmount(ebb_mnt);
+		return err;
+	}
+	pr_info("ebb: /dev/%s ready (ABI %d)\n", EBB_DEVICE_NAME, EBB_ABI_VERSION);
+	return 0;
+}
+
+static void __exit ebb_exit(void)
+{
+	misc_deregister(&ebb_misc);
+	kern_unmount(ebb_mnt);
+	/* Every region is closed (the module could not be unloaded otherwise): no page is left. */
+	if (atomic64_read(&ebb_pages))
+		pr_err("ebb: leak: %lld pages still held at unload\n", (long long)atomic64_read(&ebb_pages));
+	else
+		pr_info("ebb: unloaded, no pages held\n");
+}
+
+module_init(ebb_init);
+module_exit(ebb_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Ebb: linear-memory faults served in the kernel");

@@ -1,0 +1,319 @@
+//! The uAPI mirror against the header (runs everywhere a C compiler is), and the module's own
+//! behaviour and misuse (only where `/dev/ebb` exists: the kmod guest of `scripts/softroce.sh`
+//! runs them with `--include-ignored`; elsewhere they are reported ignored, never passed).
+
+use super::uapi::*;
+use super::*;
+use std::collections::HashMap;
+
+
+
+#[test]
+fn uapi_matches_the_header() {
+    let dir = std::env::temp_dir().join(format!("ebb-uapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("probe.c");
+    let exe = dir.join("probe");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kmod/include");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include "uapi/ebb.h"
+#define P(name, v) printf("%s %llu\n", name, (unsigned long long)(v))
+int main(void) {
+    P("ABI_VERSION", EBB_ABI_VERSION); P("PAGE_SIZE", EBB_PAGE_SIZE); P("MAX_PAGES", EBB_MAX_PAGES);
+    P("MAX_READAROUND", EBB_MAX_READAROUND); P("BACKEND_DRAM", EBB_BACKEND_DRAM); P("BACKEND_RDMA", EBB_BACKEND_RDMA);
+    P("EVICT_WRITEBACK", EBB_EVICT_WRITEBACK); P("BITMAP_RESET", EBB_BITMAP_RESET);
+    P("sizeof create", sizeof(struct ebb_create)); P("sizeof range", sizeof(struct ebb_range));
+    P("sizeof pages_io", sizeof(struct ebb_pages_io)); P("sizeof bitmap", sizeof(struct ebb_bitmap));
+    P("sizeof counters", sizeof(struct ebb_counters));
+    P("offset create.readaround", offsetof(struct ebb_create, readaround));
+    P("offset bitmap.flags", offsetof(struct ebb_bitmap, flags));
+    P("offset counters.module_regions", offsetof(struct ebb_counters, module_regions));
+    P("IOC_VERSION", EBB_IOC_VERSION); P("IOC_CREATE", EBB_IOC_CREATE); P("IOC_STORE_WRITE", EBB_IOC_STORE_WRITE);
+    P("IOC_STORE_READ", EBB_IOC_STORE_READ); P("IOC_EVICT", EBB_IOC_EVICT); P("IOC_PREFETCH", EBB_IOC_PREFETCH);
+    P("IOC_ACCESSED", EBB_IOC_ACCESSED); P("IOC_DIRTY", EBB_IOC_DIRTY); P("IOC_COUNTERS", EBB_IOC_COUNTERS);
+    printf("DEVICE /dev/%s\n", EBB_DEVICE_NAME);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = std::process::Command::new(&cc)
+        .args(["-Wall", "-Werror", "-I"])
+        .arg(&include)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("{cc}: {e} (a C compiler checks the header: scripts/setup.sh installs clang)"));
+    assert!(built.status.success(), "the header does not compile: {}", String::from_utf8_lossy(&built.stderr));
+    let out = std::process::Command::new(&exe).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let header: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
+    let n = |k: &str| header.get(k).unwrap_or_else(|| panic!("{k} missing")).parse::<u64>().unwrap();
+    use std::mem::{offset_of, size_of};
+    let want: [(&str, u64); 25] = [
+        ("ABI_VERSION", ABI_VERSION.into()),
+        ("PAGE_SIZE", PAGE_SIZE as u64),
+        ("MAX_PAGES", MAX_PAGES),
+        ("MAX_READAROUND", MAX_READAROUND.into()),
+        ("BACKEND_DRAM", BACKEND_DRAM.into()),
+        ("BACKEND_RDMA", BACKEND_RDMA.into()),
+        ("EVICT_WRITEBACK", EVICT_WRITEBACK.into()),
+        ("BITMAP_RESET", BITMAP_RESET.into()),
+        ("sizeof create", size_of::<Create>() as u64),
+        ("sizeof range", size_of::<Range>() as u64),
+        ("sizeof pages_io", size_of::<PagesIo>() as u64),
+        ("sizeof bitmap", size_of::<Bitmap>() as u64),
+        ("sizeof counters", size_of::<Counters>() as u64),
+        ("offset create.readaround", offset_of!(Create, readaround) as u64),
+        ("offset bitmap.flags", offset_of!(Bitmap, flags) as u64),
+        ("offset counters.module_regions", offset_of!(Counters, module_regions) as u64),
+        ("IOC_VERSION", IOC_VERSION),
+        ("IOC_CREATE", IOC_CREATE),
+        ("IOC_STORE_WRITE", IOC_STORE_WRITE),
+        ("IOC_STORE_READ", IOC_STORE_READ),
+        ("IOC_EVICT", IOC_EVICT),
+        ("IOC_PREFETCH", IOC_PREFETCH),
+        ("IOC_ACCESSED", IOC_ACCESSED),
+        ("IOC_DIRTY", IOC_DIRTY),
+        ("IOC_COUNTERS", IOC_COUNTERS),
+    ];
+    for (k, v) in want {
+        assert_eq!(n(k), v, "{k}: header {} against the mirror {v}", n(k));
+    }
+    assert_eq!(header["DEVICE"], DEVICE);
+}
+
+fn region(pages: u64, readaround: u32) -> Device {
+    let d = Device::open().expect("open /dev/ebb");
+    d.create(pages, Backend::Dram, readaround).unwrap();
+    d
+}
+
+fn page_of(byte: u8) -> Vec<u8> {
+    vec![byte; PAGE_SIZE]
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_faults_fill_from_the_store_and_evict_writes_back() {
+    let d = region(64, 0);
+    assert_eq!(d.version().unwrap(), ABI_VERSION);
+    // The backend holds pages 8.. with their index as content; the rest read as zeros.
+    let mut image = Vec::new();
+    for p in 8..16u8 {
+        image.extend(page_of(p));
+    }
+    d.store_write(8, &image).unwrap();
+    let mut m = d.map(0, 64).unwrap();
+    assert!(m[..8 * PAGE_SIZE].iter().all(|&b| b == 0));
+    for p in 8..16 {
+        assert!(m[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].iter().all(|&b| usize::from(b) == p), "page {p}");
+    }
+    let c = d.counters().unwrap();
+    assert_eq!((c.faults, c.fills_zero, c.fills_backend, c.resident, c.stored), (16, 8, 8, 16, 8));
+    assert_eq!(d.accessed(0, 64, false).unwrap(), (0..16).collect::<Vec<u64>>());
+    assert!(d.dirty(0, 64, false).unwrap().is_empty(), "reads dirty nothing");
+
+    // Writes: seen dirty; an evict without write-back is a reset to the store's copy.
+    m[9 * PAGE_SIZE] = 0xAA;
+    m[20 * PAGE_SIZE + 5] = 0xBB;
+    assert_eq!(d.dirty(0, 64, false).unwrap(), vec![9, 20]);
+    d.evict(0, 64, false).unwrap();
+    assert_eq!(d.counters().unwrap().resident, 0);
+    assert!(d.dirty(0, 64, false).unwrap().is_empty());
+    assert_eq!((m[9 * PAGE_SIZE], m[20 * PAGE_SIZE + 5]), (9, 0), "reset to the backend's copy");
+
+    // With write-back the written bytes survive the eviction, in the store and on refault.
+    m[10 * PAGE_SIZE + 1] = 0xCC;
+    m[30 * PAGE_SIZE] = 0xDD;
+    d.evict(0, 64, true).unwrap();
+    let c = d.counters().unwrap();
+    assert_eq!((c.written_back, c.resident, c.stored), (2, 0, 9));
+    let mut back = vec![0u8; PAGE_SIZE];
+    d.store_read(30, &mut back).unwrap();
+    assert_eq!(back[0], 0xDD);
+    assert_eq!((m[10 * PAGE_SIZE + 1], m[10 * PAGE_SIZE], m[30 * PAGE_SIZE]), (0xCC, 10, 0xDD));
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_readaround_prefetch_and_a_reset_accessed_set_see_every_later_touch() {
+    let d = region(256, 7);
+    d.store_write(0, &page_of(1).repeat(32)).unwrap();
+    let m = d.map(0, 256).unwrap();
+    // One fault makes 8 pages resident; the 7 beside it take cheap faults of their own.
+    assert_eq!(m[0], 1);
+    let c = d.counters().unwrap();
+    assert_eq!((c.faults, c.readaround, c.resident), (1, 7, 8));
+    let sum: u64 = (0..8).map(|p| u64::from(m[p * PAGE_SIZE])).sum();
+    assert_eq!(sum, 8);
+    let c = d.counters().unwrap();
+    assert_eq!((c.faults, c.faults_mapped), (1, 7));
+    assert_eq!(d.accessed(0, 256, true).unwrap(), (0..8).collect::<Vec<u64>>(), "read and reset");
+    // After the reset the resident pages are unmapped: touching two is seen, nothing else is.
+    assert_eq!(m[3 * PAGE_SIZE] + m[5 * PAGE_SIZE], 2);
+    assert_eq!(d.accessed(0, 256, false).unwrap(), vec![3, 5]);
+    // Prefetch: resident without a fault of the handler's own filling.
+    d.prefetch(100, 50).unwrap();
+    let before = d.counters().unwrap();
+    assert_eq!(before.prefetched, 50);
+    let zeros: u64 = (100..150).map(|p| u64::from(m[p * PAGE_SIZE])).sum();
+    assert_eq!(zeros, 0);
+    let after = d.counters().unwrap();
+    assert_eq!((after.faults, after.faults_mapped - before.faults_mapped), (before.faults, 50));
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, KmodError>) -> i32 {
+    r.expect_err("must fail").errno().unwrap()
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_misuse_is_refused_with_an_error() {
+    let d = Device::open().unwrap();
+    // Before create: no mapping, no page operation.
+    assert_eq!(errno(d.map(0, 1)), libc::EBADFD);
+    assert_eq!(errno(d.evict(0, 1, false)), libc::EBADFD);
+    assert_eq!(errno(d.create(0, Backend::Dram, 0)), libc::EINVAL);
+    assert_eq!(errno(d.create(MAX_PAGES + 1, Backend::Dram, 0)), libc::EINVAL);
+    assert_eq!(errno(d.create(16, Backend::Dram, MAX_READAROUND + 1)), libc::EINVAL);
+    assert_eq!(errno(d.create(16, Backend::Rdma, 0)), libc::EOPNOTSUPP);
+    let mut c = Create { pages: 16, backend: BACKEND_DRAM, readaround: 0, reserved: [0, 0, 1, 0] };
+    // SAFETY: EBB_IOC_CREATE reads one `Create`.
+    assert_eq!(errno(unsafe { d.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "reserved fields must be zero");
+    let mut c = Create { backend: 9, ..Create { pages: 16, ..Create::default() } };
+    // SAFETY: as above.
+    assert_eq!(errno(unsafe { d.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "unknown backend");
+    d.create(16, Backend::Dram, 0).unwrap();
+    assert_eq!(errno(d.create(16, Backend::Dram, 0)), libc::EBUSY, "created once");
+    // Ranges past the region, and overflowing ones.
+    assert_eq!(errno(d.map(0, 17)), libc::EINVAL);
+    assert_eq!(errno(d.map(16, 1)), libc::EINVAL);
+    assert_eq!(errno(d.evict(10, 7, false)), libc::EINVAL);
+    assert_eq!(errno(d.evict(u64::MAX, 2, false)), libc::EINVAL);
+    assert_eq!(errno(d.prefetch(1, u64::MAX)), libc::EINVAL);
+    assert_eq!(errno(d.accessed(8, 9, false)), libc::EINVAL);
+    assert_eq!(errno(d.store_write(15, &page_of(0).repeat(2))), libc::EINVAL);
+    let mut r = Range { first: 0, count: 1, flags: 0x80, reserved: 0 };
+    // SAFETY: EBB_IOC_EVICT reads one `Range`.
+    assert_eq!(errno(unsafe { d.ioctl("evict", IOC_EVICT, &mut r) }), libc::EINVAL, "unknown flags");
+    // Bad user addresses are EFAULT, never a kernel fault.
+    let mut io = PagesIo { first: 0, count: 1, buf: 8 };
+    // SAFETY: the module must refuse the bad address itself; nothing here is written.
+    assert_eq!(errno(unsafe { d.ioctl("store write", IOC_STORE_WRITE, &mut io) }), libc::EFAULT);
+    // SAFETY: as above.
+    assert_eq!(errno(unsafe { d.ioctl("store read", IOC_STORE_READ, &mut io) }), libc::EFAULT);
+    // SAFETY: a null argument: the module must answer EFAULT.
+    assert_eq!(errno(unsafe { d.ioctl::<Counters>("counters", IOC_COUNTERS, std::ptr::null_mut()) }), libc::EFAULT);
+    // Unknown requests.
+    // SAFETY: an unknown request with no argument.
+    assert_eq!(errno(unsafe { d.ioctl::<u8>("unknown", 0xEB99, std::ptr::null_mut()) }), libc::ENOTTY);
+    // A private mapping would copy pages out of the region's tracking: refused.
+    // SAFETY: mapping the device privately; the module must refuse it.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, libc::PROT_READ, libc::MAP_PRIVATE, d.file.as_raw_fd(), 0) };
+    assert_eq!(p, libc::MAP_FAILED);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINVAL));
+    // The region still works after all of that.
+    let m = d.map(0, 16).unwrap();
+    assert_eq!(m[15 * PAGE_SIZE], 0);
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_concurrent_faults_and_evictions_lose_no_write() {
+    const PAGES: usize = 32;
+    let d = std::sync::Arc::new(region(PAGES as u64, 3));
+    let m = d.map(0, PAGES).unwrap();
+    let base = m.as_ptr() as usize;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // One evicting thread (with write-back, so nothing written may be lost) against writers that
+    // each own a word of every page and count it up; readers on the same pages meanwhile.
+    let evictor = {
+        let (d, stop) = (d.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                d.evict(0, PAGES as u64, true).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                for round in 1..=2000u64 {
+                    for p in 0..PAGES {
+                        let word = (base + p * PAGE_SIZE + w * 8) as *mut u64;
+                        // SAFETY: inside the mapping, which lives until the threads are joined; each
+                        // writer owns its word of every page.
+                        unsafe {
+                            assert_eq!(word.read_volatile(), round - 1, "writer {w} page {p}");
+                            word.write_volatile(round);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let evictions = evictor.join().unwrap();
+    assert!(evictions > 0);
+    for p in 0..PAGES {
+        for w in 0..4 {
+            assert_eq!(u64::from_ne_bytes(m[p * PAGE_SIZE + w * 8..][..8].try_into().unwrap()), 2000);
+        }
+    }
+}
+
+/// Set by the parent test: the child maps, touches and waits to be killed.
+const CHILD: &str = "EBB_KMOD_CHILD";
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_child_holds_pages() {
+    if std::env::var_os(CHILD).is_none() {
+        return; // only meaningful as the child of the next test
+    }
+    let d = region(1024, 0);
+    d.store_write(0, &page_of(7).repeat(64)).unwrap();
+    let mut m = d.map(0, 1024).unwrap();
+    for p in 0..1024 {
+        m[p * PAGE_SIZE] = 1;
+    }
+    println!("EBB-CHILD-READY");
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_a_killed_process_leaves_no_page_behind() {
+    use std::io::BufRead;
+    let probe = Device::open().unwrap();
+    let before = probe.counters().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "pager::kmod::tests::kmod_child_holds_pages", "--include-ignored", "--nocapture"])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let ready = std::io::BufReader::new(out).lines().map_while(Result::ok).any(|l| l.contains("EBB-CHILD-READY"));
+    assert!(ready, "the child never got its pages");
+    let held = probe.counters().unwrap();
+    assert_eq!(held.module_pages - before.module_pages, 1024 + 64, "resident and stored pages");
+    assert_eq!(held.module_regions, before.module_regions + 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = probe.counters().unwrap();
+    assert_eq!((after.module_pages, after.module_regions), (before.module_pages, before.module_regions));
+}

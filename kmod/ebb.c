@@ -125,7 +125,6 @@ static vm_fault_t ebb_fault(struct vm_fault *vmf)
 	was_resident = xa_load(&r->resident, i) != NULL;
 	page = ebb_fill(r, i, NULL);
 	if (!page) {
-		r->c.sigbus++;
 		mutex_unlock(&r->lock);
 		return VM_FAULT_OOM;
 	}

@@ -508,7 +508,8 @@ impl Platform {
         let restoring = match (instance.memory(), f.snapshot()) {
             (Some(m), Some(snap)) if phase != Some(Phase::Warm) || m.is_drained() => {
                 let ws = snap.working_set();
-                let probe = policy.kind.prefetches() && !ws.is_empty() && {
+                let prefetching = policy.kind.prefetches() && !ws.is_empty();
+                let probe = prefetching && {
                     let restores = p.metrics.restores.fetch_add(1, Ordering::Relaxed) + 1;
                     crate::policy::probe_working_set(&policy, restores)
                 };
@@ -516,7 +517,7 @@ impl Platform {
                     p.metrics.ws_probes.fetch_add(1, Ordering::Relaxed);
                     stale = m.resident_pages();
                     stale.retain(|pg| ws.binary_search(pg).is_err());
-                } else if policy.kind.prefetches() && !ws.is_empty() {
+                } else if prefetching {
                     prefetched = ws.into_iter().filter(|&pg| m.page_state(pg) == PageState::Image).collect();
                     if let Err(e) = m.prefetch(&prefetched) {
                         tracing::warn!("prefetching {} pages of {} failed (the call will fault them): {e}", prefetched.len(), f.name);

@@ -54,7 +54,8 @@ impl Platform {
             let (work, expired) = f.sweep(phase_of, needs_work);
             drop(expired);
             let mut moved = Moved::default();
-            let working_set = f.function.snapshot().map(|s| s.working_set()).unwrap_or_default();
+            // (A copy of the set only when an instance is to move: most ticks move none.)
+            let working_set = if work.is_empty() { Vec::new() } else { f.function.snapshot().map(|s| s.working_set()).unwrap_or_default() };
             for mut i in work {
                 if let Err(e) = advance(&policy, &mut i, now, &working_set, &mut moved) {
                     tracing::warn!("offloading an idle instance of {key} failed: {e}");

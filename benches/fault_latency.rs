@@ -3,15 +3,19 @@
 //! threads, `sigbus`: the faulting thread itself) a zero-page fault and a remote fault over tcp
 //! with and without read-around; one page read through the tcp transport with no fault (the
 //! transport's own round trip); with an RDMA device, the rdma transport's round trip and a remote
-//! fault over rdma on each path. Needs root (userfaultfd).
+//! fault over rdma on each path; with Ebb's module loaded (`/dev/ebb`, the soft-RoCE guest's
+//! bench run), a fault the module serves in-kernel from its DRAM store and one it fills with
+//! zeros. Needs root (userfaultfd).
 //!
 //! cargo bench --bench fault_latency
+//! scripts/softroce.sh bench            (in the guest: rdma and kmod ids, TCG: ratios only)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ebb::{PagedBuffer, loopback_memnode, rdma_memnode, rdma_only};
+use ebb_runtime::pager::kmod::{Backend, Device};
 use ebb_runtime::pager::{FaultPath, Pager, PagerConfig};
 
 const CHUNK: usize = 16 << 20; // pages touched per setup: 16 MiB
@@ -46,7 +50,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
 
     g.bench_function("anon_first_touch", |b| {
-        b.iter_custom(|iters| faults(iters, || memmap2::MmapMut::map_anon(CHUNK).expect("mmap"), touch_anon))
+        b.iter_custom(|iters| faults(iters, || memmap2::MmapMut::map_anon(CHUNK).expect("mmap"), touch_mapped))
     });
     if !rdma_only() {
         tcp(&mut g);
@@ -67,7 +71,34 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    kmod(&mut g);
     g.finish();
+}
+
+/// The module's fault paths, where it is loaded: `kmod_dram_4k` (the page is in the module's
+/// store: one in-kernel copy) and `kmod_zero_4k` (never stored: a zeroed page), read-around off.
+fn kmod(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    if !Device::available() {
+        eprintln!("fault/kmod_dram_4k, fault/kmod_zero_4k: skipped (no /dev/ebb: load kmod/ebb.ko)");
+        return;
+    }
+    let pattern = vec![5u8; CHUNK];
+    for (id, stored) in [("kmod_dram_4k", true), ("kmod_zero_4k", false)] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| faults(iters, || kmod_region(stored.then_some(&pattern[..])), |(_, m), p| touch_mapped(m, p)))
+        });
+    }
+}
+
+/// A fresh DRAM region of `CHUNK` bytes, mapped, its store holding `stored` if given.
+fn kmod_region(stored: Option<&[u8]>) -> (Device, memmap2::MmapMut) {
+    let d = Device::open().expect("open /dev/ebb");
+    d.create((CHUNK / 4096) as u64, Backend::Dram, 0).expect("create a region");
+    if let Some(bytes) = stored {
+        d.store_write(0, bytes).expect("store write");
+    }
+    let m = d.map(0, CHUNK / 4096).expect("map the region");
+    (d, m)
 }
 
 /// Filled, then offloaded: every page faults back.
@@ -78,7 +109,7 @@ fn offloaded(p: &Arc<Pager>) -> PagedBuffer {
     m
 }
 
-fn touch_anon(m: &memmap2::MmapMut, p: usize) {
+fn touch_mapped(m: &memmap2::MmapMut, p: usize) {
     // SAFETY: in bounds of the mapping, which lives for the loop.
     unsafe { m.as_ptr().cast_mut().add(p * 4096).write_volatile(1) }
 }

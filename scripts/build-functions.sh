@@ -12,7 +12,7 @@ tc=functions/toolchain
 # A function is rebuilt when its wasm is missing or older than its source, a header or the
 # toolchain (the test binaries each call this script once).
 newest=$(find functions/include "$tc" scripts/build-functions.sh -type f -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
-for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp functions/workloads/*.c functions/compat/*.c functions/compat/*.cpp functions/ndp/*.c functions/ndp/*.cpp; do
+for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp functions/workloads/*.c functions/compat/*.c functions/compat/*.cpp functions/ndp/*.c functions/ndp/*.cpp functions/workflows/*/*.c; do
   [ -e "$src" ] || continue
   dir=$(basename "$(dirname "$src")")
   name=$(basename "${src%.*}")

@@ -8,6 +8,7 @@
 //! - [`supervise`] — background threads that survive a panic.
 //! - [`platform`] — calls: warm instances, chaining, async calls, timeouts, metrics.
 //! - [`policy`] — offload policy: segments, semi-warm timeline, keep-alive.
+//! - [`flow`] — workflows: DataFlower's YAML DAGs, parsed and checked.
 //! - [`replay`] — trace replay against servers with different policies (`runtime replay`).
 //! - [`api`] — the Faasm-compatible HTTP API over the platform.
 //! - [`cli`] — the `runtime` command line (the binary is a thin wrapper).
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod cli;
 pub mod exec;
+pub mod flow;
 pub mod ndp;
 pub mod pager;
 pub mod platform;

@@ -8,6 +8,7 @@
 //!   POST /f/{user}/{function}/offload  evict idle instances         → bytes moved
 //!   PUT|GET /s/{user}/{key}            state
 //!   PUT|GET|DELETE /o/{user}/{key}     objects, on a storage node (streamed both ways)
+//!   PUT|GET|POST /w/{user}/{workflow}  workflows (see `flow`)
 //!   POST /ndp/call                     an offloaded call from another runtime (cluster only)
 //!   GET  /metrics  /ping
 //! ```
@@ -20,6 +21,7 @@
 //! oversize request (4xx).
 
 pub mod client;
+mod flow;
 mod ndp;
 mod objects;
 
@@ -147,7 +149,7 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, &'static str>
 fn path_owner(path: &str) -> Option<&str> {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next()) {
-        (Some("f" | "s" | "o"), Some(user)) if !user.is_empty() => Some(user),
+        (Some("f" | "s" | "o" | "w"), Some(user)) if !user.is_empty() => Some(user),
         _ => None,
     }
 }
@@ -327,7 +329,7 @@ async fn message(State(s): State<ApiState>, who: Who, body: Bytes) -> Response {
     {
         return forbidden(me, &user);
     }
-    let input = CallInput { data: msg.input_data.unwrap_or_default().into_bytes(), cmdline: msg.cmdline, forbid_ndp: msg.forbid_ndp };
+    let input = CallInput { data: msg.input_data.unwrap_or_default().into_bytes(), cmdline: msg.cmdline, forbid_ndp: msg.forbid_ndp, flow: None };
     execute(&s, who.0, Command::Invoke { user, function, input, is_async: msg.is_async }).await
 }
 
@@ -346,6 +348,9 @@ async fn metrics(State(s): State<ApiState>, who: Who) -> Response {
 async fn ping() -> Response {
     text(StatusCode::OK, "PONG")
 }
+
+/// A workflow file.
+const WORKFLOW_FILE: usize = 1 << 20;
 
 /// Bodies of requests that carry none worth the name (offload, metrics, status is JSON).
 const SMALL_BODY: usize = 64 << 10;
@@ -374,6 +379,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/s/{user}/{key}", get(get_state).put(set_state.layer(limit(max_state))))
         .route("/o/{user}/{key}", get(objects::get).put(objects::put.layer(limit(max_object))).delete(objects::delete))
         .route(crate::ndp::offload::CALL_PATH, post(ndp::call.layer(limit(OFFLOAD_BODY))))
+        .route("/w/{user}/{workflow}", get(flow::get).put(flow::put.layer(limit(WORKFLOW_FILE))).post(flow::invoke.layer(limit(max_message))))
+        .route("/w/{user}/{workflow}/{id}", get(flow::status))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))

@@ -62,6 +62,8 @@ pub struct Host {
     files_written: bool,
     /// The guest renumbered a file onto stdin, stdout or stderr: writes there take disk too.
     stdio_renumbered: bool,
+    /// A workflow block's inputs and posts, for the running call only.
+    flow: Option<host::FlowData>,
 }
 
 /// The platform side of a function's calls, as its guest sees it.
@@ -84,7 +86,7 @@ impl std::fmt::Debug for CallContext {
     }
 }
 
-pub use host::{AwaitError, Services};
+pub use host::{AwaitError, FlowData, Services};
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +243,7 @@ impl Executor {
             wasi_originals: None,
             files_written: false,
             stdio_renumbered: false,
+            flow: None,
         };
         let mut store = Store::new(&self.engine, host);
         store.set_epoch_deadline(1);
@@ -462,6 +465,8 @@ pub struct CallOutcome {
     pub rc: i32,
     /// What the function passed to `__faasm_write_output`.
     pub output: Vec<u8>,
+    /// A workflow block's data (see [`Instance::set_flow`]), with what it posted.
+    pub flow: Option<host::FlowData>,
 }
 
 /// One instance of a module.
@@ -604,6 +609,13 @@ impl Instance {
         Ok(())
     }
 
+    /// Gives the next [`Instance::call`] (only that one) a workflow block's data; its outcome
+    /// returns it with what the call posted.
+    pub fn set_flow(&mut self, mut flow: FlowData) {
+        flow.posted = vec![Vec::new(); flow.outputs.len()];
+        self.store.data_mut().flow = Some(flow);
+    }
+
     /// Calls the function once with `input`, then returns the instance to the initial state:
     /// the pages the call wrote are dropped back to the snapshot and the globals restored. The
     /// instance must come from [`Executor::function_instance`]. A call still running after
@@ -623,6 +635,7 @@ impl Instance {
         };
         self.store.data_mut().deadline = None;
         self.store.data_mut().views.clear();
+        let flow = self.store.data_mut().flow.take();
         // State the call mapped goes before the reset, which must see the memory as its own.
         if let Some(handle) = &self.memory
             && let Err(e) = handle.unmap_shared()
@@ -677,7 +690,7 @@ impl Instance {
             }
         }
         self.restore_globals()?;
-        Ok(CallOutcome { rc: rc?, output })
+        Ok(CallOutcome { rc: rc?, output, flow })
     }
 
     fn run_table(&mut self, index: u32) -> anyhow::Result<i32> {

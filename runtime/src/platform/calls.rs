@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     fn done(bytes: usize) -> CallStatus {
-        CallStatus::Done(CallOutcome { rc: 0, output: vec![7; bytes] })
+        CallStatus::Done(CallOutcome { rc: 0, output: vec![7; bytes], flow: None })
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct PlatformConfig {
     pub call_timeout: Duration,
     /// Idle instances kept per function; more are freed when their call ends. Default 16.
     pub max_idle: usize,
+    /// A workflow call running longer fails with a timeout (its blocks are each bounded by
+    /// `call_timeout` too). Default 120 s.
+    pub workflow_timeout: Duration,
     /// Keep-alive and offload policy, global and per function (see [`crate::policy`]).
     pub policy: PolicyFile,
     /// How often the policy looks at idle instances. Default 100 ms.
@@ -107,6 +110,7 @@ impl Default for PlatformConfig {
             max_input: 16 << 20,
             call_timeout: Duration::from_secs(60),
             max_idle: 16,
+            workflow_timeout: Duration::from_secs(120),
             policy: PolicyFile::default(),
             policy_tick: Duration::from_millis(100),
             pool: PoolConfig::default(),
@@ -208,6 +212,7 @@ pub struct Platform {
     /// Offloaded calls, both ways, and this node's admission of them.
     ndp: NdpCounters,
     admission: Admission,
+    workflows: crate::flow::Workflows,
     me: Weak<Platform>,
 }
 
@@ -248,6 +253,7 @@ impl Platform {
             calls: CallRecords::new(config.records),
             pool,
             pools: RwLock::new(HashMap::new()),
+            workflows: crate::flow::Workflows::new(&config.data_dir),
             config,
             instances_created: AtomicU64::new(0),
             next_holder: AtomicU64::new(1),
@@ -306,6 +312,16 @@ impl Platform {
 
     pub fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    /// Uploaded workflows and asynchronous workflow calls.
+    pub fn workflows(&self) -> &crate::flow::Workflows {
+        &self.workflows
+    }
+
+    /// Whether `user` has uploaded `function`.
+    pub fn has_function(&self, user: &str, function: &str) -> bool {
+        FunctionKey::new(user, function).ok().is_some_and(|k| self.registry.get(&k).is_some())
     }
 
     pub fn pager(&self) -> &Arc<Pager> {
@@ -531,6 +547,9 @@ impl Platform {
         instance.record_resident = restoring;
         instance.set_call(id, holder, input.forbid_ndp);
         p.busy.fetch_add(1, Ordering::Relaxed);
+        if let Some(flow) = &input.flow {
+            instance.set_flow(flow.clone());
+        }
         let result = instance.set_args(&input.argv()).and_then(|()| instance.call(&input.data, entry, Some(limit)));
         p.busy.fetch_sub(1, Ordering::Relaxed);
         let end = Instant::now();
@@ -637,6 +656,8 @@ pub struct CallInput {
     pub cmdline: Option<String>,
     /// Run everything here: `storageCallAndAwait` never offloads (`"forbid_ndp": true`).
     pub forbid_ndp: bool,
+    /// A workflow block's inputs and outputs (see `flow`).
+    pub flow: Option<crate::exec::FlowData>,
 }
 
 impl CallInput {
@@ -649,7 +670,7 @@ impl CallInput {
 
 impl From<Vec<u8>> for CallInput {
     fn from(data: Vec<u8>) -> Self {
-        CallInput { data, cmdline: None, forbid_ndp: false }
+        CallInput { data, cmdline: None, forbid_ndp: false, flow: None }
     }
 }
 

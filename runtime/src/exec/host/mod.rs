@@ -11,8 +11,10 @@ use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use super::{CallContext, CallOutcome, Host, Timeout};
 use crate::state::StateStore;
 
+mod flow;
 mod ndp;
 mod state;
+pub use flow::FlowData;
 pub use state::Views;
 
 /// Why awaiting a call gave no outcome.
@@ -189,6 +191,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     add_runtime(linker)?;
     state::add_to_linker(linker)?;
     ndp::add_to_linker(linker)?;
+    flow::add_to_linker(linker)?;
     Ok(())
 }
 

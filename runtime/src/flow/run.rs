@@ -1,0 +1,481 @@
+//! One workflow call, scheduled on this worker as its data arrives: every block instance starts
+//! the moment all its inputs are present (no central master, no polling), as a call of the
+//! block's function on the platform's pool, and its posts are delivered as it ends.
+//!
+//! - A block fed by a FOREACH output has one instance per element, started with that element;
+//!   its other (NORMAL) inputs are shared by all instances. Any other block has one instance.
+//! - A MERGE output of instance `i` becomes element `i` of the destination's LIST input, which
+//!   is complete once every instance of the producer has posted (a FOREACH of 0 elements makes
+//!   an empty list at once). The runtime posts `VIRTUAL.CNT`, the element count, itself.
+//! - A SWITCH block routes by its first condition that holds, else `default`.
+//! - A block that traps, or does not post an output that has destinations, fails the workflow
+//!   with the block's name and error; nothing starts after that. The workflow ends when nothing
+//!   runs and nothing more can start; its result is what reached `$USER`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::spec::{BlockKind, Dest, InputKind, OutputKind, VIRTUAL_CNT, Workflow};
+use crate::exec::FlowData;
+use crate::platform::{CallInput, Platform};
+
+/// Block calls one workflow call has in the platform's queue or running at once: a FOREACH of
+/// thousands is fed to the pool as its calls end, within the per-user queue limit.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// One block instance's timings and sizes, for the status result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockTiming {
+    pub block: String,
+    pub function: String,
+    /// Its element of the FOREACH that started it (0 otherwise).
+    pub index: usize,
+    /// Microseconds since the workflow call began.
+    pub start_us: u64,
+    pub end_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// How a workflow call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The values that reached `$USER`, by output name.
+    Done(BTreeMap<String, Vec<u8>>),
+    Failed(String),
+    Timeout,
+}
+
+#[derive(Default)]
+struct List {
+    expect: Option<usize>,
+    items: BTreeMap<usize, Arc<[u8]>>,
+}
+
+impl List {
+    fn complete(&self) -> bool {
+        self.expect.is_some_and(|n| self.items.len() >= n)
+    }
+}
+
+struct Instance {
+    block: usize,
+    index: usize,
+    /// Its own element of a FOREACH (input name, value).
+    own: Option<(String, Arc<[u8]>)>,
+    started: bool,
+    timing: Option<BlockTiming>,
+}
+
+#[derive(Default)]
+struct BlockState {
+    /// NORMAL values every instance sees.
+    shared: BTreeMap<String, Arc<[u8]>>,
+    lists: BTreeMap<String, List>,
+    /// Instance ids, in element order.
+    instances: Vec<usize>,
+    /// The block is fed by a FOREACH (its instances come from it).
+    fanned: bool,
+    /// Instances of this block that have ended.
+    ended: usize,
+}
+
+struct State {
+    blocks: Vec<BlockState>,
+    instances: Vec<Instance>,
+    running: usize,
+    result: BTreeMap<String, Vec<u8>>,
+    outcome: Option<Outcome>,
+}
+
+/// A workflow call in progress (shared by the waiter and the block calls' completions).
+pub struct Run {
+    workflow: Arc<Workflow>,
+    user: String,
+    /// Weak: the platform keeps async runs, and a run must not keep the platform.
+    platform: std::sync::Weak<Platform>,
+    /// Bytes a block may post in all (the platform's input limit).
+    limit: usize,
+    began: Instant,
+    deadline: Instant,
+    state: Mutex<State>,
+    ended: Condvar,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").field("workflow", &self.workflow.name).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+/// Why a workflow call did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("global input {0:?} is missing from the request")]
+    MissingInput(String),
+    #[error("global input {key:?} has {size} bytes; the most allowed is {limit}")]
+    TooLarge { key: String, size: usize, limit: usize },
+}
+
+impl Run {
+    /// Starts `workflow` for `user` with the global inputs `inputs` (by key), to end within
+    /// `timeout`.
+    pub fn start(
+        platform: Arc<Platform>,
+        workflow: Arc<Workflow>,
+        user: &str,
+        inputs: &BTreeMap<String, Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Arc<Run>, StartError> {
+        let limit = platform.config().max_input;
+        for g in &workflow.global_inputs {
+            let v = inputs.get(&g.key).ok_or_else(|| StartError::MissingInput(g.key.clone()))?;
+            if v.len() > limit {
+                return Err(StartError::TooLarge { key: g.key.clone(), size: v.len(), limit });
+            }
+        }
+        let mut blocks: Vec<BlockState> = (0..workflow.blocks.len()).map(|_| BlockState::default()).collect();
+        for b in &workflow.blocks {
+            for o in b.outputs.iter().filter(|o| o.kind == OutputKind::Foreach) {
+                for d in &o.dest {
+                    if let Dest::Input { block, .. } = d {
+                        blocks[*block].fanned = true;
+                    }
+                }
+            }
+        }
+        let began = Instant::now();
+        let run = Arc::new(Run {
+            workflow: workflow.clone(),
+            user: user.to_string(),
+            platform: Arc::downgrade(&platform),
+            limit,
+            began,
+            deadline: began + timeout,
+            state: Mutex::new(State { blocks, instances: Vec::new(), running: 0, result: BTreeMap::new(), outcome: None }),
+            ended: Condvar::new(),
+        });
+        let starts = {
+            let mut s = run.lock();
+            for g in &workflow.global_inputs {
+                let value: Arc<[u8]> = inputs[&g.key].clone().into();
+                for d in &g.dest {
+                    run.deliver(&mut s, d, &g.key, value.clone());
+                }
+            }
+            run.ready(&mut s)
+        };
+        run.launch(starts);
+        Ok(run)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the outcome until the workflow's deadline (then it is a timeout).
+    pub fn wait(&self) -> Outcome {
+        let mut s = self.lock();
+        loop {
+            if let Some(o) = &s.outcome {
+                return o.clone();
+            }
+            let now = Instant::now();
+            if now >= self.deadline {
+                s.outcome = Some(Outcome::Timeout);
+                continue;
+            }
+            s = self.ended.wait_timeout(s, self.deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// The outcome if it ended (a run past its deadline has timed out).
+    pub fn outcome(&self) -> Option<Outcome> {
+        let mut s = self.lock();
+        if s.outcome.is_none() && Instant::now() >= self.deadline {
+            s.outcome = Some(Outcome::Timeout);
+        }
+        s.outcome.clone()
+    }
+
+    /// Every block instance that started, in start order.
+    pub fn timings(&self) -> Vec<BlockTiming> {
+        let s = self.lock();
+        let mut t: Vec<BlockTiming> = s.instances.iter().filter_map(|i| i.timing.clone()).collect();
+        t.sort_by_key(|t| t.start_us);
+        t
+    }
+
+    pub fn workflow(&self) -> &Workflow {
+        &self.workflow
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Hands `value` (output `from`) to a destination.
+    fn deliver(&self, s: &mut State, dest: &Dest, from: &str, value: Arc<[u8]>) {
+        match dest {
+            Dest::User => {
+                s.result.insert(from.to_string(), value.to_vec());
+            }
+            Dest::Input { block, input } => {
+                let b = &mut s.blocks[*block];
+                b.shared.insert(input.clone(), value);
+                if !b.fanned && b.instances.is_empty() {
+                    self.spawn(s, *block, 0, None);
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, s: &mut State, block: usize, index: usize, own: Option<(String, Arc<[u8]>)>) {
+        let id = s.instances.len();
+        s.instances.push(Instance { block, index, own, started: false, timing: None });
+        s.blocks[block].instances.push(id);
+    }
+
+    /// Instances whose inputs are all present, marked started, with their data.
+    fn ready(&self, s: &mut State) -> Vec<(usize, FlowData)> {
+        if s.outcome.is_some() {
+            return Vec::new();
+        }
+        let limit = self.limit;
+        let mut out = Vec::new();
+        for id in 0..s.instances.len() {
+            if s.running >= MAX_IN_FLIGHT {
+                break;
+            }
+            let inst = &s.instances[id];
+            if inst.started {
+                continue;
+            }
+            let block = &self.workflow.blocks[inst.block];
+            let bs = &s.blocks[inst.block];
+            let mut inputs = Vec::with_capacity(block.inputs.len());
+            let all = block.inputs.iter().all(|i| {
+                let elements: Option<Vec<Arc<[u8]>>> = match i.kind {
+                    InputKind::Normal => inst.own.as_ref().filter(|(n, _)| *n == i.name).map(|(_, v)| v.clone()).or_else(|| bs.shared.get(&i.name).cloned()).map(|v| vec![v]),
+                    InputKind::List => bs.lists.get(&i.name).filter(|l| l.complete()).map(|l| l.items.values().cloned().collect()),
+                };
+                elements.map(|e| inputs.push((i.name.clone(), e))).is_some()
+            });
+            if !all {
+                continue;
+            }
+            let mut outputs: Vec<(String, bool)> = block.outputs.iter().filter(|o| o.name != VIRTUAL_CNT).map(|o| (o.name.clone(), o.kind == OutputKind::Foreach)).collect();
+            for c in &block.conditions {
+                for (o, _) in &c.routes {
+                    if !o.starts_with("virtual.") && !outputs.iter().any(|(n, _)| n == o) {
+                        outputs.push((o.clone(), false));
+                    }
+                }
+            }
+            let bytes_in = inputs.iter().flat_map(|(_, v)| v).map(|v| v.len() as u64).sum();
+            let (index, start_us) = (inst.index, self.micros());
+            let inst = &mut s.instances[id];
+            inst.started = true;
+            inst.timing = Some(BlockTiming { block: format!("{}.{}", block.template, block.name), function: block.function.clone(), index, start_us, end_us: 0, bytes_in, bytes_out: 0 });
+            s.running += 1;
+            out.push((id, FlowData { inputs, outputs, posted: Vec::new(), limit }));
+        }
+        out
+    }
+
+    fn launch(self: &Arc<Self>, starts: Vec<(usize, FlowData)>) {
+        for (id, flow) in starts {
+            let function = {
+                let s = self.lock();
+                self.workflow.blocks[s.instances[id].block].function.clone()
+            };
+            let me = self.clone();
+            let input = CallInput { data: Vec::new(), cmdline: None, forbid_ndp: false, flow: Some(flow) };
+            let Some(platform) = self.platform.upgrade() else {
+                self.ended_block(id, Err("the runtime is shutting down".into()));
+                continue;
+            };
+            let queued = platform.call_then(&self.user, &function, input, move |r| {
+                let result = match r {
+                    Ok(o) if o.rc == 0 => Ok(o.flow.unwrap_or_default()),
+                    Ok(o) => Err(format!("returned {}: {}", o.rc, String::from_utf8_lossy(&o.output).trim())),
+                    Err(f) => Err(crate::pager::error_chain(&f)),
+                };
+                me.ended_block(id, result);
+            });
+            if let Err(e) = queued {
+                self.ended_block(id, Err(format!("could not be queued: {}", crate::pager::error_chain(&e))));
+            }
+        }
+    }
+
+    /// A block instance ended: deliver its posts (or fail the workflow), start what is ready.
+    fn ended_block(self: &Arc<Self>, id: usize, result: Result<FlowData, String>) {
+        let starts = {
+            let mut s = self.lock();
+            s.running -= 1;
+            let end_us = self.micros();
+            let block_id = s.instances[id].block;
+            let index = s.instances[id].index;
+            let block = &self.workflow.blocks[block_id];
+            let name = format!("{}.{}", block.template, block.name);
+            if let Some(t) = s.instances[id].timing.as_mut() {
+                t.end_us = end_us;
+                t.bytes_out = result.as_ref().map_or(0, |f| f.posted.iter().flatten().map(|v| v.len() as u64).sum());
+            }
+            s.blocks[block_id].ended += 1;
+            match result {
+                _ if s.outcome.is_some() => {}
+                Err(e) => s.outcome = Some(Outcome::Failed(format!("block {name} (function {}) failed: {e}", block.function))),
+                Ok(flow) => {
+                    if let Err(e) = self.post(&mut s, block_id, index, &flow) {
+                        s.outcome = Some(Outcome::Failed(format!("block {name} (function {}): {e}", block.function)));
+                    }
+                }
+            }
+            let starts = self.ready(&mut s);
+            if s.outcome.is_none() && starts.is_empty() && s.running == 0 {
+                s.outcome = Some(self.finish(&s));
+            }
+            if s.outcome.is_some() {
+                self.ended.notify_all();
+            }
+            starts
+        };
+        self.launch(starts);
+    }
+
+    /// Delivers what instance `index` of `block_id` posted.
+    fn post(&self, s: &mut State, block_id: usize, index: usize, flow: &FlowData) -> Result<(), String> {
+        let block = &self.workflow.blocks[block_id];
+        let posted = |name: &str| flow.outputs.iter().position(|(n, _)| n == name).map(|i| &flow.posted[i]);
+        let single = |name: &str| -> Result<Arc<[u8]>, String> {
+            match posted(name) {
+                Some(v) if !v.is_empty() => Ok(v[v.len() - 1].clone().into()),
+                _ => Err(format!("it did not post output {name}, which has destinations")),
+            }
+        };
+        for o in &block.outputs {
+            if o.dest.is_empty() || o.name == VIRTUAL_CNT {
+                continue;
+            }
+            match o.kind {
+                OutputKind::Normal => {
+                    let v = single(&o.name)?;
+                    for d in &o.dest {
+                        self.deliver(s, d, &o.name, v.clone());
+                    }
+                }
+                OutputKind::Merge => {
+                    let v = single(&o.name)?;
+                    for d in &o.dest {
+                        match d {
+                            Dest::User => self.deliver(s, d, &o.name, v.clone()),
+                            Dest::Input { block, input } => {
+                                s.blocks[*block].lists.entry(input.clone()).or_default().items.insert(index, v.clone());
+                            }
+                        }
+                    }
+                }
+                OutputKind::Foreach => {
+                    // Not posted at all: a FOREACH of no elements.
+                    let elements: Vec<Arc<[u8]>> = posted(&o.name).map(|v| v.iter().map(|e| e.clone().into()).collect()).unwrap_or_default();
+                    for d in &o.dest {
+                        match d {
+                            Dest::User => {
+                                let list: Vec<serde_json::Value> = elements.iter().map(|e| json_value(e)).collect();
+                                self.deliver(s, d, &o.name, serde_json::to_vec(&list).unwrap_or_default().into());
+                            }
+                            Dest::Input { block, input } => {
+                                for (i, e) in elements.iter().enumerate() {
+                                    self.spawn(s, *block, i, Some((input.clone(), e.clone())));
+                                }
+                                // The consumers' MERGE outputs fill lists of this many elements.
+                                self.expect(s, *block, elements.len());
+                            }
+                        }
+                    }
+                    if let Some(cnt) = block.output(VIRTUAL_CNT) {
+                        let n: Arc<[u8]> = elements.len().to_string().into_bytes().into();
+                        for d in &cnt.dest {
+                            self.deliver(s, d, VIRTUAL_CNT, n.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if block.kind == BlockKind::Switch {
+            let chosen = block
+                .conditions
+                .iter()
+                .find(|c| c.predicate.as_ref().is_some_and(|p| posted(&p.output).and_then(|v| v.last()).is_some_and(|v| p.holds(v))))
+                .or_else(|| block.conditions.iter().find(|c| c.predicate.is_none()));
+            if let Some(c) = chosen {
+                for (o, dests) in &c.routes {
+                    let v = if o.starts_with("virtual.") { Arc::from(&b""[..]) } else { single(o)? };
+                    let as_name = o.strip_prefix("virtual.").unwrap_or(o);
+                    for d in dests {
+                        self.deliver(s, d, as_name, v.clone());
+                    }
+                }
+            }
+        }
+        // An unfanned producer with MERGE outputs makes one-element lists.
+        if !s.blocks[block_id].fanned {
+            self.expect(s, block_id, 1);
+        }
+        Ok(())
+    }
+
+    /// Sets how many elements the LIST inputs fed by `producer`'s MERGE outputs expect.
+    fn expect(&self, s: &mut State, producer: usize, n: usize) {
+        for o in self.workflow.blocks[producer].outputs.iter().filter(|o| o.kind == OutputKind::Merge) {
+            for d in &o.dest {
+                if let Dest::Input { block, input } = d {
+                    s.blocks[*block].lists.entry(input.clone()).or_default().expect.get_or_insert(n);
+                }
+            }
+        }
+        // A list of 0 elements is complete now: its consumer may be unfanned and not yet exist.
+        for o in self.workflow.blocks[producer].outputs.iter().filter(|o| o.kind == OutputKind::Merge) {
+            for d in &o.dest {
+                if let Dest::Input { block, .. } = d
+                    && !s.blocks[*block].fanned
+                    && s.blocks[*block].instances.is_empty()
+                {
+                    self.spawn(s, *block, 0, None);
+                }
+            }
+        }
+    }
+
+    /// The outcome once nothing runs and nothing can start.
+    fn finish(&self, s: &State) -> Outcome {
+        if !s.result.is_empty() {
+            return Outcome::Done(s.result.clone());
+        }
+        let waiting: Vec<String> = s
+            .instances
+            .iter()
+            .filter(|i| !i.started)
+            .map(|i| {
+                let b = &self.workflow.blocks[i.block];
+                format!("{}.{}", b.template, b.name)
+            })
+            .collect();
+        Outcome::Failed(if waiting.is_empty() {
+            "the workflow ended without sending anything to $USER".into()
+        } else {
+            format!("the workflow ended without a result: blocks still missing inputs: {}", waiting.join(", "))
+        })
+    }
+}
+
+/// A posted value as JSON: itself if it is JSON, else a string.
+pub fn json_value(v: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(v).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -77,10 +77,60 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Workflows (DataFlower's `workflow_info.yaml`): upload, invoke, show, poll.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Compile a module read from stdin to loadable code on stdout (what `serve` runs in a child
     /// process, under CPU and memory limits, for every upload).
     #[command(hide = true)]
     Compile,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCommand {
+    /// Upload a workflow file (its blocks' functions must be uploaded first).
+    Upload {
+        user: String,
+        workflow: String,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Invoke a workflow; prints its result and per-block timings (JSON).
+    Invoke {
+        user: String,
+        workflow: String,
+        /// A global input, `KEY=VALUE` (`$USER.KEY` in the file); repeatable.
+        #[arg(long = "input", value_parser = key_value)]
+        inputs: Vec<(String, String)>,
+        /// A global input read from a file, `KEY=PATH`; repeatable.
+        #[arg(long = "input-file", value_parser = key_value)]
+        input_files: Vec<(String, String)>,
+        /// Return the call id at once (poll with `runtime workflow status`).
+        #[arg(long = "async")]
+        is_async: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print an uploaded workflow's parsed DAG (JSON).
+    Show {
+        user: String,
+        workflow: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The status of an async workflow call: RUNNING, its result, or FAILED.
+    Status {
+        user: String,
+        workflow: String,
+        id: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: write KEY=VALUE"))
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +162,10 @@ struct ServeArgs {
     /// Seconds before a running call is interrupted.
     #[arg(long, default_value_t = 60)]
     call_timeout_s: u64,
+    /// Seconds before a running workflow call fails (each of its blocks is a call, bounded by
+    /// --call-timeout-s too).
+    #[arg(long, default_value_t = 120)]
+    workflow_timeout_s: u64,
     /// Largest call input, e.g. 16M.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     max_input: u64,
@@ -597,8 +651,36 @@ pub fn main() -> anyhow::Result<()> {
             let (status, body) = client.request("POST", "/f/", msg.to_string().as_bytes())?;
             finish(status, &body)
         }
+        Command::Workflow(w) => workflow(w),
         Command::Compile => compile(),
     }
+}
+
+/// `runtime workflow ...`: the `/w/` routes.
+fn workflow(command: WorkflowCommand) -> anyhow::Result<()> {
+    let (status, body) = match command {
+        WorkflowCommand::Upload { user, workflow, file, client } => {
+            let yaml = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            client.request("PUT", &format!("/w/{user}/{workflow}"), &yaml)?
+        }
+        WorkflowCommand::Invoke { user, workflow, inputs, input_files, is_async, client } => {
+            let mut object = serde_json::Map::new();
+            for (k, v) in inputs {
+                object.insert(k, serde_json::Value::String(v));
+            }
+            for (k, path) in input_files {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path} (input {k})"))?;
+                object.insert(k, serde_json::Value::String(text));
+            }
+            if is_async {
+                object.insert("async".into(), serde_json::Value::Bool(true));
+            }
+            client.request("POST", &format!("/w/{user}/{workflow}"), serde_json::Value::Object(object).to_string().as_bytes())?
+        }
+        WorkflowCommand::Show { user, workflow, client } => client.request("GET", &format!("/w/{user}/{workflow}"), &[])?,
+        WorkflowCommand::Status { user, workflow, id, client } => client.request("GET", &format!("/w/{user}/{workflow}/{id}"), &[])?,
+    };
+    finish(status, &body)
 }
 
 /// `runtime compile`: wasm (or WAT) on stdin, loadable code on stdout.
@@ -661,6 +743,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
         call_timeout: Duration::from_secs(args.call_timeout_s),
+        workflow_timeout: Duration::from_secs(args.workflow_timeout_s),
         policy,
         policy_tick: Duration::from_millis(args.policy.policy_tick_ms),
         // Uploads are compiled by this binary in bounded child processes.
@@ -672,6 +755,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         && tokens.entry(cluster.expose().as_bytes()).is_some()
     {
         anyhow::bail!("the cluster token is also a user's token in --tokens: give the cluster its own secret");
+    }
+    if !(1..=86_400).contains(&args.workflow_timeout_s) {
+        anyhow::bail!("--workflow-timeout-s {} is out of range: allowed 1 to 86400", args.workflow_timeout_s);
     }
     if !(1..=86_400).contains(&args.call_timeout_s) {
         anyhow::bail!("--call-timeout-s {} is out of range: allowed 1 to 86400", args.call_timeout_s);

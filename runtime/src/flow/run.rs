@@ -158,6 +158,12 @@ impl Run {
         });
         let starts = {
             let mut s = run.lock();
+            // A block that takes no input starts with the workflow.
+            for (i, b) in workflow.blocks.iter().enumerate() {
+                if b.inputs.is_empty() && !s.blocks[i].fanned {
+                    run.spawn(&mut s, i, 0, None);
+                }
+            }
             for g in &workflow.global_inputs {
                 let value: Arc<[u8]> = inputs[&g.key].clone().into();
                 for d in &g.dest {

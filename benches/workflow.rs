@@ -1,0 +1,135 @@
+//! Workflow overheads on one host, in one run: the hop of a two-block workflow (from the producer's
+//! end to the consumer's start, as the runtime's own per-block timings say) with a 1 KiB and a
+//! 64 MiB payload, beside copying 64 MiB (the baseline a page hand-off must beat by 10×); and the
+//! scheduling-and-data overhead on `wordcount`'s critical path (end to end minus start + the
+//! slowest count + merge). Needs root (userfaultfd) and the samples' toolchain.
+//!
+//! cargo bench --bench workflow
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ebb::{TempDir, function_wasm};
+use ebb_memnode::LocalTransport;
+use ebb_runtime::flow::{Outcome, Run, Workflow};
+use ebb_runtime::pager::{Pager, PagerConfig};
+use ebb_runtime::platform::{Platform, PlatformConfig};
+
+/// Posts `out` as many bytes as its input `n` says (zeros), from memory it grows for them.
+const PRODUCE: &str = r#"(module
+  (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
+  (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "n\00out\00")
+  (func (export "_start") (local $n i32)
+    (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 16)))
+    (local.set $n (i32.load (i32.const 64)))
+    (drop (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1))))
+    (drop (call $post (i32.const 2) (i32.const 65536) (local.get $n)))))"#;
+
+/// Reads its input `out` into memory and posts its size's first byte as `res`.
+const CONSUME: &str = r#"(module
+  (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
+  (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "out\00res\00")
+  (func (export "_start") (local $n i32)
+    (local.set $n (call $fetch (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+    (drop (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1))))
+    (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 65536) (local.get $n)))
+    (drop (call $post (i32.const 4) (i32.const 65536) (i32.const 1)))))"#;
+
+const HOP: &str = r#"
+workflow_name: hop
+global_inputs:
+  $USER.n: { type: NORMAL, dest: { hop__produce: { block_0: { n } } } }
+templates:
+  hop__produce:
+    blocks:
+      block_0:
+        type: NORMAL
+        input_datas: { n: { type: NORMAL } }
+        output_datas:
+          out: { type: NORMAL, dest: { hop__consume: { block_0: { out } } } }
+  hop__consume:
+    blocks:
+      block_0:
+        type: NORMAL
+        input_datas: { out: { type: NORMAL } }
+        output_datas:
+          res: { type: NORMAL, dest: { $USER } }
+"#;
+
+fn run(platform: &Arc<Platform>, w: &Arc<Workflow>, key: &str, value: Vec<u8>) -> Run2 {
+    let inputs = BTreeMap::from([(key.to_string(), value)]);
+    let begun = Instant::now();
+    let r = Run::start(platform.clone(), w.clone(), "bench", &inputs, Duration::from_secs(120)).expect("start");
+    let outcome = r.wait();
+    assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+    Run2 { total: begun.elapsed(), timings: r.timings() }
+}
+
+struct Run2 {
+    total: Duration,
+    timings: Vec<ebb_runtime::flow::run::BlockTiming>,
+}
+
+impl Run2 {
+    /// From the end of the block named `from` to the start of `to`.
+    fn hop(&self, from: &str, to: &str) -> Duration {
+        let end = self.timings.iter().find(|t| t.block == from).expect("producer").end_us;
+        let start = self.timings.iter().find(|t| t.block == to).expect("consumer").start_us;
+        Duration::from_micros(start.saturating_sub(end))
+    }
+
+    /// End to end minus the blocks on wordcount's critical path.
+    fn overhead(&self) -> Duration {
+        let span = |name: &str| self.timings.iter().filter(|t| t.block == name).map(|t| t.end_us - t.start_us).max().unwrap_or(0);
+        let path = span("wordcount__start.block_0") + span("wordcount__count.block_0") + span("wordcount__merge.block_0");
+        self.total.saturating_sub(Duration::from_micros(path))
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let data = TempDir::new("bench-workflow");
+    let pager = Pager::new(PagerConfig::default(), Arc::new(LocalTransport::embedded(4 << 30))).expect("pager (run as root)");
+    let config = PlatformConfig { data_dir: data.0.clone(), max_input: 80 << 20, ..Default::default() };
+    let platform = Platform::start(config, pager).expect("platform");
+    platform.upload("bench", "hop__produce", PRODUCE.as_bytes()).expect("upload");
+    platform.upload("bench", "hop__consume", CONSUME.as_bytes()).expect("upload");
+    for f in ["wordcount__start", "wordcount__count", "wordcount__merge"] {
+        platform.upload("bench", f, &std::fs::read(function_wasm("wordcount", f)).expect("sample built")).expect("upload");
+    }
+    let hop = Arc::new(Workflow::parse(HOP, |_| true).expect("hop"));
+    let wordcount = Arc::new(
+        Workflow::parse(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/functions/workflows/wordcount/workflow_info.yaml")).expect("yaml"), |_| true)
+            .expect("wordcount"),
+    );
+    let text: String = (0..8).map(|i| format!("line {i} of the text with some words and some more words\n")).collect();
+
+    let mut g = c.benchmark_group("workflow");
+    g.sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    for (id, n) in [("hop_1k", 1u32 << 10), ("hop_64m", 64 << 20)] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &hop, "n", n.to_le_bytes().to_vec()).hop("hop__produce.block_0", "hop__consume.block_0")).sum())
+        });
+    }
+    let src = vec![7u8; 64 << 20];
+    let mut dst = vec![0u8; 64 << 20];
+    g.bench_function("copy_64m", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+        })
+    });
+    g.bench_function("wordcount_overhead", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &wordcount, "start", text.clone().into_bytes()).overhead()).sum())
+    });
+    g.bench_function("wordcount_end_to_end", |b| b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &wordcount, "start", text.clone().into_bytes()).total).sum()));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -86,7 +86,7 @@ impl std::fmt::Debug for CallContext {
     }
 }
 
-pub use host::{AwaitError, FlowData, Services};
+pub use host::{AwaitError, FlowData, FlowReturn, Services};
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -629,13 +629,25 @@ impl Instance {
         if let Some(handle) = &self.memory {
             handle.start_fault_log();
         }
+        let began = std::time::Instant::now();
         let rc = match entry {
             Entry::Start => self.run(),
             Entry::Table(index) => self.run_table(index),
         };
+        let ran = (began, std::time::Instant::now());
         self.store.data_mut().deadline = None;
         self.store.data_mut().views.clear();
-        let flow = self.store.data_mut().flow.take();
+        let mut flow = self.store.data_mut().flow.take().map(|mut f| {
+            f.ran = Some(ran);
+            f
+        });
+        // A workflow block that succeeded hands its posts on before the reset below.
+        if matches!(rc, Ok(0))
+            && let Some(mut f) = flow.take_if(|f| f.on_return.is_some())
+            && let Some(on_return) = f.on_return.take()
+        {
+            (on_return.0)(f);
+        }
         // State the call mapped goes before the reset, which must see the memory as its own.
         if let Some(handle) = &self.memory
             && let Err(e) = handle.unmap_shared()

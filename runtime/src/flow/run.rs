@@ -31,7 +31,9 @@ pub struct BlockTiming {
     pub function: String,
     /// Its element of the FOREACH that started it (0 otherwise).
     pub index: usize,
-    /// Microseconds since the workflow call began.
+    /// Microseconds since the workflow call began: when its inputs were all present and its call
+    /// was queued, and when its guest began and returned (0 if it never ran).
+    pub ready_us: u64,
     pub start_us: u64,
     pub end_us: u64,
     pub bytes_in: u64,
@@ -65,6 +67,8 @@ struct Instance {
     /// Its own element of a FOREACH (input name, value).
     own: Option<(String, Arc<[u8]>)>,
     started: bool,
+    /// Its outcome was taken (at the guest's return, or from the call's end).
+    ended: bool,
     timing: Option<BlockTiming>,
 }
 
@@ -209,7 +213,7 @@ impl Run {
     pub fn timings(&self) -> Vec<BlockTiming> {
         let s = self.lock();
         let mut t: Vec<BlockTiming> = s.instances.iter().filter_map(|i| i.timing.clone()).collect();
-        t.sort_by_key(|t| t.start_us);
+        t.sort_by_key(|t| t.ready_us);
         t
     }
 
@@ -217,8 +221,9 @@ impl Run {
         &self.workflow
     }
 
-    fn micros(&self) -> u64 {
-        u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX)
+    /// Microseconds from the workflow call's beginning to `t`.
+    fn since(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.began).as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Hands `value` (output `from`) to a destination.
@@ -239,7 +244,7 @@ impl Run {
 
     fn spawn(&self, s: &mut State, block: usize, index: usize, own: Option<(String, Arc<[u8]>)>) {
         let id = s.instances.len();
-        s.instances.push(Instance { block, index, own, started: false, timing: None });
+        s.instances.push(Instance { block, index, own, started: false, ended: false, timing: None });
         s.blocks[block].instances.push(id);
     }
 
@@ -280,12 +285,12 @@ impl Run {
                 }
             }
             let bytes_in = inputs.iter().flat_map(|(_, v)| v).map(|v| v.len() as u64).sum();
-            let (index, start_us) = (inst.index, self.micros());
+            let (index, ready_us) = (inst.index, self.since(Instant::now()));
             let inst = &mut s.instances[id];
             inst.started = true;
-            inst.timing = Some(BlockTiming { block: format!("{}.{}", block.template, block.name), function: block.function.clone(), index, start_us, end_us: 0, bytes_in, bytes_out: 0 });
+            inst.timing = Some(BlockTiming { block: format!("{}.{}", block.template, block.name), function: block.function.clone(), index, ready_us, start_us: 0, end_us: 0, bytes_in, bytes_out: 0 });
             s.running += 1;
-            out.push((id, FlowData { inputs, outputs, posted: Vec::new(), limit }));
+            out.push((id, FlowData { inputs, outputs, posted: Vec::new(), limit, ran: None, on_return: None }));
         }
         out
     }
@@ -297,6 +302,9 @@ impl Run {
                 self.workflow.blocks[s.instances[id].block].function.clone()
             };
             let me = self.clone();
+            let early = self.clone();
+            let on_return = crate::exec::FlowReturn(Arc::new(move |f: FlowData| early.ended_block(id, Ok(f))));
+            let flow = FlowData { on_return: Some(on_return), ..flow };
             let input = CallInput { data: Vec::new(), cmdline: None, forbid_ndp: false, flow: Some(flow) };
             let Some(platform) = self.platform.upgrade() else {
                 self.ended_block(id, Err("the runtime is shutting down".into()));
@@ -320,14 +328,20 @@ impl Run {
     fn ended_block(self: &Arc<Self>, id: usize, result: Result<FlowData, String>) {
         let starts = {
             let mut s = self.lock();
+            // Handed over at the guest's return already: the call's end adds nothing.
+            if std::mem::replace(&mut s.instances[id].ended, true) {
+                return;
+            }
             s.running -= 1;
-            let end_us = self.micros();
+            let ran = result.as_ref().ok().and_then(|f| f.ran);
             let block_id = s.instances[id].block;
             let index = s.instances[id].index;
             let block = &self.workflow.blocks[block_id];
             let name = format!("{}.{}", block.template, block.name);
             if let Some(t) = s.instances[id].timing.as_mut() {
-                t.end_us = end_us;
+                // A call that failed: its end is now.
+                let (start, end) = ran.map_or((t.ready_us, self.since(Instant::now())), |(a, b)| (self.since(a), self.since(b)));
+                (t.start_us, t.end_us) = (start, end);
                 t.bytes_out = result.as_ref().map_or(0, |f| f.posted.iter().flatten().map(|v| v.len() as u64).sum());
             }
             s.blocks[block_id].ended += 1;
@@ -358,7 +372,7 @@ impl Run {
         let posted = |name: &str| flow.outputs.iter().position(|(n, _)| n == name).map(|i| &flow.posted[i]);
         let single = |name: &str| -> Result<Arc<[u8]>, String> {
             match posted(name) {
-                Some(v) if !v.is_empty() => Ok(v[v.len() - 1].clone().into()),
+                Some(v) if !v.is_empty() => Ok(v[v.len() - 1].clone()),
                 _ => Err(format!("it did not post output {name}, which has destinations")),
             }
         };
@@ -386,7 +400,7 @@ impl Run {
                 }
                 OutputKind::Foreach => {
                     // Not posted at all: a FOREACH of no elements.
-                    let elements: Vec<Arc<[u8]>> = posted(&o.name).map(|v| v.iter().map(|e| e.clone().into()).collect()).unwrap_or_default();
+                    let elements: Vec<Arc<[u8]>> = posted(&o.name).cloned().unwrap_or_default();
                     for d in &o.dest {
                         match d {
                             Dest::User => {

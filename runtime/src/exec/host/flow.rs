@@ -25,11 +25,35 @@ pub struct FlowData {
     /// The block's outputs, and whether each is a list (FOREACH).
     pub outputs: Vec<(String, bool)>,
     /// What the call posted, per output, in the order of `outputs` (empty: never posted; a list
-    /// output holds its elements, another output at most one value).
-    pub posted: Vec<Vec<Vec<u8>>>,
+    /// output holds its elements, another output at most one value). Shared: a value reaches
+    /// every destination without another copy.
+    pub posted: Vec<Vec<Arc<[u8]>>>,
     /// Bytes a call may post in all (the platform's input limit).
     pub limit: usize,
+    /// When the guest ran (entered, returned), set by the call.
+    pub ran: Option<(std::time::Instant, std::time::Instant)>,
+    /// Given the data with the posts the moment the guest returns 0, before its instance is reset
+    /// (the next block need not wait for that); the call's outcome then carries no data.
+    pub on_return: Option<FlowReturn>,
 }
+
+/// See [`FlowData::on_return`].
+#[derive(Clone)]
+pub struct FlowReturn(pub Arc<dyn Fn(FlowData) + Send + Sync>);
+
+impl std::fmt::Debug for FlowReturn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowReturn")
+    }
+}
+
+impl PartialEq for FlowReturn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FlowReturn {}
 
 impl FlowData {
     fn input(&self, name: &str) -> Option<&[Arc<[u8]>]> {
@@ -37,7 +61,7 @@ impl FlowData {
     }
 
     fn posted_bytes(&self) -> usize {
-        self.posted.iter().flatten().map(Vec::len).sum()
+        self.posted.iter().flatten().map(|v| v.len()).sum()
     }
 }
 
@@ -94,7 +118,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
             if !list {
                 slot.clear();
             }
-            slot.push(src.to_vec());
+            slot.push(Arc::from(src));
             Ok(0)
         })
         .map_err(err)?;

@@ -14,7 +14,7 @@ use crate::state::StateStore;
 mod flow;
 mod ndp;
 mod state;
-pub use flow::FlowData;
+pub use flow::{FlowData, FlowReturn};
 pub use state::Views;
 
 /// Why awaiting a call gave no outcome.

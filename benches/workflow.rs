@@ -2,7 +2,9 @@
 //! end to the consumer's start, as the runtime's own per-block timings say) with a 1 KiB and a
 //! 64 MiB payload, beside copying 64 MiB (the baseline a page hand-off must beat by 10×); and the
 //! scheduling-and-data overhead on `wordcount`'s critical path (end to end minus start + the
-//! slowest count + merge). Needs root (userfaultfd) and the samples' toolchain.
+//! slowest count + merge); and wordcount's throughput, 8 calls at a time, as a workflow and as
+//! the same work done with chained Faasm calls (`wordcount_chained`): time per call, so
+//! calls/s = 1 / that. Needs root (userfaultfd) and the samples' toolchain.
 //!
 //! cargo bench --bench workflow
 
@@ -68,12 +70,13 @@ fn run(platform: &Arc<Platform>, w: &Arc<Workflow>, key: &str, value: Vec<u8>) -
     let r = Run::start(platform.clone(), w.clone(), "bench", &inputs, Duration::from_secs(120)).expect("start");
     let outcome = r.wait();
     assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
-    Run2 { total: begun.elapsed(), timings: r.timings() }
+    Run2 { total: begun.elapsed(), timings: r.timings(), outcome }
 }
 
 struct Run2 {
     total: Duration,
     timings: Vec<ebb_runtime::flow::run::BlockTiming>,
+    outcome: Outcome,
 }
 
 impl Run2 {
@@ -92,6 +95,18 @@ impl Run2 {
     }
 }
 
+/// Runs `call` `iters` times from 8 threads at once; the wall time.
+fn concurrently(iters: u64, call: impl Fn() + Sync) -> Duration {
+    let begun = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let call = &call;
+            s.spawn(move || (0..iters).filter(|i| i % 8 == t).for_each(|_| call()));
+        }
+    });
+    begun.elapsed()
+}
+
 fn bench(c: &mut Criterion) {
     let data = TempDir::new("bench-workflow");
     let pager = Pager::new(PagerConfig::default(), Arc::new(LocalTransport::embedded(4 << 30))).expect("pager (run as root)");
@@ -99,7 +114,7 @@ fn bench(c: &mut Criterion) {
     let platform = Platform::start(config, pager).expect("platform");
     platform.upload("bench", "hop__produce", PRODUCE.as_bytes()).expect("upload");
     platform.upload("bench", "hop__consume", CONSUME.as_bytes()).expect("upload");
-    for f in ["wordcount__start", "wordcount__count", "wordcount__merge"] {
+    for f in ["wordcount__start", "wordcount__count", "wordcount__merge", "wordcount_chained"] {
         platform.upload("bench", f, &std::fs::read(function_wasm("wordcount", f)).expect("sample built")).expect("upload");
     }
     let hop = Arc::new(Workflow::parse(HOP, |_| true).expect("hop"));
@@ -128,6 +143,19 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &wordcount, "start", text.clone().into_bytes()).overhead()).sum())
     });
     g.bench_function("wordcount_end_to_end", |b| b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &wordcount, "start", text.clone().into_bytes()).total).sum()));
+    let want = platform.invoke("bench", "wordcount_chained", text.as_bytes()).expect("chained wordcount").output;
+    assert!(!want.is_empty());
+    g.bench_function("wordcount_throughput_workflow", |b| {
+        b.iter_custom(|iters| {
+            concurrently(iters, || match run(&platform, &wordcount, "start", text.clone().into_bytes()).outcome {
+                Outcome::Done(r) => assert_eq!(r["res"], want),
+                other => panic!("{other:?}"),
+            })
+        })
+    });
+    g.bench_function("wordcount_throughput_chained", |b| {
+        b.iter_custom(|iters| concurrently(iters, || assert_eq!(platform.invoke("bench", "wordcount_chained", text.as_bytes()).expect("call").output, want)))
+    });
     g.finish();
 }
 

@@ -9,14 +9,11 @@ int main(void) {
     if (!cnt || n < 0 || atoi((const char *)cnt) != n) return 2;
     table t = {0};
     for (int k = 0; k < n; k++) {
-        int len = 0;
-        char *lines = (char *)ebb_flow_fetch_item("counts", k, &len);
-        if (!lines) return 1;
-        for (char *line = strtok(lines, "\n"); line; line = strtok(0, "\n")) {
-            char *tab = strchr(line, '\t');
-            if (!tab || add(&t, line, (int)(tab - line), atol(tab + 1)) != 0) return 1;
-        }
+        char *lines = (char *)ebb_flow_fetch_item("counts", k, 0);
+        if (!lines || add_lines(&t, lines) != 0) return 1;
         free(lines);
     }
-    return post_sorted(&t, "res") == 0 ? 0 : 1;
+    int len = 0;
+    char *out = format_sorted(&t, &len);
+    return out && ebb_flow_post("res", out, len) == 0 ? 0 : 1;
 }

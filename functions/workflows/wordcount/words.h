@@ -1,4 +1,5 @@
 /* A word → count table for the wordcount blocks (linear search: the samples' texts are small). */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,7 @@ typedef struct {
     int n, cap;
 } table;
 
-static int add(table *t, const char *w, int len, long c) {
+static inline int add(table *t, const char *w, int len, long c) {
     for (int i = 0; i < t->n; i++) {
         if ((int)strlen(t->e[i].word) == len && memcmp(t->e[i].word, w, (size_t)len) == 0) {
             t->e[i].count += c;
@@ -34,18 +35,37 @@ static int add(table *t, const char *w, int len, long c) {
     return 0;
 }
 
-static int by_word(const void *a, const void *b) { return strcmp(((const entry *)a)->word, ((const entry *)b)->word); }
+static inline int by_word(const void *a, const void *b) { return strcmp(((const entry *)a)->word, ((const entry *)b)->word); }
 
-/* Posts the table to `output` as "word\tcount\n" lines sorted by word. */
-static int post_sorted(table *t, const char *output) {
+/* The table as "word\tcount\n" lines sorted by word, in a malloc'ed buffer; its length in *len. */
+static inline char *format_sorted(table *t, int *len) {
     qsort(t->e, (size_t)t->n, sizeof(entry), by_word);
     size_t size = 1;
     for (int i = 0; i < t->n; i++) size += strlen(t->e[i].word) + 24;
     char *out = malloc(size);
-    if (!out) return -1;
+    if (!out) return 0;
     size_t at = 0;
     for (int i = 0; i < t->n; i++) at += (size_t)snprintf(out + at, size - at, "%s\t%ld\n", t->e[i].word, t->e[i].count);
-    int rc = ebb_flow_post(output, out, (int)at);
-    free(out);
-    return rc;
+    *len = (int)at;
+    return out;
+}
+
+/* Adds "word\tcount\n" lines to the table. */
+static inline int add_lines(table *t, char *lines) {
+    for (char *line = strtok(lines, "\n"); line; line = strtok(0, "\n")) {
+        char *tab = strchr(line, '\t');
+        if (!tab || add(t, line, (int)(tab - line), atol(tab + 1)) != 0) return -1;
+    }
+    return 0;
+}
+
+/* Adds the whitespace-separated words of `text` to the table. */
+static inline int add_words(table *t, const unsigned char *text, int len) {
+    for (int i = 0; i < len;) {
+        while (i < len && isspace(text[i])) i++;
+        int from = i;
+        while (i < len && !isspace(text[i])) i++;
+        if (i > from && add(t, (const char *)text + from, i - from, 1) != 0) return -1;
+    }
+    return 0;
 }

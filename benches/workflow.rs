@@ -19,27 +19,27 @@ use ebb_runtime::flow::{Outcome, Run, Workflow};
 use ebb_runtime::pager::{Pager, PagerConfig};
 use ebb_runtime::platform::{Platform, PlatformConfig};
 
-/// Posts `out` as many bytes as its input `n` says (zeros), from memory it grows for them.
+/// Posts `out` as many bytes as its input `n` says (zeros). Both blocks' memories are sized for
+/// 64 MiB from the start: a memory a call grows is not reused, so growing would make every call's
+/// instance a new one and the hop an instance creation.
 const PRODUCE: &str = r#"(module
   (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
   (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
+  (memory (export "memory") 1100)
   (data (i32.const 0) "n\00out\00")
   (func (export "_start") (local $n i32)
     (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 16)))
     (local.set $n (i32.load (i32.const 64)))
-    (drop (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1))))
     (drop (call $post (i32.const 2) (i32.const 65536) (local.get $n)))))"#;
 
 /// Reads its input `out` into memory and posts its size's first byte as `res`.
 const CONSUME: &str = r#"(module
   (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
   (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
+  (memory (export "memory") 1100)
   (data (i32.const 0) "out\00res\00")
   (func (export "_start") (local $n i32)
     (local.set $n (call $fetch (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
-    (drop (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1))))
     (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 65536) (local.get $n)))
     (drop (call $post (i32.const 4) (i32.const 65536) (i32.const 1)))))"#;
 

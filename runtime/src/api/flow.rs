@@ -83,21 +83,29 @@ pub(super) async fn invoke(State(s): State<ApiState>, _who: Who, Path((user, wor
         })
         .collect();
     let platform = s.platform.clone();
-    blocking(move || {
-        let Some(w) = platform.workflows().get(&user, &workflow) else { return not_found(&user, &workflow) };
+    let started = tokio::task::spawn_blocking(move || {
+        let Some(w) = platform.workflows().get(&user, &workflow) else { return Err(Box::new(not_found(&user, &workflow))) };
         let timeout = platform.config().workflow_timeout;
         let run = match Run::start(platform.clone(), w, &user, &inputs, timeout) {
             Ok(r) => r,
-            Err(e @ StartError::MissingInput(_)) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-            Err(e @ StartError::TooLarge { .. }) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+            Err(e @ StartError::MissingInput(_)) => return Err(Box::new(text(StatusCode::BAD_REQUEST, format!("{e}\n")))),
+            Err(e @ StartError::TooLarge { .. }) => return Err(Box::new(text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")))),
         };
         if is_async {
-            return text(StatusCode::OK, platform.workflows().keep(&user, run).to_string());
+            return Err(Box::new(text(StatusCode::OK, platform.workflows().keep(&user, run).to_string())));
         }
-        let outcome = run.wait();
-        respond(&run, &outcome)
+        Ok(run)
     })
-    .await
+    .await;
+    // A synchronous call waits for its outcome without holding a thread.
+    match started {
+        Ok(Ok(run)) => {
+            let outcome = run.ended().await;
+            respond(&run, &outcome)
+        }
+        Ok(Err(answer)) => *answer,
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {e}\n")),
+    }
 }
 
 pub(super) async fn status(State(s): State<ApiState>, who: Who, Path((user, workflow, id)): Path<(String, String, u32)>) -> Response {

@@ -105,6 +105,8 @@ pub struct Run {
     deadline: Instant,
     state: Mutex<State>,
     ended: Condvar,
+    /// Told when the outcome is known (an HTTP request waits on these without a thread).
+    watchers: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Run {
@@ -159,6 +161,7 @@ impl Run {
             deadline: began + timeout,
             state: Mutex::new(State { blocks, instances: Vec::new(), running: 0, result: BTreeMap::new(), outcome: None }),
             ended: Condvar::new(),
+            watchers: Mutex::new(Vec::new()),
         });
         let starts = {
             let mut s = run.lock();
@@ -198,6 +201,22 @@ impl Run {
             }
             s = self.ended.wait_timeout(s, self.deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+
+    /// Waits for the outcome without holding a thread, until the workflow's deadline.
+    pub async fn ended(&self) -> Outcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            // Under the state lock: an outcome set after this look tells the watcher.
+            let s = self.lock();
+            if let Some(o) = &s.outcome {
+                return o.clone();
+            }
+            self.watchers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, rx).await;
+        self.outcome().unwrap_or(Outcome::Timeout)
     }
 
     /// The outcome if it ended (a run past its deadline has timed out).
@@ -360,6 +379,9 @@ impl Run {
             }
             if s.outcome.is_some() {
                 self.ended.notify_all();
+                for w in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                    let _ = w.send(());
+                }
             }
             starts
         };

@@ -18,7 +18,12 @@ for src in functions/examples/*.c functions/demo/*.c functions/demo/*.cpp functi
   name=$(basename "${src%.*}")
   mkdir -p "$out/$dir"
   wasm="$out/$dir/$name.wasm"
-  if [ -e "$wasm" ] && [ "$wasm" -nt "$src" ] && [ "$wasm" -nt "$newest" ] && { [ "$dir" != workloads ] || [ "$wasm" -nt functions/workloads/workload.h ]; }; then
+  # Headers beside the source (workloads/workload.h, a workflow's shared helpers) count too.
+  fresh=1
+  for h in "$(dirname "$src")"/*.h; do
+    if [ -e "$h" ] && ! [ "$wasm" -nt "$h" ]; then fresh=0; fi
+  done
+  if [ "$fresh" = 1 ] && [ -e "$wasm" ] && [ "$wasm" -nt "$src" ] && [ "$wasm" -nt "$newest" ]; then
     continue
   fi
   # Written aside and renamed: an interrupted build never leaves a wasm that looks up to date.

@@ -307,7 +307,7 @@ impl Run {
             let (index, ready_us) = (inst.index, self.since(Instant::now()));
             let inst = &mut s.instances[id];
             inst.started = true;
-            inst.timing = Some(BlockTiming { block: format!("{}.{}", block.template, block.name), function: block.function.clone(), index, ready_us, start_us: 0, end_us: 0, bytes_in, bytes_out: 0 });
+            inst.timing = Some(BlockTiming { block: block.label(), function: block.function.clone(), index, ready_us, start_us: 0, end_us: 0, bytes_in, bytes_out: 0 });
             s.running += 1;
             out.push((id, FlowData { inputs, outputs, posted: Vec::new(), limit, ran: None, on_return: None }));
         }
@@ -356,7 +356,7 @@ impl Run {
             let block_id = s.instances[id].block;
             let index = s.instances[id].index;
             let block = &self.workflow.blocks[block_id];
-            let name = format!("{}.{}", block.template, block.name);
+            let name = block.label();
             if let Some(t) = s.instances[id].timing.as_mut() {
                 // A call that failed: its end is now.
                 let (start, end) = ran.map_or((t.ready_us, self.since(Instant::now())), |(a, b)| (self.since(a), self.since(b)));
@@ -476,17 +476,11 @@ impl Run {
             for d in &o.dest {
                 if let Dest::Input { block, input } = d {
                     s.blocks[*block].lists.entry(input.clone()).or_default().expect.get_or_insert(n);
-                }
-            }
-        }
-        // A list of 0 elements is complete now: its consumer may be unfanned and not yet exist.
-        for o in self.workflow.blocks[producer].outputs.iter().filter(|o| o.kind == OutputKind::Merge) {
-            for d in &o.dest {
-                if let Dest::Input { block, .. } = d
-                    && !s.blocks[*block].fanned
-                    && s.blocks[*block].instances.is_empty()
-                {
-                    self.spawn(s, *block, 0, None);
+                    // A list of 0 elements is complete now: its consumer may be unfanned and not
+                    // yet exist.
+                    if !s.blocks[*block].fanned && s.blocks[*block].instances.is_empty() {
+                        self.spawn(s, *block, 0, None);
+                    }
                 }
             }
         }
@@ -501,10 +495,7 @@ impl Run {
             .instances
             .iter()
             .filter(|i| !i.started)
-            .map(|i| {
-                let b = &self.workflow.blocks[i.block];
-                format!("{}.{}", b.template, b.name)
-            })
+            .map(|i| self.workflow.blocks[i.block].label())
             .collect();
         Outcome::Failed(if waiting.is_empty() {
             "the workflow ended without sending anything to $USER".into()

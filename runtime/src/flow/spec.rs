@@ -145,6 +145,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// `template.block`, as errors and timings name it.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.template, self.name)
+    }
+
     pub fn input(&self, name: &str) -> Option<&Input> {
         self.inputs.iter().find(|i| i.name == name)
     }
@@ -208,9 +213,18 @@ fn key_text<'a>(key: &'a Node, what: &str) -> Result<&'a str, SpecError> {
     key.text().map_or_else(|| refuse(key.line, format!("a key of {what} must be a name")), Ok)
 }
 
-fn kind_of(node: &Node, what: &str) -> Result<(String, usize), SpecError> {
+/// The `type` of `node` (`what`), one of `kinds`; `label` names it in the refusal
+/// (`"{what}: {label} {other:?} (A, B or C)"`).
+fn kind_of<T: Copy>(node: &Node, what: &str, label: &str, kinds: &[(&str, T)]) -> Result<T, SpecError> {
     let t = field(node, "type", what)?;
-    t.text().map(|s| (s.to_string(), t.line)).map_or_else(|| refuse(t.line, format!("the type of {what} must be a name")), Ok)
+    let Some(text) = t.text() else { return refuse(t.line, format!("the type of {what} must be a name")) };
+    if let Some(&(_, kind)) = kinds.iter().find(|(name, _)| *name == text) {
+        return Ok(kind);
+    }
+    let names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
+    let (last, rest) = names.split_last().expect("at least one kind");
+    let choices = if rest.is_empty() { (*last).to_string() } else { format!("{} or {last}", rest.join(", ")) };
+    refuse(t.line, format!("{what}: {label} {text:?} ({choices})"))
 }
 
 /// A destination as written: `$USER`, or template → block → input.
@@ -320,12 +334,7 @@ fn parse_root(root: &Node) -> Result<Workflow, SpecError> {
 
 fn parse_block(template: &str, name: &str, line: usize, node: &Node) -> Result<RawBlock, SpecError> {
     let what = format!("block {name} of {template}");
-    let (kind, kind_line) = kind_of(node, &what)?;
-    let kind = match kind.as_str() {
-        "NORMAL" => BlockKind::Normal,
-        "SWITCH" => BlockKind::Switch,
-        other => return refuse(kind_line, format!("{what}: block type {other:?} (NORMAL or SWITCH)")),
-    };
+    let kind = kind_of(node, &what, "block type", &[("NORMAL", BlockKind::Normal), ("SWITCH", BlockKind::Switch)])?;
     if let (BlockKind::Normal, Some(c)) = (kind, node.get("conditions")) {
         return refuse(c.line, format!("{what}: only SWITCH blocks have conditions"));
     }
@@ -333,12 +342,7 @@ fn parse_block(template: &str, name: &str, line: usize, node: &Node) -> Result<R
     if let Some(ins) = node.get("input_datas") {
         for (k, v) in map(ins, &format!("the input_datas of {what}"))? {
             let input = key_text(k, "input_datas")?;
-            let (t, tl) = kind_of(v, &format!("input {input} of {what}"))?;
-            let kind = match t.as_str() {
-                "NORMAL" => InputKind::Normal,
-                "LIST" => InputKind::List,
-                other => return refuse(tl, format!("input {input} of {what}: type {other:?} (NORMAL or LIST)")),
-            };
+            let kind = kind_of(v, &format!("input {input} of {what}"), "type", &[("NORMAL", InputKind::Normal), ("LIST", InputKind::List)])?;
             inputs.push(Input { name: input.to_string(), kind });
         }
     }
@@ -347,13 +351,8 @@ fn parse_block(template: &str, name: &str, line: usize, node: &Node) -> Result<R
     if let Some(outs) = node.get("output_datas") {
         for (k, v) in map(outs, &format!("the output_datas of {what}"))? {
             let output = key_text(k, "output_datas")?;
-            let (t, tl) = kind_of(v, &format!("output {output} of {what}"))?;
-            let okind = match t.as_str() {
-                "NORMAL" => OutputKind::Normal,
-                "FOREACH" => OutputKind::Foreach,
-                "MERGE" => OutputKind::Merge,
-                other => return refuse(tl, format!("output {output} of {what}: type {other:?} (NORMAL, FOREACH or MERGE)")),
-            };
+            let kinds = [("NORMAL", OutputKind::Normal), ("FOREACH", OutputKind::Foreach), ("MERGE", OutputKind::Merge)];
+            let okind = kind_of(v, &format!("output {output} of {what}"), "type", &kinds)?;
             // A SWITCH block's outputs may have no `dest`: they feed its conditions.
             let dests = match v.get("dest") {
                 Some(d) => raw_dests(d, &format!("output {output} of {what}"))?,
@@ -442,7 +441,7 @@ fn check_acyclic(w: &Workflow) -> Result<(), SpecError> {
             2 => return Ok(()),
             1 => {
                 let from = path.iter().position(|&p| p == i).unwrap_or(0);
-                let names: Vec<String> = path[from..].iter().chain([&i]).map(|&p| format!("{}.{}", w.blocks[p].template, w.blocks[p].name)).collect();
+                let names: Vec<String> = path[from..].iter().chain([&i]).map(|&p| w.blocks[p].label()).collect();
                 return refuse(w.blocks[i].line, format!("the workflow has a cycle: {}", names.join(" -> ")));
             }
             _ => {}

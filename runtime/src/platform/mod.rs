@@ -547,10 +547,14 @@ impl Platform {
         instance.record_resident = restoring;
         instance.set_call(id, holder, input.forbid_ndp);
         p.busy.fetch_add(1, Ordering::Relaxed);
-        if let Some(flow) = &input.flow {
-            instance.set_flow(flow.clone());
-        }
-        let result = instance.set_args(&input.argv()).and_then(|()| instance.call(&input.data, entry, Some(limit)));
+        let result = instance.set_args(&input.argv()).and_then(|()| {
+            // Given only once nothing can fail before the call, which takes it back: a block's
+            // data never stays for a later call of the instance.
+            if let Some(flow) = &input.flow {
+                instance.set_flow(flow.clone());
+            }
+            instance.call(&input.data, entry, Some(limit))
+        });
         p.busy.fetch_sub(1, Ordering::Relaxed);
         let end = Instant::now();
         let touched = instance.last_call.touched();

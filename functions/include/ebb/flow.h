@@ -9,6 +9,12 @@
  *                FOREACH a list: each post appends one element; each element starts one
  *                        instance of the destination block (no post: zero elements)
  *
+ * Large values (64 KiB and up) are handed over as pages, not copied: write an output into a
+ * buffer from ebb_flow_buffer(len) and post it from the buffer's start, and the post seals its
+ * pages where they are; ebb_flow_fetch maps such a value's pages into its (page-aligned) buffer
+ * copy-on-write. Either side may write its copy afterwards: the other never sees it. Anything
+ * else is copied, with the same result.
+ *
  * VIRTUAL.CNT (a FOREACH's element count, as decimal text) is posted by the runtime; a block
  * that takes it as an input reads it like any other. A block that does not post an output
  * that has destinations fails the workflow (a SWITCH block's condition outputs excepted).
@@ -32,6 +38,19 @@ EBB_IMPORT("__ebb_flow_count") int __ebb_flow_count(const char *name);
 EBB_IMPORT("__ebb_flow_fetch") int __ebb_flow_fetch(const char *name, int index, unsigned char *buf, int len);
 /* Posts `len` bytes to output `name`; 0, or -1 if the block declares no such output. */
 EBB_IMPORT("__ebb_flow_post") int __ebb_flow_post(const char *name, const unsigned char *data, int len);
+/* Makes [buf, buf+len) — whole pages never touched — an output buffer whose pages a post from
+ * `buf` hands over; 0, or -1 (the range stays ordinary memory, and posts from it copy). */
+EBB_IMPORT("__ebb_flow_buffer") int __ebb_flow_buffer(unsigned char *buf, int len);
+
+/* Values from this size up go by pages. */
+#define EBB_FLOW_PAGES 65536
+#define EBB_FLOW_PAGE 4096
+
+/* `n` bytes from malloc, page-aligned when large (so that pages can be mapped there). */
+static inline unsigned char *ebb_flow_alloc_(size_t n) {
+    if (n < EBB_FLOW_PAGES) return (unsigned char *)malloc(n);
+    return (unsigned char *)aligned_alloc(EBB_FLOW_PAGE, (n + EBB_FLOW_PAGE - 1) / EBB_FLOW_PAGE * EBB_FLOW_PAGE);
+}
 
 static inline int ebb_flow_count(const char *name) { return __ebb_flow_count(name); }
 
@@ -40,7 +59,7 @@ static inline int ebb_flow_count(const char *name) { return __ebb_flow_count(nam
 static inline unsigned char *ebb_flow_fetch_item(const char *name, int index, int *len) {
     int n = __ebb_flow_fetch(name, index, 0, 0);
     if (n < 0) return 0;
-    unsigned char *buf = (unsigned char *)malloc((size_t)n + 1);
+    unsigned char *buf = ebb_flow_alloc_((size_t)n + 1);
     if (!buf) return 0;
     if (n > 0) __ebb_flow_fetch(name, index, buf, n);
     buf[n] = 0;
@@ -53,6 +72,16 @@ static inline unsigned char *ebb_flow_fetch(const char *name, int *len) { return
 
 static inline int ebb_flow_post(const char *name, const void *data, int len) {
     return __ebb_flow_post(name, (const unsigned char *)data, len);
+}
+
+/* A buffer of `len` bytes (free it) to write an output into and post from its start: from
+ * EBB_FLOW_PAGES up, its pages are handed over instead of copied. NULL if out of memory. */
+static inline void *ebb_flow_buffer(int len) {
+    if (len < 0) return 0;
+    unsigned char *buf = ebb_flow_alloc_((size_t)len);
+    if (buf && len >= EBB_FLOW_PAGES)
+        __ebb_flow_buffer(buf, (len + EBB_FLOW_PAGE - 1) / EBB_FLOW_PAGE * EBB_FLOW_PAGE);
+    return buf;
 }
 
 #ifdef __cplusplus

@@ -8,6 +8,7 @@
 pub mod run;
 pub mod spec;
 pub mod store;
+pub mod value;
 mod yaml;
 
 pub use run::{Outcome, Run};

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::spec::{BlockKind, Dest, InputKind, OutputKind, VIRTUAL_CNT, Workflow};
+use super::value::Value;
 use crate::exec::FlowData;
 use crate::platform::{CallInput, Platform};
 
@@ -38,6 +39,12 @@ pub struct BlockTiming {
     pub end_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Microseconds the guest spent in the data calls (fetching inputs, posting outputs).
+    pub data_us: u64,
+    /// Of `bytes_in`, how many the block's fetches mapped as pages instead of copying.
+    pub bytes_mapped_in: u64,
+    /// Of `bytes_out`, how many were posted as the block's own pages (an output buffer), uncopied.
+    pub bytes_handed_out: u64,
 }
 
 /// How a workflow call ended.
@@ -52,7 +59,7 @@ pub enum Outcome {
 #[derive(Default)]
 struct List {
     expect: Option<usize>,
-    items: BTreeMap<usize, Arc<[u8]>>,
+    items: BTreeMap<usize, Value>,
 }
 
 impl List {
@@ -65,7 +72,7 @@ struct Instance {
     block: usize,
     index: usize,
     /// Its own element of a FOREACH (input name, value).
-    own: Option<(String, Arc<[u8]>)>,
+    own: Option<(String, Value)>,
     started: bool,
     /// Its outcome was taken (at the guest's return, or from the call's end).
     ended: bool,
@@ -75,7 +82,7 @@ struct Instance {
 #[derive(Default)]
 struct BlockState {
     /// NORMAL values every instance sees.
-    shared: BTreeMap<String, Arc<[u8]>>,
+    shared: BTreeMap<String, Value>,
     lists: BTreeMap<String, List>,
     /// Instance ids, in element order.
     instances: Vec<usize>,
@@ -172,7 +179,7 @@ impl Run {
                 }
             }
             for g in &workflow.global_inputs {
-                let value: Arc<[u8]> = inputs[&g.key].clone().into();
+                let value = Value::from(inputs[&g.key].clone());
                 for d in &g.dest {
                     run.deliver(&mut s, d, &g.key, value.clone());
                 }
@@ -246,7 +253,7 @@ impl Run {
     }
 
     /// Hands `value` (output `from`) to a destination.
-    fn deliver(&self, s: &mut State, dest: &Dest, from: &str, value: Arc<[u8]>) {
+    fn deliver(&self, s: &mut State, dest: &Dest, from: &str, value: Value) {
         match dest {
             Dest::User => {
                 s.result.insert(from.to_string(), value.to_vec());
@@ -261,7 +268,7 @@ impl Run {
         }
     }
 
-    fn spawn(&self, s: &mut State, block: usize, index: usize, own: Option<(String, Arc<[u8]>)>) {
+    fn spawn(&self, s: &mut State, block: usize, index: usize, own: Option<(String, Value)>) {
         let id = s.instances.len();
         s.instances.push(Instance { block, index, own, started: false, ended: false, timing: None });
         s.blocks[block].instances.push(id);
@@ -286,7 +293,7 @@ impl Run {
             let bs = &s.blocks[inst.block];
             let mut inputs = Vec::with_capacity(block.inputs.len());
             let all = block.inputs.iter().all(|i| {
-                let elements: Option<Vec<Arc<[u8]>>> = match i.kind {
+                let elements: Option<Vec<Value>> = match i.kind {
                     InputKind::Normal => inst.own.as_ref().filter(|(n, _)| *n == i.name).map(|(_, v)| v.clone()).or_else(|| bs.shared.get(&i.name).cloned()).map(|v| vec![v]),
                     InputKind::List => bs.lists.get(&i.name).filter(|l| l.complete()).map(|l| l.items.values().cloned().collect()),
                 };
@@ -307,9 +314,9 @@ impl Run {
             let (index, ready_us) = (inst.index, self.since(Instant::now()));
             let inst = &mut s.instances[id];
             inst.started = true;
-            inst.timing = Some(BlockTiming { block: block.label(), function: block.function.clone(), index, ready_us, start_us: 0, end_us: 0, bytes_in, bytes_out: 0 });
+            inst.timing = Some(BlockTiming { block: block.label(), function: block.function.clone(), index, ready_us, start_us: 0, end_us: 0, bytes_in, bytes_out: 0, data_us: 0, bytes_mapped_in: 0, bytes_handed_out: 0 });
             s.running += 1;
-            out.push((id, FlowData { inputs, outputs, posted: Vec::new(), limit, ran: None, on_return: None }));
+            out.push((id, FlowData::new(inputs, outputs, limit)));
         }
         out
     }
@@ -323,8 +330,9 @@ impl Run {
             let me = self.clone();
             let early = self.clone();
             let on_return = crate::exec::FlowReturn(Arc::new(move |f: FlowData| early.ended_block(id, Ok(f))));
-            let flow = FlowData { on_return: Some(on_return), ..flow };
-            let input = CallInput { data: Vec::new(), cmdline: None, forbid_ndp: false, flow: Some(flow) };
+            let mut flow = flow;
+            flow.on_return = Some(on_return);
+            let input = CallInput { data: Vec::new(), cmdline: None, forbid_ndp: false, flow: Some(Box::new(flow)) };
             let Some(platform) = self.platform.upgrade() else {
                 self.ended_block(id, Err("the runtime is shutting down".into()));
                 continue;
@@ -362,6 +370,9 @@ impl Run {
                 let (start, end) = ran.map_or((t.ready_us, self.since(Instant::now())), |(a, b)| (self.since(a), self.since(b)));
                 (t.start_us, t.end_us) = (start, end);
                 t.bytes_out = result.as_ref().map_or(0, |f| f.posted.iter().flatten().map(|v| v.len() as u64).sum());
+                if let Ok(f) = &result {
+                    (t.data_us, t.bytes_mapped_in, t.bytes_handed_out) = (f.data_us, f.mapped_in, f.handed_out);
+                }
             }
             s.blocks[block_id].ended += 1;
             match result {
@@ -392,7 +403,7 @@ impl Run {
     fn post(&self, s: &mut State, block_id: usize, index: usize, flow: &FlowData) -> Result<(), String> {
         let block = &self.workflow.blocks[block_id];
         let posted = |name: &str| flow.outputs.iter().position(|(n, _)| n == name).map(|i| &flow.posted[i]);
-        let single = |name: &str| -> Result<Arc<[u8]>, String> {
+        let single = |name: &str| -> Result<Value, String> {
             match posted(name) {
                 Some(v) if !v.is_empty() => Ok(v[v.len() - 1].clone()),
                 _ => Err(format!("it did not post output {name}, which has destinations")),
@@ -422,12 +433,12 @@ impl Run {
                 }
                 OutputKind::Foreach => {
                     // Not posted at all: a FOREACH of no elements.
-                    let elements: Vec<Arc<[u8]>> = posted(&o.name).cloned().unwrap_or_default();
+                    let elements: Vec<Value> = posted(&o.name).cloned().unwrap_or_default();
                     for d in &o.dest {
                         match d {
                             Dest::User => {
                                 let list: Vec<serde_json::Value> = elements.iter().map(|e| json_value(e)).collect();
-                                self.deliver(s, d, &o.name, serde_json::to_vec(&list).unwrap_or_default().into());
+                                self.deliver(s, d, &o.name, Value::from(serde_json::to_vec(&list).unwrap_or_default()));
                             }
                             Dest::Input { block, input } => {
                                 for (i, e) in elements.iter().enumerate() {
@@ -439,7 +450,7 @@ impl Run {
                         }
                     }
                     if let Some(cnt) = block.output(VIRTUAL_CNT) {
-                        let n: Arc<[u8]> = elements.len().to_string().into_bytes().into();
+                        let n = Value::from(elements.len().to_string().into_bytes());
                         for d in &cnt.dest {
                             self.deliver(s, d, VIRTUAL_CNT, n.clone());
                         }
@@ -455,7 +466,7 @@ impl Run {
                 .or_else(|| block.conditions.iter().find(|c| c.predicate.is_none()));
             if let Some(c) = chosen {
                 for (o, dests) in &c.routes {
-                    let v = if o.starts_with("virtual.") { Arc::from(&b""[..]) } else { single(o)? };
+                    let v = if o.starts_with("virtual.") { Value::from(Vec::new()) } else { single(o)? };
                     let as_name = o.strip_prefix("virtual.").unwrap_or(o);
                     for d in dests {
                         self.deliver(s, d, as_name, v.clone());

@@ -767,6 +767,18 @@ impl MemoryHandle {
         self.map_file(offset, len, fd, Some(file_offset))
     }
 
+    /// Turns the [`MemoryHandle::map_shared`] mapping at `[offset, offset + len)` of `fd` into a
+    /// copy-on-write one of the same file: the guest reads the same bytes, its later writes stay
+    /// its own, and the memory no longer holds the file writable (so it can be sealed). Undone
+    /// with the others by [`MemoryHandle::unmap_shared`].
+    pub fn make_private(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), PagerError> {
+        let maps = self.state.shared_maps.lock().unwrap_or_else(|e| e.into_inner());
+        if !maps.contains(&(offset, len)) {
+            return Err(PagerError::Snapshot("only a whole shared mapping can be made private"));
+        }
+        self.state.reservation.map_private(offset, len, fd, 0).map_err(|source| PagerError::Setup { len, source })
+    }
+
     fn map_file(&self, offset: usize, len: usize, fd: std::os::fd::BorrowedFd<'_>, private: Option<u64>) -> Result<(), PagerError> {
         let refuse = |why| Err(PagerError::Snapshot(why));
         if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {

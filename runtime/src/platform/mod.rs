@@ -551,7 +551,7 @@ impl Platform {
             // Given only once nothing can fail before the call, which takes it back: a block's
             // data never stays for a later call of the instance.
             if let Some(flow) = &input.flow {
-                instance.set_flow(flow.clone());
+                instance.set_flow(crate::exec::FlowData::clone(flow));
             }
             instance.call(&input.data, entry, Some(limit))
         });
@@ -660,8 +660,8 @@ pub struct CallInput {
     pub cmdline: Option<String>,
     /// Run everything here: `storageCallAndAwait` never offloads (`"forbid_ndp": true`).
     pub forbid_ndp: bool,
-    /// A workflow block's inputs and outputs (see `flow`).
-    pub flow: Option<crate::exec::FlowData>,
+    /// A workflow block's inputs and outputs (see `flow`), boxed: most calls have none.
+    pub flow: Option<Box<crate::exec::FlowData>>,
 }
 
 impl CallInput {

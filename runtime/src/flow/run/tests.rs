@@ -249,3 +249,99 @@ fn missing_and_oversize_inputs_are_refused_before_anything_runs() {
     assert!(matches!(Run::start(p.clone(), w, "u", &big, Duration::from_secs(5)), Err(StartError::TooLarge { .. })));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Bytes `hand__make` posts from its output buffer (32 whole pages and a tail), and their pattern.
+const HANDED: usize = 131_172;
+
+fn pattern(i: usize) -> u8 {
+    u8::try_from(i * 7 % 251).unwrap()
+}
+
+/// Writes the pattern into an output buffer at 1 MiB, posts it from there, then overwrites its
+/// first byte (a later write no reader may see).
+const MAKE: &str = r#"(module
+  (import "env" "__ebb_flow_buffer" (func $buffer (param i32 i32) (result i32)))
+  (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 64)
+  (data (i32.const 0) "out\00")
+  (func (export "_start") (local $i i32)
+    (if (i32.ne (call $buffer (i32.const 1048576) (i32.const 135168)) (i32.const 0)) (then unreachable))
+    (loop $l
+      (i32.store8 (i32.add (i32.const 1048576) (local.get $i)) (i32.rem_u (i32.mul (local.get $i) (i32.const 7)) (i32.const 251)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 131172))))
+    (if (i32.ne (call $post (i32.const 0) (i32.const 1048576) (i32.const 131172)) (i32.const 0)) (then unreachable))
+    (i32.store8 (i32.const 1048576) (i32.const 255))))"#;
+
+/// Fetches `out` into page-aligned untouched memory at 2 MiB, optionally writes its first byte,
+/// and posts what it then holds as `res`.
+fn take(write: bool) -> String {
+    let write = if write { "(i32.store8 (i32.const 2097152) (i32.const 238))" } else { "" };
+    format!(
+        r#"(module
+  (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
+  (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 64)
+  (data (i32.const 0) "out\00res\00")
+  (func (export "_start") (local $n i32)
+    (local.set $n (call $fetch (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+    (if (i32.ne (call $fetch (i32.const 0) (i32.const 0) (i32.const 2097152) (local.get $n)) (local.get $n)) (then unreachable))
+    {write}
+    (drop (call $post (i32.const 4) (i32.const 2097152) (local.get $n)))))"#
+    )
+}
+
+const HAND: &str = r#"
+workflow_name: hand
+global_inputs:
+  $USER.go: { type: NORMAL, dest: { hand__make: { block_0: { go } } } }
+templates:
+  hand__make:
+    blocks:
+      block_0:
+        type: NORMAL
+        input_datas: { go: { type: NORMAL } }
+        output_datas:
+          out: { type: NORMAL, dest: { hand__dirty: { block_0: { out } }, hand__clean: { block_0: { out } } } }
+  hand__dirty:
+    blocks:
+      block_0:
+        type: NORMAL
+        input_datas: { out: { type: NORMAL } }
+        output_datas:
+          res: { type: NORMAL, dest: { $USER } }
+  hand__clean:
+    blocks:
+      block_0:
+        type: NORMAL
+        input_datas: { out: { type: NORMAL } }
+        output_datas:
+          clean: { type: NORMAL, dest: { $USER } }
+"#;
+
+#[test]
+fn a_large_value_is_handed_over_as_pages_and_no_later_write_reaches_a_reader() {
+    let (p, dir) = platform("hand");
+    p.upload("u", "hand__make", MAKE.as_bytes()).unwrap();
+    p.upload("u", "hand__dirty", take(true).as_bytes()).unwrap();
+    p.upload("u", "hand__clean", take(false).replace("\"res\\00\"", "\"clean\\00\"").replace("res\\00", "clean\\00").as_bytes()).unwrap();
+    let want: Vec<u8> = (0..HANDED).map(pattern).collect();
+    // Twice: the second time on reset instances, whose mappings the reset undid.
+    for round in 0..2 {
+        let (o, t) = run(&p, HAND, "go", b"1");
+        let Outcome::Done(m) = o else { panic!("round {round}: {o:?}") };
+        // The producer's write after its post reached no one; the dirty reader's write stayed its own.
+        assert_eq!(m["clean"], want, "round {round}: the clean reader's copy");
+        assert_eq!(m["res"][0], 238, "round {round}");
+        assert_eq!(m["res"][1..], want[1..], "round {round}");
+        let block = |name: &str| t.iter().find(|b| b.block == name).unwrap_or_else(|| panic!("{name}: {t:?}"));
+        assert_eq!(block("hand__make.block_0").bytes_handed_out, HANDED as u64, "{t:?}");
+        for reader in ["hand__dirty.block_0", "hand__clean.block_0"] {
+            // The 32 whole pages mapped, the tail copied.
+            assert_eq!(block(reader).bytes_mapped_in, (HANDED / 4096 * 4096) as u64, "{reader}: {t:?}");
+            // A post from ordinary memory is copied.
+            assert_eq!(block(reader).bytes_handed_out, 0, "{reader}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,6 +1,8 @@
 //! Workflow overheads on one host, in one run: the hop of a two-block workflow (from the producer's
 //! end to the consumer's start, as the runtime's own per-block timings say) with a 1 KiB and a
-//! 64 MiB payload, beside copying 64 MiB (the baseline a page hand-off must beat by 10×); and the
+//! 64 MiB payload; the whole hand-off of 64 MiB (the producer's post, the hop, the consumer's
+//! fetch and a read of every page) by pages and copied, beside copying 64 MiB (the baseline a
+//! page hand-off must beat by 10×); and the
 //! scheduling-and-data overhead on `wordcount`'s critical path (end to end minus start + the
 //! slowest count + merge); and wordcount's throughput, 8 calls at a time, as a workflow and as
 //! the same work done with chained Faasm calls (`wordcount_chained`): time per call, so
@@ -19,50 +21,82 @@ use ebb_runtime::flow::{Outcome, Run, Workflow};
 use ebb_runtime::pager::{Pager, PagerConfig};
 use ebb_runtime::platform::{Platform, PlatformConfig};
 
-/// Posts `out` as many bytes as its input `n` says (zeros). Both blocks' memories are sized for
-/// 64 MiB from the start: a memory a call grows is not reused, so growing would make every call's
-/// instance a new one and the hop an instance creation.
-const PRODUCE: &str = r#"(module
+/// Posts `out`: as many bytes as its input `n` says (a multiple of 4 KiB), written one byte per
+/// page at 64 KiB — into an output buffer (`__ebb_flow_buffer`) when `pages`, so that the post
+/// hands its pages over, else into ordinary memory, which the post copies. Both blocks' memories
+/// are sized for 64 MiB from the start: a memory a call grows is not reused, so growing would make
+/// every call's instance a new one and the hop an instance creation.
+fn produce(pages: bool) -> String {
+    let buffer = if pages { "(drop (call $buffer (i32.const 65536) (local.get $n)))" } else { "" };
+    format!(
+        r#"(module
   (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
   (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
+  (import "env" "__ebb_flow_buffer" (func $buffer (param i32 i32) (result i32)))
   (memory (export "memory") 1100)
   (data (i32.const 0) "n\00out\00")
-  (func (export "_start") (local $n i32)
+  (func (export "_start") (local $n i32) (local $i i32)
     (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 16)))
     (local.set $n (i32.load (i32.const 64)))
-    (drop (call $post (i32.const 2) (i32.const 65536) (local.get $n)))))"#;
+    {buffer}
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+      (i32.store8 (i32.add (i32.const 65536) (local.get $i)) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 4096)))
+      (br $l)))
+    (drop (call $post (i32.const 2) (i32.const 65536) (local.get $n)))))"#
+    )
+}
 
-/// Reads its input `out` into memory and posts its size's first byte as `res`.
-const CONSUME: &str = r#"(module
+/// Fetches its input `out` — to page-aligned untouched memory when `pages` (so that the fetch
+/// maps it), else 16 bytes off (so that it is copied) — reads one byte per page of it, and posts
+/// their sum as `res`.
+fn consume(pages: bool) -> String {
+    let dst = if pages { 65536 } else { 65536 + 16 };
+    format!(
+        r#"(module
   (import "env" "__ebb_flow_fetch" (func $fetch (param i32 i32 i32 i32) (result i32)))
   (import "env" "__ebb_flow_post" (func $post (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1100)
   (data (i32.const 0) "out\00res\00")
-  (func (export "_start") (local $n i32)
+  (func (export "_start") (local $n i32) (local $i i32) (local $s i32)
     (local.set $n (call $fetch (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
-    (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const 65536) (local.get $n)))
-    (drop (call $post (i32.const 4) (i32.const 65536) (i32.const 1)))))"#;
+    (drop (call $fetch (i32.const 0) (i32.const 0) (i32.const {dst}) (local.get $n)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $s (i32.add (local.get $s) (i32.load8_u (i32.add (i32.const {dst}) (local.get $i)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4096)))
+      (br $l)))
+    (i32.store (i32.const 64) (local.get $s))
+    (drop (call $post (i32.const 4) (i32.const 64) (i32.const 4)))))"#
+    )
+}
 
-const HOP: &str = r#"
-workflow_name: hop
+/// The two-block workflow of `{p}__produce` and `{p}__consume`.
+fn hop_workflow(p: &str) -> String {
+    format!(
+        r#"
+workflow_name: {p}
 global_inputs:
-  $USER.n: { type: NORMAL, dest: { hop__produce: { block_0: { n } } } }
+  $USER.n: {{ type: NORMAL, dest: {{ {p}__produce: {{ block_0: {{ n }} }} }} }}
 templates:
-  hop__produce:
+  {p}__produce:
     blocks:
       block_0:
         type: NORMAL
-        input_datas: { n: { type: NORMAL } }
+        input_datas: {{ n: {{ type: NORMAL }} }}
         output_datas:
-          out: { type: NORMAL, dest: { hop__consume: { block_0: { out } } } }
-  hop__consume:
+          out: {{ type: NORMAL, dest: {{ {p}__consume: {{ block_0: {{ out }} }} }} }}
+  {p}__consume:
     blocks:
       block_0:
         type: NORMAL
-        input_datas: { out: { type: NORMAL } }
+        input_datas: {{ out: {{ type: NORMAL }} }}
         output_datas:
-          res: { type: NORMAL, dest: { $USER } }
-"#;
+          res: {{ type: NORMAL, dest: {{ $USER }} }}
+"#
+    )
+}
 
 fn run(platform: &Arc<Platform>, w: &Arc<Workflow>, key: &str, value: Vec<u8>) -> Run2 {
     let inputs = BTreeMap::from([(key.to_string(), value)]);
@@ -85,6 +119,14 @@ impl Run2 {
         let end = self.timings.iter().find(|t| t.block == from).expect("producer").end_us;
         let start = self.timings.iter().find(|t| t.block == to).expect("consumer").start_us;
         Duration::from_micros(start.saturating_sub(end))
+    }
+
+    /// The hand-off of `from`'s output to `to`: `from`'s time in its data calls (its post), the hop,
+    /// and `to`'s whole call (its fetch and a read of every page of the value).
+    fn handoff(&self, from: &str, to: &str) -> Duration {
+        let producer = self.timings.iter().find(|t| t.block == from).expect("producer");
+        let consumer = self.timings.iter().find(|t| t.block == to).expect("consumer");
+        Duration::from_micros(producer.data_us + consumer.end_us.saturating_sub(producer.end_us))
     }
 
     /// End to end minus the blocks on wordcount's critical path.
@@ -112,12 +154,15 @@ fn bench(c: &mut Criterion) {
     let pager = Pager::new(PagerConfig::default(), Arc::new(LocalTransport::embedded(4 << 30))).expect("pager (run as root)");
     let config = PlatformConfig { data_dir: data.0.clone(), max_input: 80 << 20, ..Default::default() };
     let platform = Platform::start(config, pager).expect("platform");
-    platform.upload("bench", "hop__produce", PRODUCE.as_bytes()).expect("upload");
-    platform.upload("bench", "hop__consume", CONSUME.as_bytes()).expect("upload");
+    for (p, pages) in [("hop", true), ("copy", false)] {
+        platform.upload("bench", &format!("{p}__produce"), produce(pages).as_bytes()).expect("upload");
+        platform.upload("bench", &format!("{p}__consume"), consume(pages).as_bytes()).expect("upload");
+    }
     for f in ["wordcount__start", "wordcount__count", "wordcount__merge", "wordcount_chained"] {
         platform.upload("bench", f, &std::fs::read(function_wasm("wordcount", f)).expect("sample built")).expect("upload");
     }
-    let hop = Arc::new(Workflow::parse(HOP, |_| true).expect("hop"));
+    let hop = Arc::new(Workflow::parse(&hop_workflow("hop"), |_| true).expect("hop"));
+    let copy = Arc::new(Workflow::parse(&hop_workflow("copy"), |_| true).expect("copy"));
     let wordcount = Arc::new(
         Workflow::parse(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/functions/workflows/wordcount/workflow_info.yaml")).expect("yaml"), |_| true)
             .expect("wordcount"),
@@ -129,6 +174,23 @@ fn bench(c: &mut Criterion) {
     for (id, n) in [("hop_1k", 1u32 << 10), ("hop_64m", 64 << 20)] {
         g.bench_function(id, |b| {
             b.iter_custom(|iters| (0..iters).map(|_| run(&platform, &hop, "n", n.to_le_bytes().to_vec()).hop("hop__produce.block_0", "hop__consume.block_0")).sum())
+        });
+    }
+    // The whole hand-off of 64 MiB: by pages, and copied (posted from ordinary memory, fetched
+    // to an unaligned address); each reads back one byte per page, 16 384 in all.
+    let n: u32 = 64 << 20;
+    for (id, w, p) in [("handoff_64m_pages", &hop, "hop"), ("handoff_64m_copy", &copy, "copy")] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let r = run(&platform, w, "n", n.to_le_bytes().to_vec());
+                        let Outcome::Done(res) = &r.outcome else { unreachable!() };
+                        assert_eq!(res["res"], (n / 4096).to_le_bytes(), "{id}: every page's byte read back");
+                        r.handoff(&format!("{p}__produce.block_0"), &format!("{p}__consume.block_0"))
+                    })
+                    .sum()
+            })
         });
     }
     let src = vec![7u8; 64 << 20];

@@ -25,7 +25,7 @@ use anyhow::anyhow;
 use ebb_memnode::PAGE_SIZE;
 use wasmtime::{Caller, Linker, format_err};
 
-use super::{Host, cstr, memory, u32_arg};
+use super::{Host, cstr, memory, u32_arg, write_bytes};
 use crate::flow::value::{PAGES_FROM, Value, buffer_file};
 
 /// One block's data for one call: its inputs and what it posts.
@@ -148,7 +148,7 @@ fn fetch(caller: &mut Caller<'_, Host>, name: i32, index: i32, buf: i32, len: i3
             Err(e) => tracing::debug!("input {name} is copied, not mapped: {}", crate::pager::error_chain(&e)),
         }
     }
-    mem.data_mut(&mut *caller)[at + mapped..at + n].copy_from_slice(&value[mapped..n]);
+    write_bytes(caller, at + mapped, &value[mapped..n])?;
     flow(caller, "__ebb_flow_fetch")?.mapped_in += mapped as u64;
     Ok(i32::try_from(n).unwrap_or(i32::MAX))
 }
@@ -185,10 +185,9 @@ fn post(caller: &mut Caller<'_, Host>, name: i32, ptr: i32, len: i32) -> wasmtim
             Err(e) => tracing::warn!("output {name} is copied, not handed over as pages: {e}"),
         }
     }
-    let handed = value.is_some();
-    let value = match value {
-        Some(v) => v,
-        None => Value::copy(&mem.data(&*caller)[at..at + n]),
+    let (value, handed) = match value {
+        Some(v) => (v, true),
+        None => (Value::copy(&mem.data(&*caller)[at..at + n]), false),
     };
     let f = flow(caller, "__ebb_flow_post")?;
     if handed {

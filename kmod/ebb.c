@@ -389,7 +389,9 @@ static long ebb_evict(struct ebb_region *r, void __user *arg)
 				break; /* the page stays resident, nothing is lost */
 			}
 		}
+		/* The sets describe resident pages: an evicted one leaves both. */
 		clear_bit(i, r->dirty);
+		clear_bit(i, r->accessed);
 		xa_erase(&r->resident, i);
 		r->c.resident--;
 		unlock_page(page);

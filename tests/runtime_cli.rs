@@ -91,3 +91,16 @@ fn run_over_rdma_without_the_device_names_what_exists_and_tcp() {
     assert!(stderr.contains("no RDMA device named nosuch0: this machine has "), "{stderr}");
     assert!(stderr.contains("Use a tcp:// memnode address instead"), "{stderr}");
 }
+
+#[test]
+fn run_on_the_kmod_path_without_the_module_says_what_to_load() {
+    let out = run(&["--fault-path", "kmod"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if std::path::Path::new("/dev/ebb").exists() {
+        // The module is loaded here (the kmod guest): the path works like the others.
+        check_offloaded_and_back(&out, "local");
+        return;
+    }
+    assert!(!out.status.success(), "ran without the module:\n{stderr}");
+    assert!(stderr.contains("insmod ebb.ko") && stderr.contains("/dev/ebb open"), "{stderr}");
+}

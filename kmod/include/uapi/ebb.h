@@ -52,7 +52,8 @@ struct ebb_range {
 };
 
 /* EBB_IOC_EVICT: dirty pages are copied to the backend before they are dropped. Without it they
- * are dropped as they are, and the next touch sees the backend's copy (a reset). */
+ * are dropped as they are, and the next touch sees the backend's copy (a reset). Either way an
+ * evicted page leaves the accessed and dirty sets. */
 #define EBB_EVICT_WRITEBACK (1U << 0)
 
 /* EBB_IOC_STORE_WRITE / EBB_IOC_STORE_READ: the backend's copy of pages, to and from `buf`

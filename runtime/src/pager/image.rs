@@ -168,6 +168,7 @@ impl MemoryHandle {
     /// An image the function has dropped is held alive by its mappings alone (until
     /// [`MemoryHandle::sync_image`] moves the memory off it), so its mapped pages count here.
     pub fn private_pages(&self) -> usize {
+        self.sync_or_poison();
         let state = &self.state;
         let from = state.image_pages();
         let current = |m: &Arc<LocalImage>| state.snapshot.get().and_then(|s| s.local()).is_some_and(|l| Arc::ptr_eq(&l, m));
@@ -182,6 +183,7 @@ impl MemoryHandle {
     /// Whether nothing of the memory is resident (an evicted or never-touched instance): no
     /// private page, and no page of the mapped image mapped.
     pub fn is_drained(&self) -> bool {
+        self.sync_or_poison();
         let state = &self.state;
         state.table.total(PageState::Resident) == 0
             && scan(state, 0..state.image_pages(), sys::Scan::Present, 1).is_ok_and(|p| p.is_empty())

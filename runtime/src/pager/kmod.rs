@@ -166,6 +166,11 @@ impl Device {
         check(op, unsafe { libc::ioctl(self.file.as_raw_fd(), request as _, arg) })
     }
 
+    /// The open file, to map the region with (see [`Device::map`]).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
     pub fn version(&self) -> Result<u32, KmodError> {
         let mut v = 0u32;
         // SAFETY: EBB_IOC_VERSION writes one u32.

@@ -9,6 +9,8 @@
 //!   a fault, delivered by the memory's fault path (FaultPath):
 //!     uffd         epoll over every memory's uffd (one-shot) ──► N handler threads  (thread.rs)
 //!     uffd-sigbus  SIGBUS in the faulting thread ──► its own signal handler        (sigbus.rs)
+//!     kmod         the memory is a mapping of Ebb's kernel module, which fills the page itself
+//!                  from its store; the pager sees the fault afterwards               (kernel.rs)
 //!   └─► resolve (fault.rs)
 //!            a fault on a Zero page   → UFFDIO_ZEROPAGE
 //!            a fault on a Remote page → one batched read of the page + up to `readaround`
@@ -31,6 +33,7 @@
 
 mod fault;
 mod image;
+mod kernel;
 pub mod kmod;
 mod offload;
 mod share;
@@ -76,6 +79,9 @@ pub enum FaultPath {
     /// SIGBUS handler; no other thread wakes up.
     #[default]
     UffdSigbus,
+    /// Ebb's kernel module (`kmod/ebb.ko`, `/dev/ebb`): the memory is a mapping of one of its
+    /// regions and the module fills faulting pages in the kernel; see `kernel`.
+    Kmod,
 }
 
 impl FaultPath {
@@ -87,6 +93,7 @@ impl FaultPath {
         match self {
             FaultPath::Uffd => "uffd",
             FaultPath::UffdSigbus => "uffd-sigbus",
+            FaultPath::Kmod => "kmod",
         }
     }
 
@@ -113,7 +120,8 @@ impl std::str::FromStr for FaultPath {
         match s {
             "uffd" => Ok(FaultPath::Uffd),
             "uffd-sigbus" => Ok(FaultPath::UffdSigbus),
-            _ => Err(format!("unknown fault path {s:?}: use uffd or uffd-sigbus")),
+            "kmod" => Ok(FaultPath::Kmod),
+            _ => Err(format!("unknown fault path {s:?}: use uffd, uffd-sigbus or kmod")),
         }
     }
 }
@@ -167,7 +175,8 @@ pub struct PagerStats {
     pub faults_spurious: AtomicU64,
     /// Faults whose fetch failed; the memory was poisoned.
     pub faults_failed: AtomicU64,
-    /// Pages fetched from the memnode, including read-around.
+    /// Pages fetched from the memnode, including read-around (on the kmod path: offloaded pages
+    /// the module filled back from its store, which holds a copy of what the memnode holds).
     pub pages_fetched: AtomicU64,
     /// Non-zero pages sent to the memnode by offloads.
     pub pages_offloaded: AtomicU64,
@@ -255,6 +264,11 @@ pub enum PagerError {
     Snapshot(&'static str),
     #[error("Invalid pager setting: {0}")]
     Config(String),
+    #[error(
+        "Ebb's kernel module failed (the kmod fault path needs kmod/ebb.ko loaded: `insmod ebb.ko`, as \
+         scripts/softroce.sh does in its guest; or choose --fault-path uffd-sigbus)"
+    )]
+    Kernel(#[source] kmod::KmodError),
 }
 
 /// Why a memory was poisoned: its contents can no longer be trusted.
@@ -319,9 +333,18 @@ impl Pager {
         if config.readaround > MAX_READAROUND {
             return Err(PagerError::Config(format!("read-around of {} pages: allowed 0 to {MAX_READAROUND}", config.readaround)));
         }
+        // Every memory holds a userfaultfd, also on the kmod path (unregistered there: the module
+        // serves the faults), so that the rest of the pager needs no case for its absence.
         new_uffd(config.fault_path).map_err(PagerError::Unavailable)?;
-        if config.fault_path == FaultPath::UffdSigbus {
-            sigbus::install_handler()?;
+        let mut config = config;
+        match config.fault_path {
+            FaultPath::UffdSigbus => sigbus::install_handler()?,
+            FaultPath::Uffd => {}
+            FaultPath::Kmod => {
+                kernel::KernelMemory::probe()?;
+                // The module's region is the memory: it cannot map a file copy-on-write under it.
+                config.cow_images = false;
+            }
         }
         let setup = |source| PagerError::Setup { len: 0, source };
         let shared = Arc::new(Shared {
@@ -338,7 +361,7 @@ impl Pager {
         let mut threads = Vec::new();
         let fault_threads = match config.fault_path {
             FaultPath::Uffd => config.fault_threads.max(1),
-            FaultPath::UffdSigbus => 0,
+            FaultPath::UffdSigbus | FaultPath::Kmod => 0,
         };
         for i in 0..fault_threads {
             let s = shared.clone();
@@ -357,6 +380,13 @@ impl Pager {
     }
 
     pub fn stats(&self) -> PagerSnapshot {
+        if self.fault_path() == FaultPath::Kmod {
+            // The module's faults are counted as they are seen.
+            let memories: Vec<_> = self.shared.memories.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            for state in memories {
+                MemoryHandle { state, shared: self.shared.clone() }.sync_or_poison();
+            }
+        }
         self.shared.stats.snapshot()
     }
 
@@ -402,6 +432,9 @@ struct MemoryState {
     capacity: usize,
     accessible: AtomicUsize,
     uffd: Uffd,
+    /// On the kmod path, the module's region mapped over the reservation (see `kernel`). Dropped
+    /// after the reservation (fields drop in order), though the mapping holds the file anyway.
+    kernel: Option<kernel::KernelMemory>,
     table: PageTable,
     region: Mutex<Option<(RegionId, u64)>>,
     poisoned: AtomicBool,
@@ -485,6 +518,15 @@ impl MemoryState {
             } else {
                 self.table.set(p, PageState::Resident);
             }
+        }
+        if let Some(k) = &self.kernel {
+            let result = k.install(first, bytes, previous).map_err(|e| std::io::Error::other(error_chain(&e)));
+            if result.is_err() {
+                for p in pages {
+                    self.table.set(p, previous);
+                }
+            }
+            return result;
         }
         let fill = if self.tracked() { sys::Fill::CopyClean(bytes.as_ptr()) } else { sys::Fill::Copy(bytes.as_ptr()) };
         // SAFETY: the pages `first..` lie in this memory's registered reservation (callers take
@@ -599,8 +641,15 @@ impl PagedMemory {
         reservation.make_accessible(0, minimum).map_err(setup)?;
         let path = pager.shared.config.fault_path;
         let uffd = new_uffd(path).map_err(PagerError::Unavailable)?;
-        uffd.register_with_mode(reservation.base() as *mut _, capacity, RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
-            .map_err(|e| setup(std::io::Error::other(e.to_string())))?;
+        let kernel = if path == FaultPath::Kmod {
+            let k = kernel::KernelMemory::new(capacity / PAGE_SIZE, pager.shared.config.readaround)?;
+            k.map_over(&reservation, capacity, minimum).map_err(setup)?;
+            Some(k)
+        } else {
+            uffd.register_with_mode(reservation.base() as *mut _, capacity, RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
+                .map_err(|e| setup(std::io::Error::other(e.to_string())))?;
+            None
+        };
         let shared = pager.shared.clone();
         let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(MemoryState {
@@ -609,6 +658,7 @@ impl PagedMemory {
             capacity,
             accessible: AtomicUsize::new(minimum),
             uffd,
+            kernel,
             table: PageTable::new(capacity / PAGE_SIZE),
             region: Mutex::new(None),
             poisoned: AtomicBool::new(false),
@@ -630,6 +680,7 @@ impl PagedMemory {
         match path {
             FaultPath::Uffd => shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?,
             FaultPath::UffdSigbus => sigbus::register(&state, shared.clone())?,
+            FaultPath::Kmod => {}
         }
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         Ok(PagedMemory { state, shared, _pager: pager.clone() })
@@ -713,7 +764,8 @@ impl MemoryHandle {
         self.state.poison.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Where page `p` is.
+    /// Where page `p` is; on the kmod path, as of the memory's last operation or count (those
+    /// read the module's faults; this one is asked page by page, so it does not).
     pub fn page_state(&self, p: usize) -> PageState {
         self.state.table.get(p)
     }
@@ -721,6 +773,7 @@ impl MemoryHandle {
     /// Pages in `state` within the accessible size, in O(1) (pages beyond it are never touched:
     /// a memory does not shrink).
     pub fn count(&self, state: PageState) -> usize {
+        self.sync_or_poison();
         match state {
             PageState::Zero => {
                 let table = &self.state.table;
@@ -743,6 +796,8 @@ impl MemoryHandle {
 
     /// Starts logging the page of every fault this memory takes (clearing the log).
     pub fn start_fault_log(&self) {
+        // Touches before now are not the logged call's.
+        self.sync_or_poison();
         let mut log = self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner());
         log.clear();
         // Room for every page once (and a read-around more), so that logging a fault does not
@@ -788,6 +843,7 @@ impl MemoryHandle {
             return refuse("a shared mapping must lie inside the memory's accessible size");
         }
         let pages = offset / PAGE_SIZE..(offset + len) / PAGE_SIZE;
+        self.sync_faults()?;
         if pages.clone().any(|p| self.state.table.get(p) != PageState::Zero) {
             return refuse("a shared mapping may only cover pages never touched");
         }
@@ -810,6 +866,13 @@ impl MemoryHandle {
     pub fn unmap_shared(&self) -> Result<usize, PagerError> {
         let maps = std::mem::take(&mut *self.state.shared_maps.lock().unwrap_or_else(|e| e.into_inner()));
         for &(offset, len) in &maps {
+            if let Some(k) = self.kernel() {
+                if let Err(source) = self.kernel_remap(k, offset, len) {
+                    self.state.poison(Poison::Inconsistent("a shared mapping could not be undone"));
+                    return Err(PagerError::Setup { len, source });
+                }
+                continue;
+            }
             let restored = self.state.reservation.map_anonymous(offset, len).and_then(|()| {
                 let addr = (self.state.base() + offset) as *mut libc::c_void;
                 self.state
@@ -829,6 +892,7 @@ impl MemoryHandle {
     /// Stops logging faults; returns the pages logged since [`MemoryHandle::start_fault_log`], in
     /// fault order.
     pub fn take_fault_log(&self) -> Vec<usize> {
+        self.sync_or_poison();
         self.state.logging.store(false, Ordering::Relaxed);
         std::mem::take(&mut *self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -26,6 +26,7 @@ impl MemoryHandle {
     /// Those of `pages` (ascending) that are resident, or every resident page for `None`.
     pub(super) fn resident_among(&self, pages: Option<&[usize]>) -> Vec<usize> {
         let state = &self.state;
+        self.sync_or_poison();
         if state.image_pages() > 0 {
             // With a mapped image the page table does not see the image's pages: the mapping does.
             let mapped = self.resident_pages();
@@ -91,7 +92,10 @@ impl MemoryHandle {
         // Written since it was last installed: PAGEMAP_SCAN on a tracked memory (re-protecting
         // what it reports). Untracked memories have never been offloaded, so nothing is backed.
         let mut written = std::collections::HashSet::new();
-        if dirty_tracking && state.tracked() {
+        if let Some(k) = self.kernel() {
+            // The module's dirty set (its evictions below clear it page by page).
+            written.extend(self.kernel_written(k)?);
+        } else if dirty_tracking && state.tracked() {
             let mut ranges = Vec::new();
             let len = limit * PAGE_SIZE;
             sys::scan_written(state.base(), state.base() + len, true, &mut ranges)
@@ -127,7 +131,15 @@ impl MemoryHandle {
             if !indexes.is_empty() {
                 self.shared.transport.write_pages(region, &indexes, &buf[..sent.len() * PAGE_SIZE])?;
             }
+            if let Some(k) = self.kernel() {
+                let mut at = 0;
+                for run in sent.chunk_by(|a, b| *b == *a + 1) {
+                    k.sent(run[0], &buf[at * PAGE_SIZE..(at + run.len()) * PAGE_SIZE])?;
+                    at += run.len();
+                }
+            }
             // Mark first, then drop: a fault after the drop must find the new state.
+            let dropping = self.kernel_drop_guard();
             for &p in sent.iter().chain(&clean) {
                 state.table.set_backed(p, PageState::Remote);
             }
@@ -137,6 +149,7 @@ impl MemoryHandle {
             self.discard_pages(&sent);
             self.discard_pages(&zeros);
             self.discard_pages(&clean);
+            drop(dropping);
             report.pages_sent += sent.len() as u64;
             report.zero_pages_dropped += zeros.len() as u64;
             report.clean_pages_dropped += clean.len() as u64;

@@ -72,6 +72,9 @@ impl MemoryHandle {
     /// are protected again.
     pub(super) fn written_resident(&self, reprotect: bool) -> Result<Vec<usize>, PagerError> {
         let state = &self.state;
+        if let Some(k) = self.kernel() {
+            return self.kernel_written(k);
+        }
         let len = state.accessible_pages() * PAGE_SIZE;
         let mut ranges = Vec::new();
         sys::scan_written(state.base(), state.base() + len, reprotect, &mut ranges).map_err(|source| PagerError::Setup { len, source })?;
@@ -95,6 +98,7 @@ impl MemoryHandle {
         if let Some(why) = self.poisoned() {
             return Err(PagerError::Poisoned(why));
         }
+        refuse_on_kmod(self)?;
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("lending a memory needs its initial state (a captured snapshot)"))?;
         if !state.shared_maps.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
@@ -230,6 +234,7 @@ impl MemoryHandle {
     /// each page faults in from where the lender said it is. The regions stay the lender's (never
     /// freed here). Fails — before anything is read — when the tickets do not open them.
     pub fn borrow(&self, lent: &LentMemory) -> Result<(), PagerError> {
+        refuse_on_kmod(self)?;
         let state = &self.state;
         if state.accessible_pages() != lent.pages {
             return Err(PagerError::Snapshot("a borrowed memory must have the lent memory's size"));
@@ -316,5 +321,16 @@ impl MemoryHandle {
         let back = returned.iter().filter(|&&p| self.state.table.get(p) == PageState::Resident).count();
         self.shared.stats.lent_faulted_back.fetch_add(back as u64, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut *self.state.lent_dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Lending is not built on the kmod path yet: a borrower's pages would have to reach the module's
+/// store, and a lender's region copy its faults.
+fn refuse_on_kmod(memory: &MemoryHandle) -> Result<(), PagerError> {
+    match memory.kernel() {
+        Some(_) => Err(PagerError::Config(
+            "near-data offload (lending a memory) is not available on --fault-path kmod yet: run this runtime on uffd-sigbus".into(),
+        )),
+        None => Ok(()),
     }
 }

@@ -331,7 +331,15 @@ impl MemoryHandle {
     }
 
     /// Drops the given pages (ascending), one MADV_DONTNEED per run of consecutive pages.
+    /// On the kmod path the store first gets each page's new state (see `kernel`): a failure
+    /// there poisons the memory, whose pages could then read wrong bytes.
     pub(super) fn discard_pages(&self, pages: &[usize]) {
+        if let Some(k) = self.kernel() {
+            if let Err(e) = self.kernel_discard(k, pages) {
+                self.state.poison(super::Poison::Handler(format!("dropping pages: {}", super::error_chain(&e))));
+            }
+            return;
+        }
         for run in pages.chunk_by(|a, b| *b == *a + 1) {
             self.discard_range(run[0], run.len());
         }
@@ -352,6 +360,7 @@ impl MemoryHandle {
         }
         let state = &self.state;
         state.fence();
+        self.sync_faults()?;
         let pages = state.accessible_pages();
         if state.snapshot.get().is_some() || state.table.count(0..pages, PageState::Remote) > 0 {
             return Err(PagerError::Snapshot("capture needs a memory with no snapshot and no offloaded pages"));
@@ -410,6 +419,9 @@ impl MemoryHandle {
     pub(super) fn track(&self, snap: &Arc<Snapshot>) -> Result<(), PagerError> {
         let state = &self.state;
         state.snapshot.set(snap.clone()).map_err(|_| PagerError::Snapshot("the memory already has a snapshot"))?;
+        if let Some(k) = self.kernel() {
+            return self.kernel_track(k, snap);
+        }
         let len = state.accessible_pages() * PAGE_SIZE;
         if len > 0 {
             state
@@ -430,6 +442,8 @@ impl MemoryHandle {
         if pages * PAGE_SIZE != snap.size {
             return Err(PagerError::Snapshot("adopt needs a memory of the snapshot's size"));
         }
+        self.sync_faults()?;
+        let _dropping = self.kernel_drop_guard();
         let mut resident = Vec::new();
         state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
         for &p in &resident {
@@ -442,6 +456,11 @@ impl MemoryHandle {
             }
         }
         self.track(snap)?;
+        if let Some(k) = self.kernel() {
+            // The store holds the initial state now (`track`); the pages the module still holds
+            // (read-around beside the instantiation's writes) go, so every page reads it next.
+            k.evict_all(pages)?;
+        }
         // Copy-on-write: the memory maps the function's image if it has one. Without one it stays
         // anonymous memory whose faults install what they fetch in one step (`UFFDIO_COPY`),
         // cheaper than fetching into an image and mapping from it (docs/PERFORMANCE.md); the
@@ -486,7 +505,9 @@ impl MemoryHandle {
         };
         let mut report = ResetReport { written: Vec::new(), grown: len > snap.size };
         // With the image and a memory that did not grow: look first, without re-protecting.
-        if let Some(image) = snap.local().filter(|_| !report.grown) {
+        // (Not on the kmod path: there a dropped page is refilled from the module's store, which
+        // holds the initial state, without a copy here.)
+        if let Some(image) = snap.local().filter(|_| !report.grown && self.kernel().is_none()) {
             let written = scan(false)?;
             if written.len() <= RESTORE_IN_PLACE_MAX {
                 let mut lacking = Vec::new();
@@ -521,10 +542,16 @@ impl MemoryHandle {
             }
         }
         let written = scan(true)?;
+        let _dropping = self.kernel_drop_guard();
         for &p in &written {
             state.table.set(p, snap.initial(p));
         }
         self.discard_pages(&written);
+        if let Some(k) = self.kernel().filter(|_| !report.grown && written.len() <= RESTORE_IN_PLACE_MAX) {
+            // The kmod path's restore in place: the module refills the pages from its store,
+            // which holds the initial state, so the next call takes no fault of its own on them.
+            self.kernel_refill(k, &written)?;
+        }
         report.written = written;
         self.sync_image()?;
         Ok(report)
@@ -564,6 +591,7 @@ impl MemoryHandle {
     /// Pages resident now (ascending): with a mapped image, every page of it mapped (read or
     /// written since it was last dropped), and the private pages beyond it.
     pub fn resident_pages(&self) -> Vec<usize> {
+        self.sync_or_poison();
         let state = &self.state;
         let from = state.image_pages();
         let mut pages = if from > 0 {
@@ -589,6 +617,9 @@ impl MemoryHandle {
     pub fn prefetch(&self, pages: &[usize]) -> Result<usize, PagerError> {
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("prefetch needs a snapshot"))?;
+        if let Some(k) = self.kernel() {
+            return self.kernel_prefetch(k, pages);
+        }
         let limit = state.accessible_pages();
         let want: Vec<usize> =
             pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Image).collect();
@@ -664,6 +695,7 @@ impl MemoryHandle {
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("evict needs a snapshot"))?;
         state.fence();
         let resident = self.resident_among(pages);
+        let _dropping = self.kernel_drop_guard();
         for &p in &resident {
             if state.table.is_backed(p) {
                 state.table.set_backed(p, PageState::Remote);

@@ -68,6 +68,24 @@ impl Reservation {
         self.map_fixed(offset, len, libc::MAP_PRIVATE, fd.as_raw_fd(), file_offset)
     }
 
+    /// Maps `len` bytes of the shared file `fd` from `file_offset` over `[offset, offset + len)`
+    /// (a region of Ebb's kernel module: the kmod fault path's memory, see `pager::kernel`).
+    pub fn map_shared_at(&self, offset: usize, len: usize, fd: BorrowedFd<'_>, file_offset: u64) -> io::Result<()> {
+        let file_offset = libc::off_t::try_from(file_offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.map_fixed(offset, len, libc::MAP_SHARED, fd.as_raw_fd(), file_offset)
+    }
+
+    /// Makes `[offset, offset + len)` inaccessible again (PROT_NONE), keeping what is mapped there.
+    pub fn make_inaccessible(&self, offset: usize, len: usize) -> io::Result<()> {
+        assert!(offset + len <= self.len, "range inside the reservation");
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: as in `make_accessible`: only this reservation's own range changes protection.
+        let r = unsafe { libc::mprotect((self.base + offset) as *mut _, len, libc::PROT_NONE) };
+        if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
     /// Puts fresh private anonymous memory (read/write, zero) over `[offset, offset + len)`,
     /// undoing [`Reservation::map_shared`]; the range needs registering with userfaultfd again.
     pub fn map_anonymous(&self, offset: usize, len: usize) -> io::Result<()> {

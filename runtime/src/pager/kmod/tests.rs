@@ -127,6 +127,7 @@ fn kmod_faults_fill_from_the_store_and_evict_writes_back() {
     d.evict(0, 64, false).unwrap();
     assert_eq!(d.counters().unwrap().resident, 0);
     assert!(d.dirty(0, 64, false).unwrap().is_empty());
+    assert!(d.accessed(0, 64, false).unwrap().is_empty(), "an evicted page leaves the accessed set");
     assert_eq!((m[9 * PAGE_SIZE], m[20 * PAGE_SIZE + 5]), (9, 0), "reset to the backend's copy");
 
     // With write-back the written bytes survive the eviction, in the store and on refault.

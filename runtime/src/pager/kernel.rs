@@ -1,0 +1,346 @@
+//! The kernel fault path (`--fault-path kmod`): a memory is a shared mapping of one region of
+//! Ebb's kernel module ([`super::kmod`], DRAM backend), whose faults the module fills in the
+//! kernel — no signal, no handler thread, no return to user space.
+//!
+//! ```text
+//!   reservation [0, capacity) ── mmap(MAP_SHARED) of /dev/ebb ── a fault: the module copies the
+//!   page from its store (or zeros where the store has none) and maps it; nothing here runs
+//!
+//!   the pager's page table, kept as on the other paths:
+//!     faults        seen after the fact: the module's accessed set, read and reset at each
+//!                   operation (`sync`), marks those pages Resident (and counts the faults)
+//!     writes        the module's dirty set (a reset, an offload)
+//!     a page drop   the store first gets the bytes of the page's new state if it holds others
+//!                   (`Held`), then the module evicts the page without a write-back
+//! ```
+//!
+//! So the store holds, for every page that is not resident, what the page must read as next: its
+//! initial state (Image), what an offload sent (Remote; the memnode gets it too and stays the
+//! durable copy — the DRAM store is the module's local copy of it), or zeros. And a resident page
+//! the dirty set does not list equals its store copy: it was filled from the store, or installed
+//! into it, and every reset of the dirty set (a snapshot's tracking, a reset) comes with a store
+//! write or an eviction of the pages it clears.
+//!
+//! Not on this path yet: lending a memory to another node (near-data offload), and
+//! copy-on-write images (each memory's store holds its own copy of the initial state, filled at
+//! adoption).
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use ebb_memnode::PAGE_SIZE;
+
+use super::kmod::{Backend, Device, KmodError};
+use super::{MemoryHandle, PageState, PagerError, Poison, ZEROS};
+
+/// What the module's store holds of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Nothing, or zeros.
+    Zero,
+    /// The page's initial state (its snapshot's bytes).
+    Initial,
+    /// What an offload sent (the memory's region holds the same).
+    Sent,
+    /// Other bytes, which no state's content is known to equal.
+    Other,
+}
+
+/// A memory's region of the module.
+#[derive(Debug)]
+pub(super) struct KernelMemory {
+    dev: Device,
+    /// Per page (grown on demand), what the store holds.
+    held: Mutex<Vec<Held>>,
+    /// Held by [`MemoryHandle::sync_faults`], and by the owner from marking pages dropped until
+    /// the module has evicted them ([`MemoryHandle::kernel_drop_guard`]): the pager's own reads
+    /// of those pages (an offload's) set their accessed bits, which the eviction clears, and a
+    /// sync in between (another thread's `Pager::stats`) would mark them Resident again.
+    syncing: Mutex<()>,
+}
+
+fn kmod_err(e: KmodError) -> PagerError {
+    PagerError::Kernel(e)
+}
+
+impl KernelMemory {
+    /// A region of `pages` pages whose faults fill `readaround` more pages beside the faulting one.
+    pub(super) fn new(pages: usize, readaround: usize) -> Result<KernelMemory, PagerError> {
+        let dev = Device::open().map_err(kmod_err)?;
+        let readaround = u32::try_from(readaround).unwrap_or(u32::MAX).min(super::kmod::uapi::MAX_READAROUND);
+        dev.create(pages as u64, Backend::Dram, readaround).map_err(kmod_err)?;
+        Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()) })
+    }
+
+    /// Checks that this host can run the kmod path: the module is loaded and speaks our ABI.
+    pub(super) fn probe() -> Result<(), PagerError> {
+        let dev = Device::open().map_err(kmod_err)?;
+        let version = dev.version().map_err(kmod_err)?;
+        if version != super::kmod::uapi::ABI_VERSION {
+            return Err(PagerError::Config(format!(
+                "/dev/ebb speaks ABI {version}, this runtime ABI {}: load the ebb.ko built from this tree",
+                super::kmod::uapi::ABI_VERSION
+            )));
+        }
+        Ok(())
+    }
+
+    /// Maps the region over the first `capacity` bytes of `reservation`, of which the first
+    /// `accessible` are readable and writable (the rest PROT_NONE until the memory grows).
+    pub(super) fn map_over(&self, reservation: &super::sys::Reservation, capacity: usize, accessible: usize) -> std::io::Result<()> {
+        reservation.map_shared_at(0, capacity, self.dev.as_fd(), 0)?;
+        reservation.make_inaccessible(accessible, capacity - accessible)
+    }
+
+    /// Evicts the first `pages` pages without a write-back (the memory is idle).
+    pub(super) fn evict_all(&self, pages: usize) -> Result<(), PagerError> {
+        self.dev.evict(0, pages as u64, false).map_err(kmod_err)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_held(&self, pages: std::ops::Range<usize>, what: Held) {
+        let mut held = self.held();
+        if held.len() < pages.end {
+            held.resize(pages.end, Held::Zero);
+        }
+        held[pages].fill(what);
+    }
+
+    fn is_held(&self, p: usize, what: Held) -> bool {
+        self.held().get(p).copied().unwrap_or(Held::Zero) == what
+    }
+
+    /// Writes whole pages from `first` into the store, and notes what they are.
+    fn store(&self, first: usize, bytes: &[u8], what: Held) -> Result<(), PagerError> {
+        self.dev.store_write(first as u64, bytes).map_err(kmod_err)?;
+        self.set_held(first..first + bytes.len() / PAGE_SIZE, what);
+        Ok(())
+    }
+
+    /// Installs whole pages from `first` (in state `previous`) as resident and clean: the bytes
+    /// go into the store, and the module makes them resident from it.
+    pub(super) fn install(&self, first: usize, bytes: &[u8], previous: PageState) -> Result<(), PagerError> {
+        let what = match previous {
+            PageState::Image => Held::Initial,
+            PageState::Remote => Held::Sent,
+            PageState::Zero | PageState::Resident => Held::Other,
+        };
+        self.store(first, bytes, what)?;
+        self.dev.prefetch(first as u64, (bytes.len() / PAGE_SIZE) as u64).map_err(kmod_err)
+    }
+
+    /// Notes that the memory's region now holds `bytes` for pages `first..` (an offload sent
+    /// them): the store gets them too, so their next touch is served in the kernel.
+    pub(super) fn sent(&self, first: usize, bytes: &[u8]) -> Result<(), PagerError> {
+        self.store(first, bytes, Held::Sent)
+    }
+}
+
+/// A bitmap ioctl's page indexes as `usize`s (a region has at most `MAX_PAGES`).
+fn indexes(pages: Vec<u64>) -> Vec<usize> {
+    pages.into_iter().map(|p| usize::try_from(p).expect("a page index of a region")).collect()
+}
+
+/// The runs of consecutive pages in `pages` (ascending).
+fn runs(pages: &[usize]) -> impl Iterator<Item = &[usize]> {
+    pages.chunk_by(|a, b| *b == *a + 1)
+}
+
+impl MemoryHandle {
+    /// Marks Resident the pages the guest touched since the last call (the module's accessed
+    /// set, reset so the next call sees only new touches), counting those that were faults, and
+    /// logs them while the fault log is on. No-op on the other paths.
+    pub(super) fn sync_faults(&self) -> Result<(), PagerError> {
+        let Some(k) = self.kernel() else { return Ok(()) };
+        let state = &self.state;
+        let pages = state.accessible_pages();
+        if pages == 0 {
+            return Ok(());
+        }
+        let _syncing = k.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let touched = indexes(k.dev.accessed(0, pages as u64, true).map_err(kmod_err)?);
+        let stats = &self.shared.stats;
+        for &p in &touched {
+            match state.table.get(p) {
+                PageState::Resident => continue,
+                PageState::Zero => stats.faults_zero.fetch_add(1, Ordering::Relaxed),
+                PageState::Image => stats.faults_image.fetch_add(1, Ordering::Relaxed),
+                PageState::Remote => {
+                    stats.pages_fetched.fetch_add(1, Ordering::Relaxed);
+                    stats.faults_remote.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            // Pages that came from the memory's own offload stay backed (clean until written).
+            if state.table.get(p) == PageState::Remote {
+                state.table.set_backed(p, PageState::Resident);
+            } else {
+                state.table.set(p, PageState::Resident);
+            }
+        }
+        if state.logging.load(Ordering::Relaxed) {
+            // Unlike the other paths' log (faults only), every page the call touched.
+            state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&touched);
+        }
+        Ok(())
+    }
+
+    pub(super) fn kernel(&self) -> Option<&KernelMemory> {
+        self.state.kernel.as_ref()
+    }
+
+    /// On the kmod path, keeps faults from being synced while the owner drops pages (see
+    /// `KernelMemory::syncing`); take it after any sync of the same operation.
+    pub(super) fn kernel_drop_guard(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.kernel().map(|k| k.syncing.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// [`MemoryHandle::sync_faults`], for callers that cannot fail: a failure poisons the memory.
+    pub(super) fn sync_or_poison(&self) {
+        if let Err(e) = self.sync_faults() {
+            self.state.poison(Poison::Handler(format!("reading the module's accessed set: {}", super::error_chain(&e))));
+        }
+    }
+
+    /// Resident pages written since they were filled or last tracked (ascending): the module's
+    /// dirty set, which its evictions clear page by page, so it is never reset here but by
+    /// [`MemoryHandle::kernel_track`] (a page it lists and a call drops is gone from it; a page
+    /// it lists and a call keeps stays listed until dropped).
+    pub(super) fn kernel_written(&self, k: &KernelMemory) -> Result<Vec<usize>, PagerError> {
+        self.sync_faults()?;
+        let pages = self.state.accessible_pages() as u64;
+        if pages == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(indexes(k.dev.dirty(0, pages, false).map_err(kmod_err)?))
+    }
+
+    /// Starts write tracking for a snapshot: every page of the memory is now its initial state.
+    /// The store gets what it lacks of it — non-zero pages from the snapshot's image (a capture
+    /// has just made it) or, for pages not resident (an adoption), from its memnode region; zeros
+    /// over other bytes — and the dirty set starts empty.
+    pub(super) fn kernel_track(&self, k: &KernelMemory, snap: &super::Snapshot) -> Result<(), PagerError> {
+        let pages = self.state.accessible_pages();
+        let todo: Vec<usize> = (0..pages).filter(|&p| snap.holds(p) && !k.is_held(p, Held::Initial)).collect();
+        let image = snap.local();
+        let (local, rest): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&p| image.as_ref().is_some_and(|i| i.holds(p)));
+        if let Some(image) = &image {
+            for run in runs(&local) {
+                k.store(run[0], image.pages(run[0], run.len()), Held::Initial)?;
+            }
+        }
+        if rest.iter().any(|&p| self.state.table.get(p) == PageState::Resident) {
+            return Err(PagerError::Snapshot("a resident page's initial state is neither local nor fetchable"));
+        }
+        self.kernel_settle(k, &rest)?;
+        for p in (0..pages).filter(|&p| !snap.holds(p) && !k.is_held(p, Held::Zero)) {
+            k.store(p, &ZEROS, Held::Zero)?;
+        }
+        if pages > 0 {
+            k.dev.dirty(0, pages as u64, true).map_err(kmod_err)?;
+        }
+        Ok(())
+    }
+
+    /// Brings the store in step with the page table for `pages` (ascending, none Resident): each
+    /// gets the bytes of its state where the store holds others — zeros, its initial state (from
+    /// the snapshot's image, or its memnode region), or what the memory's region holds.
+    fn kernel_settle(&self, k: &KernelMemory, pages: &[usize]) -> Result<(), PagerError> {
+        let mut zero = Vec::new();
+        let mut initial = Vec::new();
+        let mut sent = Vec::new();
+        for &p in pages {
+            match self.state.table.get(p) {
+                PageState::Zero if !k.is_held(p, Held::Zero) => zero.push(p),
+                PageState::Image if !k.is_held(p, Held::Initial) => initial.push(p),
+                PageState::Remote if !k.is_held(p, Held::Sent) => sent.push(p),
+                _ => {}
+            }
+        }
+        for &p in &zero {
+            k.store(p, &ZEROS, Held::Zero)?;
+        }
+        if !initial.is_empty() {
+            let snap = self.state.snapshot.get().ok_or(PagerError::Snapshot("an initial-state page needs a snapshot"))?;
+            let image = snap.local();
+            let (local, fetch): (Vec<usize>, Vec<usize>) = initial.iter().partition(|&&p| image.as_ref().is_some_and(|i| i.holds(p)));
+            if let Some(image) = &image {
+                for run in runs(&local) {
+                    k.store(run[0], image.pages(run[0], run.len()), Held::Initial)?;
+                }
+            }
+            self.kernel_fetch_into_store(k, snap.region(), &fetch, Held::Initial)?;
+        }
+        if !sent.is_empty() {
+            let region = self.state.region().ok_or(PagerError::Snapshot("an offloaded page needs the memory's region"))?;
+            self.kernel_fetch_into_store(k, region, &sent, Held::Sent)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `pages` (ascending) of a memnode region into the store.
+    fn kernel_fetch_into_store(&self, k: &KernelMemory, region: ebb_memnode::RegionId, pages: &[usize], what: Held) -> Result<(), PagerError> {
+        const BATCH: usize = 1024;
+        let mut buf = vec![0u8; pages.len().min(BATCH) * PAGE_SIZE];
+        for chunk in pages.chunks(BATCH) {
+            let indexes: Vec<u64> = chunk.iter().map(|&p| p as u64).collect();
+            let bytes = &mut buf[..chunk.len() * PAGE_SIZE];
+            self.shared.transport.read_pages(region, &indexes, bytes)?;
+            let stats = &self.shared.stats;
+            stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let mut at = 0;
+            for run in runs(chunk) {
+                k.store(run[0], &bytes[at * PAGE_SIZE..(at + run.len()) * PAGE_SIZE], what)?;
+                at += run.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// The kmod path's page drop: the store is brought in step with the pages' (already set) new
+    /// states, then the module evicts them without a write-back, so their next touch reads it.
+    pub(super) fn kernel_discard(&self, k: &KernelMemory, pages: &[usize]) -> Result<(), PagerError> {
+        self.kernel_settle(k, pages)?;
+        for run in runs(pages) {
+            k.dev.evict(run[0] as u64, run.len() as u64, false).map_err(kmod_err)?;
+        }
+        Ok(())
+    }
+
+    /// Makes those of `pages` (ascending) in their initial state resident ahead of a call: the
+    /// store holds them (see the module doc), so the module fills them without a transfer.
+    pub(super) fn kernel_prefetch(&self, k: &KernelMemory, pages: &[usize]) -> Result<usize, PagerError> {
+        let state = &self.state;
+        self.sync_faults()?;
+        let limit = state.accessible_pages();
+        let want: Vec<usize> = pages.iter().copied().filter(|&p| p < limit && state.table.get(p) == PageState::Image).collect();
+        self.kernel_settle(k, &want)?;
+        for run in runs(&want) {
+            k.dev.prefetch(run[0] as u64, run.len() as u64).map_err(kmod_err)?;
+            for &p in run {
+                state.table.set(p, PageState::Resident);
+            }
+        }
+        self.shared.stats.pages_prefetched.fetch_add(want.len() as u64, Ordering::Relaxed);
+        Ok(want.len())
+    }
+
+    /// Makes `pages` (ascending, just dropped to their initial state, which the store holds)
+    /// resident again from the store, without a fault.
+    pub(super) fn kernel_refill(&self, k: &KernelMemory, pages: &[usize]) -> Result<(), PagerError> {
+        for run in runs(pages) {
+            k.dev.prefetch(run[0] as u64, run.len() as u64).map_err(kmod_err)?;
+            for &p in run {
+                self.state.table.set(p, PageState::Resident);
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the region back over `[offset, offset + len)` (undoing a file mapped there).
+    pub(super) fn kernel_remap(&self, k: &KernelMemory, offset: usize, len: usize) -> std::io::Result<()> {
+        self.state.reservation.map_shared_at(offset, len, k.dev.as_fd(), offset as u64)
+    }
+}

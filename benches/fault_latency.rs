@@ -4,8 +4,9 @@
 //! with and without read-around; one page read through the tcp transport with no fault (the
 //! transport's own round trip); with an RDMA device, the rdma transport's round trip and a remote
 //! fault over rdma on each path; with Ebb's module loaded (`/dev/ebb`, the soft-RoCE guest's
-//! bench run), a fault the module serves in-kernel from its DRAM store and one it fills with
-//! zeros. Needs root (userfaultfd).
+//! bench run), a fault the module serves in-kernel from its DRAM store, one it fills with zeros,
+//! and one it reads from the memnode with its own queue pair (`kmod_rdma_4k`, beside
+//! `remote_rdma_4k`). Needs root (userfaultfd).
 //!
 //! cargo bench --bench fault_latency
 //! scripts/softroce.sh bench            (in the guest: rdma and kmod ids, TCG: ratios only)
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ebb::{PagedBuffer, loopback_memnode, rdma_memnode, rdma_only};
+use ebb_memnode::Transport;
+use ebb_memnode::rdma::RdmaTransport;
 use ebb_runtime::pager::kmod::{Backend, Device};
 use ebb_runtime::pager::{FaultPath, Pager, PagerConfig};
 
@@ -55,7 +58,8 @@ fn bench(c: &mut Criterion) {
     if !rdma_only() {
         tcp(&mut g);
     }
-    if let Some((_server, rdma)) = rdma_memnode(4 << 30) {
+    let mut kmod_memnode = None;
+    if let Some((server, rdma)) = rdma_memnode(4 << 30) {
         let region = rdma.alloc(CHUNK as u64).expect("alloc");
         rdma.write_pages(region, &[0], &[7u8; 4096]).expect("write");
         let mut page = vec![0u8; 4096];
@@ -70,8 +74,12 @@ fn bench(c: &mut Criterion) {
                 }))
             });
         }
+        kmod_memnode = Some(server);
     }
     kmod(&mut g);
+    if let Some(server) = &kmod_memnode {
+        kmod_rdma(&mut g, server.as_ref());
+    }
     g.finish();
 }
 
@@ -88,6 +96,47 @@ fn kmod(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>)
             b.iter_custom(|iters| faults(iters, || kmod_region(stored.then_some(&pattern[..])), |(_, m), p| touch_mapped(m, p)))
         });
     }
+}
+
+/// `kmod_rdma_4k`: a fault the module fills by one RDMA READ of its own (read-around off), from
+/// the same memnode as `remote_rdma_4k`. One region and queue pair; every page is evicted (not
+/// timed) before each chunk of faults.
+fn kmod_rdma(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, server: Option<&ebb_memnode::server::ServerHandle>) {
+    if !Device::available() {
+        eprintln!("fault/kmod_rdma_4k: skipped (no /dev/ebb: load kmod/ebb.ko)");
+        return;
+    }
+    let device = std::env::var("EBB_RDMA_DEVICE").ok().or_else(|| ebb_memnode::rdma::device_names().into_iter().next()).expect("an RDMA device");
+    let addr = match (server, std::env::var("EBB_BENCH_RDMA_MEMNODE")) {
+        (Some(s), _) => s.local_addr().to_string(),
+        (None, Ok(remote)) => remote,
+        (None, Err(_)) => unreachable!("rdma_memnode returned a remote memnode"),
+    };
+    let config = ebb_memnode::TcpConfig { rdma_device: Some(device.clone()), ..Default::default() };
+    let timeout = config.timeout;
+    let t = RdmaTransport::connect(&addr, config).expect("rdma connect");
+    let region = t.alloc(CHUNK as u64).expect("alloc");
+    let pages: Vec<u64> = (0..(CHUNK / 4096) as u64).collect();
+    t.write_pages(region, &pages, &vec![5u8; CHUNK]).expect("write the region");
+    let d = Device::open().expect("open /dev/ebb");
+    d.create(pages.len() as u64, Backend::Rdma, 0).expect("create a region");
+    let qp = t.connect_remote_qp(&d.rdma_qp(&device, 1).expect("the module's queue pair")).expect("the memnode's queue pair");
+    d.rdma_connect(&qp.info, timeout).expect("connect the module's queue pair");
+    d.rdma_remote(&t.region_key(region).expect("region key"), true).expect("remote");
+    let m = d.map(0, pages.len()).expect("map the region");
+    g.bench_function("kmod_rdma_4k", |b| {
+        b.iter_custom(|iters| {
+            faults(
+                iters,
+                || {
+                    d.evict(0, pages.len() as u64, false).expect("evict");
+                    &m
+                },
+                |m, p| touch_mapped(m, p),
+            )
+        })
+    });
+    assert_eq!(d.counters().expect("counters").backend_errors, 0, "a transfer failed during the bench");
 }
 
 /// A fresh DRAM region of `CHUNK` bytes, mapped, its store holding `stored` if given.

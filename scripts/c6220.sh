@@ -2,7 +2,8 @@
 # Bring-up on two CloudLab c6220 nodes over the FDR InfiniBand fabric (see docs/rdma.md):
 #   on the memory node:   scripts/c6220.sh memnode [DEVICE]          (listens on this node's address)
 #   on the compute node:  scripts/c6220.sh check [DEVICE]            (verbs device and port state)
-#                         scripts/c6220.sh bench MEMNODE_ADDR [DEVICE]  (rdma benches against it)
+#                         scripts/c6220.sh bench MEMNODE_ADDR [DEVICE]  (rdma and kmod benches against it:
+#                                                 builds and loads kmod/ebb.ko for this node's kernel)
 #                         scripts/c6220.sh serve MEMNODE_ADDR [DEVICE]  (the platform, paging over RDMA)
 # DEVICE defaults to mlx4_0 (ConnectX-3). Needs root. Cannot run on machines without RDMA hardware.
 set -euo pipefail
@@ -21,6 +22,14 @@ need_device() {
     exit 1
   fi
   ibstat "$dev" 2>/dev/null | grep -E "State|Rate" || true
+}
+# Builds kmod/ebb.ko against this node's running kernel and loads it (for the kmod_* bench ids).
+load_module() {
+  [[ -e /dev/ebb ]] && return 0
+  [[ -d /lib/modules/$(uname -r)/build ]] || apt-get install -y -qq "linux-headers-$(uname -r)" >/dev/null
+  make -s -C kmod KDIR="/lib/modules/$(uname -r)/build"
+  modprobe ib_core
+  insmod kmod/ebb.ko
 }
 build() {
   scripts/setup.sh
@@ -43,9 +52,13 @@ case "$cmd" in
     dev=${3:-mlx4_0}
     need_device "$dev"
     scripts/setup.sh
-    EBB_BENCH_RDMA_MEMNODE=$2 EBB_RDMA_DEVICE=$dev cargo bench --bench fault_latency -- rdma
+    load_module
+    EBB_BENCH_RDMA_MEMNODE=$2 EBB_RDMA_DEVICE=$dev cargo bench --bench fault_latency -- 'rdma|kmod|anon_first_touch'
     EBB_BENCH_RDMA_MEMNODE=$2 EBB_RDMA_DEVICE=$dev cargo bench --bench restore -- rdma
     python3 scripts/bench-report.py fault/rdma_rtt_4k fault/remote_rdma_4k --ratio fault/remote_rdma_4k:fault/rdma_rtt_4k
+    # Targets (issue 13): kmod_rdma_4k ≤ 5 µs and below remote_rdma_4k; kmod_dram_4k ≤ 2× anon_first_touch.
+    python3 scripts/bench-report.py fault/anon_first_touch fault/kmod_dram_4k fault/kmod_rdma_4k \
+      --ratio fault/kmod_rdma_4k:fault/remote_rdma_4k --ratio fault/kmod_dram_4k:fault/anon_first_touch
     python3 scripts/bench-report.py restore/rdma_stream restore/fault_back_64m_rdma --throughput 67108864 \
       --ratio restore/rdma_stream:restore/fault_back_64m_rdma
     ;;

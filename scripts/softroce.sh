@@ -204,8 +204,9 @@ kmod_suite() {
   result kmod_load 0
   runtime-tests --include-ignored --test-threads=1 tests::kmod_ >/tmp/kmod_tests.log 2>&1
   rc=$?
-  # All of them ran (none filtered out by a rename): six device tests.
-  [ $rc = 0 ] && grep -q "test result: ok. 6 passed" /tmp/kmod_tests.log || rc=1
+  # All of them ran (none filtered out by a rename): ten device tests, four of them on the RDMA
+  # backend against an in-process memnode on rxe0.
+  [ $rc = 0 ] && grep -q "test result: ok. 10 passed" /tmp/kmod_tests.log || rc=1
   result kmod_tests $rc
   # The pager's own tests on the kernel fault path, unchanged. Skipped by name (and so reported):
   # those whose faults must reach the memnode or a test transport (a killed or silent memnode, a
@@ -219,12 +220,61 @@ kmod_suite() {
     echo "EBB-LOG kmod_$t: $(grep 'test result' "/tmp/kmod_$t.log")"
     result "kmod_$t" $rc
   done
+  # The killed-memnode test on the RDMA backend (a memnode process on rxe0): the module cannot read
+  # a dead memnode's pages, and its SIGBUS must become the call's error within the bound. (Not the
+  # silent one: a stopped memnode process still answers one-sided READs — its device does.)
+  EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 paged_memory-tests --exact killed_memnode_fails_the_call_quickly \
+    >/tmp/kmod_rdma_lost_memnode.log 2>&1
+  rc=$?
+  [ $rc = 0 ] && grep -q "test result: ok. 1 passed" /tmp/kmod_rdma_lost_memnode.log || rc=1
+  result kmod_rdma_lost_memnode $rc
   # A real function on --fault-path kmod: its 64 MiB offloaded and faulted back three times,
   # verified byte for byte by the module itself.
   runtime run /pattern.wat --fault-path kmod --repeat 3 --offload-every-call --stats >/tmp/kmod_runtime_run.log 2>&1
   rc=$?
   [ $rc = 0 ] && grep -q "pages sent to the local memnode" /tmp/kmod_runtime_run.log || rc=1
   result kmod_runtime_run $rc
+  # The same on the RDMA backend, against a memnode process on rxe0: each memory's store is a
+  # region there, which the module reads with its own queue pair (it keeps no copy: every byte the
+  # function verifies came over RDMA).
+  memnode --listen "$addr:7070" --capacity 1G --rdma-device rxe0 >/tmp/memnode.log 2>&1 &
+  mpid=$!
+  wait_port "$addr"
+  runtime run /pattern.wat --fault-path kmod --memnode "rdma://$addr:7070" --memnode-timeout-ms "$timeout_ms" --repeat 3 \
+    --offload-every-call --stats >/tmp/kmod_rdma_runtime_run.log 2>&1
+  rc=$?
+  [ $rc = 0 ] && grep -q "pages sent to the rdma memnode" /tmp/kmod_rdma_runtime_run.log || rc=1
+  grep -E "fault|sent|fetched" /tmp/kmod_rdma_runtime_run.log | head -n 8 | sed 's/^/EBB-LOG kmod_rdma_runtime_run: /'
+  result kmod_rdma_runtime_run $rc
+  # The memnode killed under a running function: the run must end by itself with an error (the
+  # module's transfers fail within the memnode timeout, its SIGBUS poisons the memory and fails the
+  # call; the process does not die of it), never hang; the kernel log check below
+  # sees whatever the module did about it, and the unload that no page was left behind.
+  runtime run /pattern.wat --fault-path kmod --memnode "rdma://$addr:7070" --memnode-timeout-ms 3000 --repeat 1000 \
+    --offload-every-call >/tmp/kmod_rdma_killed_memnode.log 2>&1 &
+  rpid=$!
+  sleep 20
+  alive=0
+  kill -0 $rpid 2>/dev/null && alive=1
+  kill -9 $mpid
+  i=0
+  while kill -0 $rpid 2>/dev/null && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
+  if [ $alive = 0 ]; then
+    echo "EBB-LOG kmod_rdma_killed_memnode: the run ended before the memnode was killed" >>/tmp/kmod_rdma_killed_memnode.log
+    rc=1
+  elif kill -0 $rpid 2>/dev/null; then
+    echo "EBB-LOG kmod_rdma_killed_memnode: the run did not end within 120 s of the memnode's death" >>/tmp/kmod_rdma_killed_memnode.log
+    kill -9 $rpid
+    rc=1
+  else
+    wait $rpid
+    rc=$?
+    echo "EBB-LOG kmod_rdma_killed_memnode: exit $rc after $((i / 2)) s: $(tail -n 2 /tmp/kmod_rdma_killed_memnode.log | tr '\n' ' ')"
+    # An error exit, not a death by signal: a fill the module could not make is the call's error.
+    [ $rc != 0 ] && [ $rc -lt 128 ] && rc=0 || rc=1
+  fi
+  wait $mpid 2>/dev/null
+  result kmod_rdma_killed_memnode $rc
   # The platform's tests over HTTP, with real runtime processes on --fault-path kmod. Skipped by
   # name: a dead memnode failing calls — with the DRAM backend each memory's initial state stays
   # in the module's store, and no fault reaches the memnode. (tests/keep_alive.rs is
@@ -335,7 +385,8 @@ status=0
 start=$(date +%s)
 if [[ $mode == kmod || $mode == all ]]; then
   EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_KMOD_TIMEOUT:-1200} boot kmod kmod 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
-  check "$work/kmod.log" kmod_load kmod_tests kmod_paged_memory kmod_call_isolation kmod_runtime_run kmod_platform kmod_runtime_unit kmod_unload kmod_kernel_log ||
+  check "$work/kmod.log" kmod_load kmod_tests kmod_paged_memory kmod_call_isolation kmod_rdma_lost_memnode kmod_runtime_run kmod_rdma_runtime_run \
+    kmod_rdma_killed_memnode kmod_platform kmod_runtime_unit kmod_unload kmod_kernel_log ||
     { status=1; tail -n 60 "$work/kmod.log" >&2; }
 fi
 if [[ $mode == single || $mode == all ]]; then

@@ -118,9 +118,22 @@ fn sixteen_instances_fault_concurrently_over_tcp() {
     assert_eq!(exec.pager().stats().faults_failed, 0);
 }
 
+/// With `EBB_TEST_RDMA_DEVICE` the memnode serves RDMA on that device and is reached by `rdma://`:
+/// the kmod guest of `scripts/softroce.sh` runs the killed-memnode test so, on the module's RDMA
+/// backend, where the module's failed READ (a SIGBUS) must become the call's error.
 fn lost_memnode(stop: impl FnOnce(&mut Memnode)) -> (anyhow::Error, Duration) {
-    let mut memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    let exec = executor(tcp(&memnode.addr), 2);
+    let rdma = std::env::var("EBB_TEST_RDMA_DEVICE").ok();
+    let mut args = vec!["--capacity", "1G"];
+    args.extend(rdma.iter().flat_map(|d| ["--rdma-device", d.as_str()]));
+    let mut memnode = Memnode::start(&args).unwrap();
+    let transport = match &rdma {
+        Some(device) => {
+            let config = TcpConfig { rdma_device: Some(device.clone()), ..Default::default() };
+            ebb_memnode::connect(&format!("rdma://{}", memnode.addr), config).expect("connect to memnode by rdma")
+        }
+        None => tcp(&memnode.addr),
+    };
+    let exec = executor(transport, 2);
     let mut inst = pattern_instance(&exec, 7, 16 * MIB);
     assert_eq!(inst.run().unwrap(), 0);
     inst.memory().unwrap().offload().unwrap();

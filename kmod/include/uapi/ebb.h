@@ -13,6 +13,19 @@
  *   open ─► EBB_IOC_CREATE ─► mmap(MAP_SHARED) ─► faults ─► EBB_IOC_EVICT / PREFETCH / ...
  *                                                          ─► close (after munmap): all freed
  *
+ * The RDMA backend's pages are a memnode's registered region, read and written with one-sided
+ * verbs on a reliable connection the module owns. User space keeps the control plane (it talks to
+ * the memnode): it asks the module for a queue pair, hands the memnode its description and the
+ * memnode's answer back, and tells the module where the region is:
+ *
+ *   EBB_IOC_CREATE(RDMA) ─► EBB_IOC_RDMA_QP ─► (memnode: RdmaConnect) ─► EBB_IOC_RDMA_CONNECT
+ *                        ─► EBB_IOC_RDMA_REMOTE (again whenever the memnode re-keys the region)
+ *
+ * A page the backend holds (written through the module, or every page of a remote given with
+ * EBB_RDMA_POPULATED) is read from the memnode; any other page reads as zeros without a round
+ * trip. A transfer that fails or outlasts the connection's timeout breaks the connection for good:
+ * the fault that needed it gets SIGBUS, and so does every later one that needs the memnode.
+ *
  * Every ioctl takes page indexes (not bytes) and fails with EINVAL on a range outside the region,
  * EINVAL on reserved fields or flags that are not zero, ENOTTY on an unknown request, and EBADFD
  * (a region not created yet) before EBB_IOC_CREATE.
@@ -24,7 +37,7 @@
 #include <linux/types.h>
 
 #define EBB_DEVICE_NAME "ebb"
-#define EBB_ABI_VERSION 1
+#define EBB_ABI_VERSION 2
 #define EBB_PAGE_SIZE 4096
 /* The largest region: 16 GiB. */
 #define EBB_MAX_PAGES (1ULL << 22)
@@ -40,7 +53,7 @@ struct ebb_create {
 	__u64 pages;      /* 1 .. EBB_MAX_PAGES */
 	__u32 backend;    /* EBB_BACKEND_* */
 	__u32 readaround; /* 0 .. EBB_MAX_READAROUND */
-	__u64 reserved[4]; /* zero (the RDMA backend's peer and keys will live here) */
+	__u64 reserved[4]; /* zero */
 };
 
 /* A run of pages: EBB_IOC_EVICT, EBB_IOC_PREFETCH. */
@@ -90,10 +103,47 @@ struct ebb_counters {
 	__u64 written_back;  /* dirty pages copied to the backend before they were dropped */
 	__u64 sigbus;        /* faults answered with SIGBUS (past the region, or the backend failed) */
 	__u64 resident;      /* the region's resident pages now */
-	__u64 stored;        /* the region's pages in the DRAM backend now */
+	__u64 stored;        /* pages the backend holds now (DRAM: copies in the module; RDMA: on the memnode) */
 	__u64 module_pages;  /* pages the whole module holds now; 0 once every region is closed */
 	__u64 module_regions; /* regions open now */
+	__u64 backend_errors; /* transfers with the backend that failed (RDMA: error, timeout) */
 };
+
+/* EBB_IOC_RDMA_QP: creates the region's queue pair (RDMA backend, once) on port `port` of RDMA
+ * device `device` and describes it, for the memnode. The source GID is the port's first RoCE v2
+ * IPv4 one on Ethernet, index 0 on InfiniBand. */
+struct ebb_rdma_qp {
+	char device[64]; /* in: NUL-terminated, e.g. "rxe0", "mlx4_0" */
+	__u32 port;      /* in: 1 .. */
+	__u32 qpn;       /* out: queue pair number */
+	__u32 psn;       /* out: first packet sequence number */
+	__u16 lid;       /* out: the port's LID (0 on RoCE) */
+	__u16 mtu;       /* out: the port's active MTU code (1 = 256 .. 5 = 4096) */
+	__u8 gid[16];    /* out: the source GID */
+	__u64 reserved;  /* zero */
+};
+
+/* EBB_IOC_RDMA_CONNECT: connects the queue pair to the memnode's (once). */
+struct ebb_rdma_peer {
+	__u32 qpn;
+	__u32 psn;
+	__u16 lid;
+	__u16 mtu;
+	__u32 timeout_ms; /* 1 .. 600000: the most one transfer may take (also paces retries) */
+	__u8 gid[16];
+	__u64 reserved;   /* zero */
+};
+
+/* EBB_IOC_RDMA_REMOTE: where the region's pages are (page i at addr + i * EBB_PAGE_SIZE, under
+ * rkey), replacing any earlier remote. */
+struct ebb_rdma_remote {
+	__u64 addr;
+	__u64 len;   /* bytes, a multiple of EBB_PAGE_SIZE; pages past it cannot be held */
+	__u32 rkey;
+	__u32 flags; /* EBB_RDMA_POPULATED */
+};
+/* Every page of the remote holds data (the backend holds the first len / EBB_PAGE_SIZE pages). */
+#define EBB_RDMA_POPULATED (1U << 0)
 
 #define EBB_IOC_MAGIC 0xEB
 #define EBB_IOC_VERSION _IOR(EBB_IOC_MAGIC, 0, __u32)
@@ -105,5 +155,8 @@ struct ebb_counters {
 #define EBB_IOC_ACCESSED _IOW(EBB_IOC_MAGIC, 6, struct ebb_bitmap)
 #define EBB_IOC_DIRTY _IOW(EBB_IOC_MAGIC, 7, struct ebb_bitmap)
 #define EBB_IOC_COUNTERS _IOR(EBB_IOC_MAGIC, 8, struct ebb_counters)
+#define EBB_IOC_RDMA_QP _IOWR(EBB_IOC_MAGIC, 9, struct ebb_rdma_qp)
+#define EBB_IOC_RDMA_CONNECT _IOW(EBB_IOC_MAGIC, 10, struct ebb_rdma_peer)
+#define EBB_IOC_RDMA_REMOTE _IOW(EBB_IOC_MAGIC, 11, struct ebb_rdma_remote)
 
 #endif /* _UAPI_LINUX_EBB_H */

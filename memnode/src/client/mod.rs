@@ -65,6 +65,11 @@ impl TransportError {
 pub trait Transport: Send + Sync + fmt::Debug {
     /// A short name for logs and stats: `local`, `tcp`.
     fn kind(&self) -> &'static str;
+    /// The `rdma` transport behind this one, if it is one: for a party that moves this client's
+    /// pages by RDMA itself (Ebb's kernel module) and needs its queue pairs and region keys.
+    fn as_rdma(&self) -> Option<&crate::rdma::RdmaTransport> {
+        None
+    }
     /// Allocates a zero-filled region of `size` bytes (a multiple of the page size).
     fn alloc(&self, size: u64) -> Result<RegionId, TransportError>;
     /// Grows or shrinks a region, keeping the shared prefix.
@@ -208,6 +213,9 @@ impl<T> CountingTransport<T> {
 impl<T: Transport> Transport for CountingTransport<T> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+    fn as_rdma(&self) -> Option<&crate::rdma::RdmaTransport> {
+        self.inner.as_rdma()
     }
     fn alloc(&self, size: u64) -> Result<RegionId, TransportError> {
         self.inner.alloc(size)

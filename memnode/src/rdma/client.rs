@@ -341,6 +341,10 @@ impl Transport for RdmaTransport {
         "rdma"
     }
 
+    fn as_rdma(&self) -> Option<&RdmaTransport> {
+        Some(self)
+    }
+
     fn alloc(&self, size: u64) -> Result<RegionId, TransportError> {
         let region = self.control.alloc(size)?;
         // Registered now, so that no fault waits for it.
@@ -415,20 +419,51 @@ impl Transport for RdmaTransport {
     }
 }
 
-/// A new queue pair in `pd` connected to a new one of the memnode's, over a new control
-/// connection of `control`'s session (one per queue pair: the memnode refuses a second).
-fn connect_qp(control: &TcpTransport, pd: &Arc<Pd>, addr: &str) -> Result<(Qp, Conn), TransportError> {
-    let rdma = |source| TransportError::Rdma { addr: addr.to_string(), source };
+/// The memnode's end of a queue pair that someone else owns — Ebb's kernel module, whose RDMA
+/// backend reads and writes this client's regions on it. The memnode keeps its end for as long
+/// as this value (its control connection) lives.
+pub struct RemoteQp {
+    /// The memnode's queue pair, to connect the local one to.
+    pub info: QpInfo,
+    _conn: Conn,
+}
+
+impl fmt::Debug for RemoteQp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteQp").field("qpn", &self.info.qpn.get()).finish_non_exhaustive()
+    }
+}
+
+impl RdmaTransport {
+    /// Asks the memnode for a queue pair connected to `local` (one this process does not own:
+    /// the kernel module's), in this client's protection domain: it reaches this client's regions
+    /// and no other's.
+    pub fn connect_remote_qp(&self, local: &QpInfo) -> Result<RemoteQp, TransportError> {
+        let (info, conn) = memnode_qp(&self.control, local, &self.name)?;
+        Ok(RemoteQp { info, _conn: conn })
+    }
+}
+
+/// The memnode's description of a new queue pair of its own connected to `local`, over a new
+/// control connection of `control`'s session (one per queue pair: the memnode refuses a second).
+fn memnode_qp(control: &TcpTransport, local: &QpInfo, addr: &str) -> Result<(QpInfo, Conn), TransportError> {
     let mut conn = control.open_conn()?;
-    let qp = Qp::new(pd).map_err(rdma)?;
     // Creating and connecting the memnode's queue pair takes the memnode's kernel far longer
     // than serving a page (seconds on an emulated device): not bound by the page timeout.
-    let (_, reply) = control.request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, qp.info().as_bytes(), Some(SETUP_TIMEOUT))?;
+    let (_, reply) = control.request(Some(&mut conn), "rdma connect", Op::RdmaConnect, 0, local.as_bytes(), Some(SETUP_TIMEOUT))?;
     let peer = QpInfo::read_from_bytes(&reply).map_err(|_| TransportError::Protocol {
         addr: addr.to_string(),
         op: "rdma connect",
         detail: format!("a {}-byte queue pair description", reply.len()),
     })?;
+    Ok((peer, conn))
+}
+
+/// A new queue pair in `pd` connected to a new one of the memnode's.
+fn connect_qp(control: &TcpTransport, pd: &Arc<Pd>, addr: &str) -> Result<(Qp, Conn), TransportError> {
+    let rdma = |source| TransportError::Rdma { addr: addr.to_string(), source };
+    let qp = Qp::new(pd).map_err(rdma)?;
+    let (peer, conn) = memnode_qp(control, &qp.info(), addr)?;
     // A request is resent after a quarter of the memnode timeout without an acknowledgement: a
     // lost packet is recovered well within the bound, and a slow peer (an emulated one on a busy
     // host) is not flooded with spurious retransmissions — rxe's requester sometimes never

@@ -12,7 +12,7 @@ mod client;
 mod fabric;
 pub mod verbs;
 
-pub use client::RdmaTransport;
+pub use client::{RdmaTransport, RemoteQp};
 pub use fabric::{Fabric, FabricError};
 pub use verbs::{device_names, Qp, RdmaError};
 

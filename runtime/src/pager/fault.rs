@@ -64,6 +64,14 @@ impl Shared {
 
     pub(super) fn release_with_zero(&self, mem: &MemoryState, addr: usize) {
         let page_addr = addr & !(PAGE_SIZE - 1);
+        if mem.kernel.is_some() {
+            // The module's page cannot be had: a private one goes over it (the memory is poisoned,
+            // never used again).
+            if let Err(e) = mem.reservation.map_anonymous(page_addr - mem.base(), PAGE_SIZE) {
+                tracing::error!("cannot release a faulting thread at {page_addr:#x}: {e}");
+            }
+            return;
+        }
         // A copy, not the zero page: UFFDIO_ZEROPAGE refuses (EEXIST) a page whose entry holds a
         // write-protect marker (tracked memory that was write-protected while empty), and the
         // faulting thread would fault on it for ever.

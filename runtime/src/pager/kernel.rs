@@ -1,6 +1,9 @@
 //! The kernel fault path (`--fault-path kmod`): a memory is a shared mapping of one region of
-//! Ebb's kernel module ([`super::kmod`], DRAM backend), whose faults the module fills in the
-//! kernel — no signal, no handler thread, no return to user space.
+//! Ebb's kernel module ([`super::kmod`]), whose faults the module fills in the kernel — no
+//! signal, no handler thread, no return to user space. The module's store is its DRAM backend,
+//! or, when the pager's memnode is reached over `rdma`, a memnode region of this memory's own
+//! that the module reads and writes with its own queue pair (the RDMA backend): then what a
+//! drained memory holds leaves the host, and a fault is one RDMA READ issued in the kernel.
 //!
 //! ```text
 //!   reservation [0, capacity) ── mmap(MAP_SHARED) of /dev/ebb ── a fault: the module copies the
@@ -23,12 +26,14 @@
 //!
 //! Not on this path yet: lending a memory to another node (near-data offload), and
 //! copy-on-write images (each memory's store holds its own copy of the initial state, filled at
-//! adoption).
+//! adoption). On the RDMA backend an offloaded page is on the memnode twice (the memory's region
+//! and the store's).
 
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
-use ebb_memnode::PAGE_SIZE;
+use ebb_memnode::rdma::RemoteQp;
+use ebb_memnode::{PAGE_SIZE, RegionId, Transport};
 
 use super::kmod::{Backend, Device, KmodError};
 use super::{MemoryHandle, PageState, PagerError, Poison, ZEROS};
@@ -57,19 +62,82 @@ pub(super) struct KernelMemory {
     /// of those pages (an offload's) set their accessed bits, which the eviction clears, and a
     /// sync in between (another thread's `Pager::stats`) would mark them Resident again.
     syncing: Mutex<()>,
+    /// The RDMA backend's memnode side, if on it.
+    remote: Option<RemoteStore>,
 }
+
+/// The memnode region holding a memory's store on the RDMA backend, and the memnode's end of
+/// the module's queue pair.
+#[derive(Debug)]
+struct RemoteStore {
+    transport: Arc<dyn Transport>,
+    /// The region and its size in pages: allocated at the first store write, grown (doubling,
+    /// up to the memory's capacity) as writes reach further.
+    region: Mutex<Option<(RegionId, usize)>>,
+    capacity: usize,
+    _qp: RemoteQp,
+}
+
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        if let Some((region, _)) = self.region.get_mut().unwrap_or_else(|e| e.into_inner()).take()
+            && let Err(e) = self.transport.free(region)
+        {
+            tracing::warn!("could not free the module store's memnode region {region} (its lease will): {e}");
+        }
+    }
+}
+
+/// The smallest store region (1 MiB): growth doubles from here.
+const REMOTE_STORE_MIN_PAGES: usize = 256;
 
 fn kmod_err(e: KmodError) -> PagerError {
     PagerError::Kernel(e)
 }
 
 impl KernelMemory {
-    /// A region of `pages` pages whose faults fill `readaround` more pages beside the faulting one.
-    pub(super) fn new(pages: usize, readaround: usize) -> Result<KernelMemory, PagerError> {
+    /// A region of `pages` pages whose faults fill `readaround` more pages beside the faulting
+    /// one: on the RDMA backend when `transport` is an `rdma` one, else on the DRAM backend.
+    pub(super) fn new(pages: usize, readaround: usize, transport: &Arc<dyn Transport>) -> Result<KernelMemory, PagerError> {
         let dev = Device::open().map_err(kmod_err)?;
         let readaround = u32::try_from(readaround).unwrap_or(u32::MAX).min(super::kmod::uapi::MAX_READAROUND);
-        dev.create(pages as u64, Backend::Dram, readaround).map_err(kmod_err)?;
-        Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()) })
+        let Some(rdma) = transport.as_rdma() else {
+            dev.create(pages as u64, Backend::Dram, readaround).map_err(kmod_err)?;
+            return Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: None });
+        };
+        dev.create(pages as u64, Backend::Rdma, readaround).map_err(kmod_err)?;
+        // The module's queue pair, on the device and port the transport's own use.
+        let local = dev.rdma_qp(rdma.device(), 1).map_err(kmod_err)?;
+        let qp = rdma.connect_remote_qp(&local)?;
+        dev.rdma_connect(&qp.info, rdma.control().timeout()).map_err(kmod_err)?;
+        let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp };
+        Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: Some(remote) })
+    }
+
+    /// On the RDMA backend, makes the store's memnode region cover pages `..end` (allocating or
+    /// growing it, and telling the module its new key).
+    fn cover(&self, end: usize) -> Result<(), PagerError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let mut region = remote.region.lock().unwrap_or_else(|e| e.into_inner());
+        let want = |have: usize| end.max(have * 2).max(REMOTE_STORE_MIN_PAGES).min(remote.capacity.max(end));
+        let id = match *region {
+            Some((_, have)) if have >= end => return Ok(()),
+            Some((id, have)) => {
+                let pages = want(have);
+                remote.transport.resize(id, (pages * PAGE_SIZE) as u64)?;
+                *region = Some((id, pages));
+                id
+            }
+            None => {
+                let pages = want(0);
+                let id = remote.transport.alloc((pages * PAGE_SIZE) as u64)?;
+                *region = Some((id, pages));
+                id
+            }
+        };
+        let rdma = remote.transport.as_rdma().ok_or(PagerError::Config("the RDMA backend needs an rdma transport".into()))?;
+        let key = rdma.region_key(id)?;
+        self.dev.rdma_remote(&key, false).map_err(kmod_err)
     }
 
     /// Checks that this host can run the kmod path: the module is loaded and speaks our ABI.
@@ -115,6 +183,7 @@ impl KernelMemory {
 
     /// Writes whole pages from `first` into the store, and notes what they are.
     fn store(&self, first: usize, bytes: &[u8], what: Held) -> Result<(), PagerError> {
+        self.cover(first + bytes.len() / PAGE_SIZE)?;
         self.dev.store_write(first as u64, bytes).map_err(kmod_err)?;
         self.set_held(first..first + bytes.len() / PAGE_SIZE, what);
         Ok(())

@@ -14,10 +14,12 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use ebb_memnode::proto::{QpInfo, RegionKey};
+
 /// The mirror of `kmod/include/uapi/ebb.h`.
 pub mod uapi {
     pub const DEVICE: &str = "/dev/ebb";
-    pub const ABI_VERSION: u32 = 1;
+    pub const ABI_VERSION: u32 = 2;
     pub const PAGE_SIZE: usize = 4096;
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const MAX_READAROUND: u32 = 64;
@@ -25,6 +27,7 @@ pub mod uapi {
     pub const BACKEND_RDMA: u32 = 2;
     pub const EVICT_WRITEBACK: u32 = 1;
     pub const BITMAP_RESET: u32 = 1;
+    pub const RDMA_POPULATED: u32 = 1;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
@@ -78,6 +81,41 @@ pub mod uapi {
         pub stored: u64,
         pub module_pages: u64,
         pub module_regions: u64,
+        pub backend_errors: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct RdmaQp {
+        pub device: [u8; 64],
+        pub port: u32,
+        pub qpn: u32,
+        pub psn: u32,
+        pub lid: u16,
+        pub mtu: u16,
+        pub gid: [u8; 16],
+        pub reserved: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RdmaPeer {
+        pub qpn: u32,
+        pub psn: u32,
+        pub lid: u16,
+        pub mtu: u16,
+        pub timeout_ms: u32,
+        pub gid: [u8; 16],
+        pub reserved: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RdmaRemote {
+        pub addr: u64,
+        pub len: u64,
+        pub rkey: u32,
+        pub flags: u32,
     }
 
     const MAGIC: u64 = 0xEB;
@@ -92,6 +130,9 @@ pub mod uapi {
     const fn ior<T>(nr: u64) -> u64 {
         ioc(2, nr, std::mem::size_of::<T>())
     }
+    const fn iowr<T>(nr: u64) -> u64 {
+        ioc(3, nr, std::mem::size_of::<T>())
+    }
 
     pub const IOC_VERSION: u64 = ior::<u32>(0);
     pub const IOC_CREATE: u64 = iow::<Create>(1);
@@ -102,6 +143,9 @@ pub mod uapi {
     pub const IOC_ACCESSED: u64 = iow::<Bitmap>(6);
     pub const IOC_DIRTY: u64 = iow::<Bitmap>(7);
     pub const IOC_COUNTERS: u64 = ior::<Counters>(8);
+    pub const IOC_RDMA_QP: u64 = iowr::<RdmaQp>(9);
+    pub const IOC_RDMA_CONNECT: u64 = iow::<RdmaPeer>(10);
+    pub const IOC_RDMA_REMOTE: u64 = iow::<RdmaRemote>(11);
 }
 
 /// Where a region's pages live when not resident.
@@ -115,7 +159,7 @@ pub enum Backend {
 
 /// A failed device operation: which one, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
-#[error("/dev/ebb {op}: {source}")]
+#[error("/dev/ebb {op}: {source}{}", hint(.source))]
 pub struct KmodError {
     pub op: &'static str,
     #[source]
@@ -126,6 +170,15 @@ impl KmodError {
     /// The errno, for tests and callers that tell cases apart.
     pub fn errno(&self) -> Option<i32> {
         self.source.raw_os_error()
+    }
+}
+
+/// What an errno means that the kernel's text does not say (the RDMA backend's failures).
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EIO | libc::ETIMEDOUT) => " (a transfer with the memnode failed or timed out: the module's connection to it is broken)",
+        Some(libc::ENOTCONN) => " (the module's connection to the memnode is not up, or broke earlier)",
+        _ => "",
     }
 }
 
@@ -241,6 +294,36 @@ impl Device {
     /// Pages of a range written since the set was last reset, ascending.
     pub fn dirty(&self, first: u64, count: u64, reset: bool) -> Result<Vec<u64>, KmodError> {
         Ok(pages_of(first, &self.bitmap("dirty", uapi::IOC_DIRTY, first, count, reset)?))
+    }
+
+    /// Creates the region's queue pair (RDMA backend) on `port` of RDMA device `device` and
+    /// returns its description, for the memnode's `RdmaConnect`.
+    pub fn rdma_qp(&self, device: &str, port: u32) -> Result<QpInfo, KmodError> {
+        let mut qp = uapi::RdmaQp { device: [0; 64], port, qpn: 0, psn: 0, lid: 0, mtu: 0, gid: [0; 16], reserved: 0 };
+        let name = device.as_bytes();
+        if name.len() >= qp.device.len() || name.contains(&0) {
+            return Err(KmodError { op: "rdma qp", source: std::io::Error::from_raw_os_error(libc::EINVAL) });
+        }
+        qp.device[..name.len()].copy_from_slice(name);
+        // SAFETY: EBB_IOC_RDMA_QP reads and writes one `RdmaQp`.
+        unsafe { self.ioctl("rdma qp", uapi::IOC_RDMA_QP, &mut qp) }?;
+        Ok(QpInfo { qpn: qp.qpn.into(), psn: qp.psn.into(), lid: qp.lid.into(), mtu: qp.mtu.into(), gid: qp.gid, reserved: 0.into() })
+    }
+
+    /// Connects the region's queue pair to the memnode's; one transfer may take at most `timeout`.
+    pub fn rdma_connect(&self, peer: &QpInfo, timeout: std::time::Duration) -> Result<(), KmodError> {
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut p = uapi::RdmaPeer { qpn: peer.qpn.get(), psn: peer.psn.get(), lid: peer.lid.get(), mtu: peer.mtu.get(), timeout_ms, gid: peer.gid, reserved: 0 };
+        // SAFETY: EBB_IOC_RDMA_CONNECT reads one `RdmaPeer`.
+        unsafe { self.ioctl("rdma connect", uapi::IOC_RDMA_CONNECT, &mut p) }
+    }
+
+    /// Where the region's pages are on the memnode; with `populated`, every page there holds data.
+    pub fn rdma_remote(&self, key: &RegionKey, populated: bool) -> Result<(), KmodError> {
+        let flags = if populated { uapi::RDMA_POPULATED } else { 0 };
+        let mut r = uapi::RdmaRemote { addr: key.addr.get(), len: key.len.get(), rkey: key.rkey.get(), flags };
+        // SAFETY: EBB_IOC_RDMA_REMOTE reads one `RdmaRemote`.
+        unsafe { self.ioctl("rdma remote", uapi::IOC_RDMA_REMOTE, &mut r) }
     }
 
     /// Maps `pages` pages of the region from page `first`, shared.

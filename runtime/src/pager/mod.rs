@@ -344,6 +344,8 @@ impl Pager {
                 kernel::KernelMemory::probe()?;
                 // The module's region is the memory: it cannot map a file copy-on-write under it.
                 config.cow_images = false;
+                // A fill the module cannot make (its memnode gone) is a SIGBUS: see `sigbus`.
+                sigbus::install_handler()?;
             }
         }
         let setup = |source| PagerError::Setup { len: 0, source };
@@ -642,7 +644,7 @@ impl PagedMemory {
         let path = pager.shared.config.fault_path;
         let uffd = new_uffd(path).map_err(PagerError::Unavailable)?;
         let kernel = if path == FaultPath::Kmod {
-            let k = kernel::KernelMemory::new(capacity / PAGE_SIZE, pager.shared.config.readaround)?;
+            let k = kernel::KernelMemory::new(capacity / PAGE_SIZE, pager.shared.config.readaround, &pager.shared.transport)?;
             k.map_over(&reservation, capacity, minimum).map_err(setup)?;
             Some(k)
         } else {
@@ -679,8 +681,7 @@ impl PagedMemory {
         });
         match path {
             FaultPath::Uffd => shared.epoll.add_oneshot(&state.uffd, key).map_err(setup)?,
-            FaultPath::UffdSigbus => sigbus::register(&state, shared.clone())?,
-            FaultPath::Kmod => {}
+            FaultPath::UffdSigbus | FaultPath::Kmod => sigbus::register(&state, shared.clone())?,
         }
         shared.memories.write().unwrap_or_else(|e| e.into_inner()).insert(key, state.clone());
         Ok(PagedMemory { state, shared, _pager: pager.clone() })

@@ -25,6 +25,11 @@
 //! per-store signal hook only sees the signals it handles, so this handler is process-wide and
 //! chains to whatever was installed before it for every SIGBUS that is not a paged memory's.
 //!
+//! On the kmod path the module fills every fault in the kernel, and a SIGBUS from one of its
+//! memories means the module could not (its RDMA backend's memnode failed or went silent past
+//! the timeout): the handler poisons the memory, interrupts the call, and puts an anonymous zero
+//! page there so that the faulting thread runs on to its trap — the call fails, the process lives.
+//!
 //! The kernel's own accesses to a missing page (a syscall whose buffer lies in linear memory)
 //! fail with EFAULT on this path instead of waiting. Host code must copy through user space:
 //! wasmtime-wasi does so as long as blocking on the current thread is not allowed (its direct
@@ -199,6 +204,11 @@ fn serve_on(mem: &MemoryState, addr: usize, write: bool) -> bool {
         // Not a userfaultfd fault: a file mapped into the memory (past its end), or a page
         // that is not accessible. Not ours to hide.
         return false;
+    }
+    if mem.kernel.is_some() {
+        t.shared.fail(mem, Poison::Handler(format!("the kernel module could not fill the page at {addr:#x}: its memnode transfer failed")));
+        t.shared.release_with_zero(mem, addr);
+        return true;
     }
     let mut buf = t.buf.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| t.shared.resolve(mem, addr, write, &mut buf)));

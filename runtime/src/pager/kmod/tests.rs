@@ -34,6 +34,11 @@ int main(void) {
     P("IOC_VERSION", EBB_IOC_VERSION); P("IOC_CREATE", EBB_IOC_CREATE); P("IOC_STORE_WRITE", EBB_IOC_STORE_WRITE);
     P("IOC_STORE_READ", EBB_IOC_STORE_READ); P("IOC_EVICT", EBB_IOC_EVICT); P("IOC_PREFETCH", EBB_IOC_PREFETCH);
     P("IOC_ACCESSED", EBB_IOC_ACCESSED); P("IOC_DIRTY", EBB_IOC_DIRTY); P("IOC_COUNTERS", EBB_IOC_COUNTERS);
+    P("RDMA_POPULATED", EBB_RDMA_POPULATED); P("offset counters.backend_errors", offsetof(struct ebb_counters, backend_errors));
+    P("sizeof rdma_qp", sizeof(struct ebb_rdma_qp)); P("sizeof rdma_peer", sizeof(struct ebb_rdma_peer));
+    P("sizeof rdma_remote", sizeof(struct ebb_rdma_remote)); P("offset rdma_qp.gid", offsetof(struct ebb_rdma_qp, gid));
+    P("offset rdma_peer.gid", offsetof(struct ebb_rdma_peer, gid)); P("offset rdma_remote.rkey", offsetof(struct ebb_rdma_remote, rkey));
+    P("IOC_RDMA_QP", EBB_IOC_RDMA_QP); P("IOC_RDMA_CONNECT", EBB_IOC_RDMA_CONNECT); P("IOC_RDMA_REMOTE", EBB_IOC_RDMA_REMOTE);
     printf("DEVICE /dev/%s\n", EBB_DEVICE_NAME);
     return 0;
 }
@@ -56,7 +61,7 @@ int main(void) {
     let header: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
     let n = |k: &str| header.get(k).unwrap_or_else(|| panic!("{k} missing")).parse::<u64>().unwrap();
     use std::mem::{offset_of, size_of};
-    let want: [(&str, u64); 25] = [
+    let want: [(&str, u64); 36] = [
         ("ABI_VERSION", ABI_VERSION.into()),
         ("PAGE_SIZE", PAGE_SIZE as u64),
         ("MAX_PAGES", MAX_PAGES),
@@ -82,6 +87,17 @@ int main(void) {
         ("IOC_ACCESSED", IOC_ACCESSED),
         ("IOC_DIRTY", IOC_DIRTY),
         ("IOC_COUNTERS", IOC_COUNTERS),
+        ("RDMA_POPULATED", RDMA_POPULATED.into()),
+        ("offset counters.backend_errors", offset_of!(Counters, backend_errors) as u64),
+        ("sizeof rdma_qp", size_of::<RdmaQp>() as u64),
+        ("sizeof rdma_peer", size_of::<RdmaPeer>() as u64),
+        ("sizeof rdma_remote", size_of::<RdmaRemote>() as u64),
+        ("offset rdma_qp.gid", offset_of!(RdmaQp, gid) as u64),
+        ("offset rdma_peer.gid", offset_of!(RdmaPeer, gid) as u64),
+        ("offset rdma_remote.rkey", offset_of!(RdmaRemote, rkey) as u64),
+        ("IOC_RDMA_QP", IOC_RDMA_QP),
+        ("IOC_RDMA_CONNECT", IOC_RDMA_CONNECT),
+        ("IOC_RDMA_REMOTE", IOC_RDMA_REMOTE),
     ];
     for (k, v) in want {
         assert_eq!(n(k), v, "{k}: header {} against the mirror {v}", n(k));
@@ -170,6 +186,7 @@ fn kmod_readaround_prefetch_and_a_reset_accessed_set_see_every_later_touch() {
     assert_eq!((after.faults, after.faults_mapped - before.faults_mapped), (before.faults, 50));
 }
 
+#[track_caller]
 fn errno<T: std::fmt::Debug>(r: Result<T, KmodError>) -> i32 {
     r.expect_err("must fail").errno().unwrap()
 }
@@ -184,7 +201,8 @@ fn kmod_misuse_is_refused_with_an_error() {
     assert_eq!(errno(d.create(0, Backend::Dram, 0)), libc::EINVAL);
     assert_eq!(errno(d.create(MAX_PAGES + 1, Backend::Dram, 0)), libc::EINVAL);
     assert_eq!(errno(d.create(16, Backend::Dram, MAX_READAROUND + 1)), libc::EINVAL);
-    assert_eq!(errno(d.create(16, Backend::Rdma, 0)), libc::EOPNOTSUPP);
+    // RDMA requests on a region that is not created, then not RDMA.
+    assert_eq!(errno(d.rdma_qp("rxe0", 1)), libc::EBADFD);
     let mut c = Create { pages: 16, backend: BACKEND_DRAM, readaround: 0, reserved: [0, 0, 1, 0] };
     // SAFETY: EBB_IOC_CREATE reads one `Create`.
     assert_eq!(errno(unsafe { d.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "reserved fields must be zero");
@@ -193,6 +211,7 @@ fn kmod_misuse_is_refused_with_an_error() {
     assert_eq!(errno(unsafe { d.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "unknown backend");
     d.create(16, Backend::Dram, 0).unwrap();
     assert_eq!(errno(d.create(16, Backend::Dram, 0)), libc::EBUSY, "created once");
+    assert_eq!(errno(d.rdma_qp("rxe0", 1)), libc::EINVAL, "a DRAM region has no queue pair");
     // Ranges past the region, and overflowing ones.
     assert_eq!(errno(d.map(0, 17)), libc::EINVAL);
     assert_eq!(errno(d.map(16, 1)), libc::EINVAL);
@@ -317,4 +336,227 @@ fn kmod_a_killed_process_leaves_no_page_behind() {
     child.wait().unwrap();
     let after = probe.counters().unwrap();
     assert_eq!((after.module_pages, after.module_regions), (before.module_pages, before.module_regions));
+}
+
+// ---- The RDMA backend: a region's pages on a real memnode (in this process, on the guest's
+// soft-RoCE device), read and written by the module's own queue pair.
+
+use ebb_memnode::client::{TcpConfig, Transport};
+use ebb_memnode::proto::RegionKey;
+use ebb_memnode::rdma::{device_names, Fabric, RdmaTransport, RemoteQp};
+use ebb_memnode::server::{Server, ServerConfig, ServerHandle, Tokens};
+use ebb_memnode::{RegionId, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn rdma_device() -> String {
+    std::env::var("EBB_RDMA_DEVICE").ok().or_else(|| device_names().into_iter().next()).expect("an RDMA device")
+}
+
+fn rdma_memnode() -> ServerHandle {
+    let fabric = Arc::new(Fabric::open(&rdma_device()).expect("open the RDMA device"));
+    let tokens = Tokens::from_pairs([("alice", "a-secret"), ("bob", "b-secret")]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    Server::new(Arc::new(Store::new(256 << 20)), ServerConfig { rdma: Some(fabric), tokens: Some(tokens), ..Default::default() })
+        .spawn(listener)
+        .unwrap()
+}
+
+fn rdma_client(s: &ServerHandle, token: &str, timeout: Duration) -> RdmaTransport {
+    let config = TcpConfig { token: token.into(), rdma_device: Some(rdma_device()), timeout, ..Default::default() };
+    RdmaTransport::connect(&s.local_addr().to_string(), config).expect("rdma connect")
+}
+
+/// A module region of `pages` on the RDMA backend, connected to the memnode as `client`.
+fn rdma_region(client: &RdmaTransport, pages: u64, readaround: u32, timeout: Duration) -> (Device, RemoteQp) {
+    let d = Device::open().unwrap();
+    d.create(pages, Backend::Rdma, readaround).unwrap();
+    let local = d.rdma_qp(&rdma_device(), 1).unwrap();
+    let qp = client.connect_remote_qp(&local).unwrap();
+    d.rdma_connect(&qp.info, timeout).unwrap();
+    (d, qp)
+}
+
+fn remote(client: &RdmaTransport, pages: u64) -> (RegionId, RegionKey) {
+    let region = client.alloc(pages * PAGE_SIZE as u64).unwrap();
+    (region, client.region_key(region).unwrap())
+}
+
+#[allow(clippy::cast_possible_truncation, reason = "a byte pattern")]
+fn rdma_pattern(pages: usize, seed: u8) -> Vec<u8> {
+    (0..pages * PAGE_SIZE).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i / PAGE_SIZE) as u8).collect()
+}
+
+#[test]
+#[ignore = "needs /dev/ebb and an RDMA device: scripts/softroce.sh runs these in its guest"]
+fn kmod_rdma_faults_read_the_memnode_and_evictions_write_back() {
+    let s = rdma_memnode();
+    let alice = rdma_client(&s, "a-secret", Duration::from_secs(10));
+    let base = Device::open().unwrap().counters().unwrap();
+    let (region, key) = remote(&alice, 256);
+    let data = rdma_pattern(256, 3);
+    alice.write_pages(region, &(0..256).collect::<Vec<_>>(), &data).unwrap();
+    {
+        let (d, _qp) = rdma_region(&alice, 256, 8, Duration::from_secs(10));
+        assert_eq!(errno(d.rdma_qp(&rdma_device(), 1)), libc::EBUSY, "one queue pair per region");
+        d.rdma_remote(&key, true).unwrap();
+        let mut m = d.map(0, 256).unwrap();
+        // Every byte the memnode holds comes back through the kernel's fault handler.
+        assert!(m[..] == data[..], "pages faulted in over RDMA differ from the memnode's");
+        let c = d.counters().unwrap();
+        assert_eq!((c.fills_backend, c.fills_zero, c.resident, c.stored, c.backend_errors), (256, 0, 256, 256, 0));
+        assert_eq!(c.faults + c.faults_mapped, 256, "{c:?}");
+        assert!(c.readaround >= 200 && c.faults <= 56, "read-around batches neighbours into one transfer: {c:?}");
+        // A written page goes back to the memnode on eviction; a clean one is only dropped.
+        m[5 * PAGE_SIZE..6 * PAGE_SIZE].copy_from_slice(&page_of(0xAB));
+        d.evict(0, 256, true).unwrap();
+        let mut out = vec![0u8; PAGE_SIZE];
+        alice.read_pages(region, &[5], &mut out).unwrap();
+        assert_eq!(out, page_of(0xAB), "the evicted dirty page is on the memnode");
+        alice.read_pages(region, &[6], &mut out).unwrap();
+        assert!(out[..] == data[6 * PAGE_SIZE..7 * PAGE_SIZE]);
+        let c = d.counters().unwrap();
+        assert_eq!((c.written_back, c.evicted, c.resident), (1, 256, 0));
+        // The store ioctls reach the memnode too.
+        d.store_write(10, &page_of(0x5A).repeat(20)).unwrap();
+        let mut back = vec![0u8; 20 * PAGE_SIZE];
+        d.store_read(10, &mut back).unwrap();
+        assert_eq!(back, page_of(0x5A).repeat(20));
+        alice.read_pages(region, &[29], &mut out).unwrap();
+        assert_eq!(out, page_of(0x5A));
+        // And a touch refaults the memnode's bytes, the write-back included.
+        assert_eq!((m[5 * PAGE_SIZE], m[10 * PAGE_SIZE], m[100 * PAGE_SIZE]), (0xAB, 0x5A, data[100 * PAGE_SIZE]));
+        drop(m);
+    }
+    // A region the memnode holds nothing of yet reads zeros without a transfer, and its writes
+    // land once evicted.
+    {
+        let (fresh, _) = remote(&alice, 16);
+        let (d, _qp) = rdma_region(&alice, 16, 0, Duration::from_secs(10));
+        d.rdma_remote(&alice.region_key(fresh).unwrap(), false).unwrap();
+        let mut m = d.map(0, 16).unwrap();
+        assert!(m.iter().all(|&b| b == 0));
+        let c = d.counters().unwrap();
+        assert_eq!((c.fills_zero, c.fills_backend, c.stored), (16, 0, 0));
+        m[3 * PAGE_SIZE] = 9;
+        d.evict(0, 16, true).unwrap();
+        let mut out = vec![0u8; PAGE_SIZE];
+        alice.read_pages(fresh, &[3], &mut out).unwrap();
+        assert_eq!(out[0], 9);
+        assert_eq!(m[3 * PAGE_SIZE], 9, "a held page is read back from the memnode");
+        assert_eq!(d.counters().unwrap().stored, 1);
+        drop(m);
+    }
+    let after = Device::open().unwrap().counters().unwrap();
+    assert_eq!(after.module_pages, base.module_pages, "every page of the closed regions is freed");
+}
+
+#[test]
+#[ignore = "needs /dev/ebb and an RDMA device: scripts/softroce.sh runs these in its guest"]
+fn kmod_rdma_misuse_is_refused_with_an_error() {
+    let s = rdma_memnode();
+    let alice = rdma_client(&s, "a-secret", Duration::from_secs(10));
+    let d = Device::open().unwrap();
+    d.create(16, Backend::Rdma, 0).unwrap();
+    let (_, key) = remote(&alice, 16);
+    assert_eq!(errno(d.rdma_remote(&key, true)), libc::ENOTCONN, "no queue pair yet");
+    // Nothing that needs the memnode works without a queue pair (and nothing breaks).
+    assert_eq!(errno(d.store_write(0, &page_of(1))), libc::ENOTCONN);
+    {
+        let mut m = d.map(0, 16).unwrap();
+        m[0] = 1; // a zero page (the memnode holds none yet), now dirty
+        assert_eq!(errno(d.evict(0, 16, true)), libc::ENOTCONN, "its write-back cannot go anywhere");
+        assert_eq!(m[0], 1, "the page stayed resident: nothing is lost");
+    }
+    assert_eq!(errno(d.rdma_qp("nosuch0", 1)), libc::ENODEV);
+    assert_eq!(errno(d.rdma_qp(&rdma_device(), 0)), libc::EINVAL, "ports count from 1");
+    assert_eq!(errno(d.rdma_qp(&rdma_device(), 9)), libc::EINVAL, "no such port");
+    let mut q = RdmaQp { device: [b'x'; 64], port: 1, qpn: 0, psn: 0, lid: 0, mtu: 0, gid: [0; 16], reserved: 0 };
+    // SAFETY: EBB_IOC_RDMA_QP reads and writes one `RdmaQp`.
+    assert_eq!(errno(unsafe { d.ioctl("rdma qp", IOC_RDMA_QP, &mut q) }), libc::EINVAL, "a name without its NUL");
+    let local = d.rdma_qp(&rdma_device(), 1).unwrap();
+    let qp = alice.connect_remote_qp(&local).unwrap();
+    let mut bad = qp.info;
+    bad.mtu = 9.into();
+    assert_eq!(errno(d.rdma_connect(&bad, Duration::from_secs(1))), libc::EINVAL, "an MTU code past 4096");
+    // A remote whose length is not whole pages, or unknown flags.
+    let mut r = RdmaRemote { addr: key.addr.get(), len: 100, rkey: key.rkey.get(), flags: 0 };
+    // SAFETY: EBB_IOC_RDMA_REMOTE reads one `RdmaRemote`.
+    assert_eq!(errno(unsafe { d.ioctl("rdma remote", IOC_RDMA_REMOTE, &mut r) }), libc::EINVAL);
+    r.len = 16 * PAGE_SIZE as u64;
+    r.flags = 0x10;
+    // SAFETY: as above.
+    assert_eq!(errno(unsafe { d.ioctl("rdma remote", IOC_RDMA_REMOTE, &mut r) }), libc::EINVAL);
+    // Held pages before the connection: a transfer is refused, never attempted.
+    d.rdma_remote(&key, true).unwrap();
+    assert_eq!(errno(d.prefetch(1, 1)), libc::ENOTCONN);
+    d.rdma_connect(&qp.info, Duration::from_secs(10)).unwrap();
+    assert_eq!(errno(d.rdma_connect(&qp.info, Duration::from_secs(10))), libc::EISCONN);
+    d.prefetch(0, 16).unwrap();
+    assert_eq!(d.counters().unwrap().fills_backend, 15, "page 0 stayed resident, the rest came from the memnode");
+}
+
+const RDMA_CHILD: &str = "EBB_KMOD_RDMA_CHILD";
+
+/// The child of the next test: a region on the memnode whose pages become unreachable (the
+/// memnode's queue pair gone, or another identity's region), then a touch. It must die of
+/// SIGBUS; anything else (a hang, a read of wrong bytes) fails the test.
+#[test]
+#[ignore = "needs /dev/ebb and an RDMA device: scripts/softroce.sh runs these in its guest"]
+fn kmod_rdma_child_touches_an_unreachable_page() {
+    let Ok(case) = std::env::var(RDMA_CHILD) else {
+        return; // only meaningful as the child of the next test
+    };
+    let s = rdma_memnode();
+    let alice = rdma_client(&s, "a-secret", Duration::from_secs(10));
+    let bob = rdma_client(&s, "b-secret", Duration::from_secs(10));
+    let (_, key) = remote(&alice, 8);
+    let (d, qp) = rdma_region(&bob, 8, 0, Duration::from_secs(2));
+    match case.as_str() {
+        // Bob's queue pair asks for Alice's region with her key: the memnode's device refuses.
+        "foreign" => d.rdma_remote(&key, true).unwrap(),
+        // The memnode destroys its end: nothing answers any more.
+        _ => {
+            let (_, own) = remote(&bob, 8);
+            d.rdma_remote(&own, true).unwrap();
+            let before = bob.stats().unwrap().connections.get();
+            drop(qp);
+            // The memnode destroys its end once it sees that connection close (then counts it
+            // gone): until then a READ would still be answered.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while bob.stats().unwrap().connections.get() >= before {
+                assert!(std::time::Instant::now() < deadline, "the memnode never closed its end");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let m = d.map(0, 8).unwrap();
+    println!("EBB-CHILD-TOUCH");
+    let byte = std::hint::black_box(m[0]);
+    println!("EBB-CHILD-READ {byte}");
+}
+
+#[test]
+#[ignore = "needs /dev/ebb and an RDMA device: scripts/softroce.sh runs these in its guest"]
+fn kmod_rdma_an_unreachable_memnode_is_sigbus_and_leaks_nothing() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let probe = Device::open().unwrap();
+    let before = probe.counters().unwrap();
+    for case in ["foreign", "vanished"] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "pager::kmod::tests::kmod_rdma_child_touches_an_unreachable_page", "--include-ignored", "--nocapture"])
+            .env(RDMA_CHILD, case)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+        let status = child.wait().unwrap();
+        assert!(lines.iter().any(|l| l.contains("EBB-CHILD-TOUCH")), "{case}: the child never touched its page: {lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("EBB-CHILD-READ")), "{case}: an unreachable page was read: {lines:?}");
+        assert_eq!(status.signal(), Some(libc::SIGBUS), "{case}: {status:?}");
+    }
+    let after = probe.counters().unwrap();
+    assert_eq!((after.module_pages, after.module_regions), (before.module_pages, before.module_regions), "the dead children's regions are freed");
 }

@@ -18,6 +18,10 @@
  * Dirty tracking: the mapping is shared with ->page_mkwrite, so the kernel maps pages read-only
  * and the first write of each calls page_mkwrite, which marks the page dirty.
  *
+ * The RDMA backend (rdma.c) keeps no copies: a region's `held` bitmap says which pages the
+ * memnode holds, and a fault reads the faulting page and its read-around neighbours that the
+ * memnode holds in one transfer, under the region's lock.
+ *
  * Each region has an inode of its own (a pseudo file system) so that unmap_mapping_range() reaches
  * only that region's mappings: every open of a misc device shares the device's inode otherwise.
  */
@@ -37,6 +41,7 @@
 #include <linux/xarray.h>
 
 #include "include/uapi/ebb.h"
+#include "rdma.h"
 
 #define EBB_FS_MAGIC 0x45424221 /* "EBB!" */
 
@@ -55,12 +60,18 @@ struct ebb_region {
 	struct xarray stored;
 	unsigned long *accessed; /* bitmaps of `pages` bits */
 	unsigned long *dirty;
+	/* The RDMA backend: its connection, the pages the memnode holds, one transfer's pages. */
+	struct ebb_rdma *rdma;
+	unsigned long *held;
+	struct page **batch;
 	struct ebb_counters c;   /* resident, stored, module_* are filled when read */
 };
 
-static struct page *ebb_alloc_page(void)
+/* A new page, zeroed if `zero`: without it the caller overwrites every byte before anyone can
+ * read it (a copy, a completed RDMA READ), or frees it unread. */
+static struct page *ebb_alloc_page(bool zero)
 {
-	struct page *page = alloc_page(GFP_HIGHUSER | __GFP_ZERO);
+	struct page *page = alloc_page(GFP_HIGHUSER | (zero ? __GFP_ZERO : 0));
 
 	if (page)
 		atomic64_inc(&ebb_pages);
@@ -77,43 +88,113 @@ static void ebb_put_page(struct page *page)
 	atomic64_dec(&ebb_pages);
 }
 
-/* Makes page `i` resident, filled from the backend or with zeros. Called with the lock held. */
-static struct page *ebb_fill(struct ebb_region *r, u64 i, u64 *counter)
+/* Puts a filled page in the resident set (or frees it). */
+static int ebb_make_resident(struct ebb_region *r, u64 i, struct page *page, u64 *counter)
 {
-	struct page *page = xa_load(&r->resident, i);
-	struct page *copy;
-	void *err;
+	if (xa_is_err(xa_store(&r->resident, i, page, GFP_KERNEL))) {
+		ebb_put_page(page);
+		return -ENOMEM;
+	}
+	r->c.resident++;
+	if (counter)
+		(*counter)++;
+	return 0;
+}
 
-	if (page)
-		return page;
-	page = ebb_alloc_page();
+/* Makes page `i` (not resident) resident from the DRAM backend's copy, or as zeros. */
+static int ebb_fill_local(struct ebb_region *r, u64 i, u64 *counter)
+{
+	struct page *copy = xa_load(&r->stored, i);
+	struct page *page = ebb_alloc_page(!copy);
+
 	if (!page)
-		return NULL;
-	copy = xa_load(&r->stored, i);
+		return -ENOMEM;
 	if (copy) {
 		copy_highpage(page, copy);
 		r->c.fills_backend++;
 	} else {
 		r->c.fills_zero++;
 	}
-	err = xa_store(&r->resident, i, page, GFP_KERNEL);
-	if (xa_is_err(err)) {
-		ebb_put_page(page);
-		return NULL;
+	return ebb_make_resident(r, i, page, counter);
+}
+
+/* Frees the pages of a failed transfer, unless the device may still be using them. */
+static void ebb_transfer_failed(struct ebb_region *r, struct page **pages, unsigned int n, bool in_use)
+{
+	r->c.backend_errors++;
+	while (!in_use && n--)
+		ebb_put_page(pages[n]);
+}
+
+/* Makes pages i .. i + n - 1 (none resident, all held by the memnode) resident in one transfer. */
+static int ebb_fill_remote(struct ebb_region *r, u64 i, unsigned int n, u64 *counter)
+{
+	unsigned int k;
+	bool in_use;
+	int err;
+
+	for (k = 0; k < n; k++) {
+		r->batch[k] = ebb_alloc_page(false);
+		if (!r->batch[k]) {
+			while (k--)
+				ebb_put_page(r->batch[k]);
+			return -ENOMEM;
+		}
 	}
-	r->c.resident++;
-	if (counter)
-		(*counter)++;
-	return page;
+	err = ebb_rdma_io(r->rdma, i, r->batch, n, false, &in_use);
+	if (err) {
+		ebb_transfer_failed(r, r->batch, n, in_use);
+		return err;
+	}
+	for (k = 0; k < n; k++) {
+		r->c.fills_backend++;
+		err = ebb_make_resident(r, i + k, r->batch[k], counter);
+		if (err) {
+			while (++k < n)
+				ebb_put_page(r->batch[k]);
+			return err;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Makes the pages of first .. first + count - 1 that are not resident resident, in order, from the
+ * backend or as zeros; stops at the first failure. Called with the lock held.
+ */
+static int ebb_fill(struct ebb_region *r, u64 first, u64 count, u64 *counter)
+{
+	u64 i = first, end = first + count, j;
+	int err;
+
+	while (i < end) {
+		if (xa_load(&r->resident, i)) {
+			i++;
+			continue;
+		}
+		if (r->held && test_bit(i, r->held)) {
+			for (j = i + 1; j < end && j - i < EBB_RDMA_MAX_PAGES; j++)
+				if (!test_bit(j, r->held) || xa_load(&r->resident, j))
+					break;
+			err = ebb_fill_remote(r, i, j - i, counter);
+			i = j;
+		} else {
+			err = ebb_fill_local(r, i, counter);
+			i++;
+		}
+		if (err)
+			return err;
+	}
+	return 0;
 }
 
 static vm_fault_t ebb_fault(struct vm_fault *vmf)
 {
 	struct ebb_region *r = vmf->vma->vm_file->private_data;
 	u64 i = vmf->pgoff;
-	u64 end, j;
+	u64 filled = 0;
 	struct page *page;
-	bool was_resident;
+	int err;
 
 	if (i >= r->pages) {
 		mutex_lock(&r->lock);
@@ -122,20 +203,22 @@ static vm_fault_t ebb_fault(struct vm_fault *vmf)
 		return VM_FAULT_SIGBUS;
 	}
 	mutex_lock(&r->lock);
-	was_resident = xa_load(&r->resident, i) != NULL;
-	page = ebb_fill(r, i, NULL);
-	if (!page) {
-		mutex_unlock(&r->lock);
-		return VM_FAULT_OOM;
-	}
-	if (was_resident) {
+	page = xa_load(&r->resident, i);
+	if (page) {
 		r->c.faults_mapped++;
 	} else {
+		/* The faulting page first; its neighbours are best effort (they fault on their own
+		 * later if this stops short of them). */
+		err = ebb_fill(r, i, min_t(u64, r->pages - i, 1 + r->readaround), &filled);
+		page = xa_load(&r->resident, i);
+		if (!page) {
+			if (err != -ENOMEM)
+				r->c.sigbus++;
+			mutex_unlock(&r->lock);
+			return err == -ENOMEM ? VM_FAULT_OOM : VM_FAULT_SIGBUS;
+		}
 		r->c.faults++;
-		end = min(r->pages, i + 1 + r->readaround);
-		for (j = i + 1; j < end; j++)
-			if (!ebb_fill(r, j, &r->c.readaround))
-				break; /* best effort: the page faults on its own later */
+		r->c.readaround += filled - 1;
 	}
 	set_bit(i, r->accessed);
 	get_page(page); /* the PTE's reference */
@@ -218,10 +301,14 @@ static int ebb_release(struct inode *inode, struct file *file)
 {
 	struct ebb_region *r = file->private_data;
 
+	/* The queue pair goes first: after it, no device touches a page of the region. */
+	ebb_rdma_destroy(r->rdma);
 	ebb_free_all(&r->resident);
 	ebb_free_all(&r->stored);
 	bitmap_free(r->accessed);
 	bitmap_free(r->dirty);
+	bitmap_free(r->held);
+	kfree(r->batch);
 	iput(r->inode);
 	mutex_destroy(&r->lock);
 	kfree(r);
@@ -252,9 +339,7 @@ static long ebb_create(struct ebb_region *r, void __user *arg)
 			return -EINVAL;
 	if (c.pages == 0 || c.pages > EBB_MAX_PAGES || c.readaround > EBB_MAX_READAROUND)
 		return -EINVAL;
-	if (c.backend == EBB_BACKEND_RDMA)
-		return -EOPNOTSUPP; /* not built yet: see the issue tracker */
-	if (c.backend != EBB_BACKEND_DRAM)
+	if (c.backend != EBB_BACKEND_DRAM && c.backend != EBB_BACKEND_RDMA)
 		return -EINVAL;
 	mutex_lock(&r->lock);
 	if (r->created) {
@@ -263,10 +348,17 @@ static long ebb_create(struct ebb_region *r, void __user *arg)
 	}
 	r->accessed = bitmap_zalloc(c.pages, GFP_KERNEL);
 	r->dirty = bitmap_zalloc(c.pages, GFP_KERNEL);
-	if (!r->accessed || !r->dirty) {
+	if (c.backend == EBB_BACKEND_RDMA) {
+		r->held = bitmap_zalloc(c.pages, GFP_KERNEL);
+		r->batch = kcalloc(EBB_RDMA_MAX_PAGES, sizeof(*r->batch), GFP_KERNEL);
+	}
+	if (!r->accessed || !r->dirty || (c.backend == EBB_BACKEND_RDMA && (!r->held || !r->batch))) {
 		bitmap_free(r->accessed);
 		bitmap_free(r->dirty);
-		r->accessed = r->dirty = NULL;
+		bitmap_free(r->held);
+		kfree(r->batch);
+		r->accessed = r->dirty = r->held = NULL;
+		r->batch = NULL;
 		mutex_unlock(&r->lock);
 		return -ENOMEM;
 	}
@@ -276,6 +368,70 @@ static long ebb_create(struct ebb_region *r, void __user *arg)
 	WRITE_ONCE(r->created, true);
 	mutex_unlock(&r->lock);
 	return 0;
+}
+
+/* Marks page `i` held by the memnode. */
+static void ebb_hold(struct ebb_region *r, u64 i)
+{
+	if (!test_and_set_bit(i, r->held))
+		r->c.stored++;
+}
+
+/* The RDMA backend's EBB_IOC_STORE_*: up to EBB_STORE_BATCH pages per transfer through bounce
+ * pages (user memory may fault, even on this region: never under the lock). */
+#define EBB_STORE_BATCH 16
+static long ebb_store_io_remote(struct ebb_region *r, struct ebb_pages_io *io, bool write)
+{
+	struct page *bounce[EBB_STORE_BATCH];
+	unsigned int n, k, nb = 0;
+	bool in_use = false;
+	long err = 0;
+	u64 done;
+
+	for (; nb < min_t(u64, io->count, EBB_STORE_BATCH); nb++) {
+		bounce[nb] = ebb_alloc_page(false);
+		if (!bounce[nb]) {
+			err = -ENOMEM;
+			goto out;
+		}
+	}
+	for (done = 0; done < io->count && !err; done += n) {
+		u64 i = io->first + done;
+		bool any = write;
+
+		n = min_t(u64, io->count - done, EBB_STORE_BATCH);
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		for (k = 0; write && k < n && !err; k++)
+			if (copy_from_user(page_address(bounce[k]), u64_to_user_ptr(io->buf + (done + k) * PAGE_SIZE), PAGE_SIZE))
+				err = -EFAULT;
+		if (err)
+			break;
+		mutex_lock(&r->lock);
+		for (k = 0; !write && k < n; k++)
+			any |= test_bit(i + k, r->held);
+		if (any) {
+			err = ebb_rdma_io(r->rdma, i, bounce, n, write, &in_use);
+			if (err)
+				r->c.backend_errors++;
+		}
+		for (k = 0; !err && k < n; k++) {
+			if (write)
+				ebb_hold(r, i + k);
+			else if (!test_bit(i + k, r->held))
+				clear_highpage(bounce[k]); /* what a page the memnode lacks reads as */
+		}
+		mutex_unlock(&r->lock);
+		for (k = 0; !write && !err && k < n; k++)
+			if (copy_to_user(u64_to_user_ptr(io->buf + (done + k) * PAGE_SIZE), page_address(bounce[k]), PAGE_SIZE))
+				err = -EFAULT;
+	}
+out:
+	while (!in_use && nb--)
+		ebb_put_page(bounce[nb]);
+	return err;
 }
 
 /* Copies pages between the backend and user memory, one page at a time through a bounce page:
@@ -292,6 +448,8 @@ static long ebb_store_io(struct ebb_region *r, void __user *arg, bool write)
 		return -EFAULT;
 	if (!ebb_range_ok(r, io.first, io.count))
 		return -EINVAL;
+	if (r->backend == EBB_BACKEND_RDMA)
+		return ebb_store_io_remote(r, &io, write);
 	bounce = kmalloc(PAGE_SIZE, GFP_KERNEL);
 	if (!bounce)
 		return -ENOMEM;
@@ -311,7 +469,7 @@ static long ebb_store_io(struct ebb_region *r, void __user *arg, bool write)
 			mutex_lock(&r->lock);
 			page = xa_load(&r->stored, i);
 			if (!page) {
-				page = ebb_alloc_page();
+				page = ebb_alloc_page(false);
 				if (!page) {
 					err = -ENOMEM;
 				} else if (xa_is_err(xa_store(&r->stored, i, page, GFP_KERNEL))) {
@@ -344,10 +502,29 @@ static long ebb_store_io(struct ebb_region *r, void __user *arg, bool write)
 /* Called with the lock held. */
 static int ebb_writeback(struct ebb_region *r, u64 i, struct page *page)
 {
-	struct page *copy = xa_load(&r->stored, i);
+	struct page *copy;
+	bool in_use;
+	int err;
+
+	if (r->backend == EBB_BACKEND_RDMA) {
+		err = ebb_rdma_io(r->rdma, i, &page, 1, true, &in_use);
+		if (err) {
+			r->c.backend_errors++;
+			if (in_use) {
+				/* The device may still read it: it must outlive the region. */
+				get_page(page);
+				atomic64_inc(&ebb_pages);
+			}
+			return err;
+		}
+		ebb_hold(r, i);
+		r->c.written_back++;
+		return 0;
+	}
+	copy = xa_load(&r->stored, i);
 
 	if (!copy) {
-		copy = ebb_alloc_page();
+		copy = ebb_alloc_page(false);
 		if (!copy)
 			return -ENOMEM;
 		if (xa_is_err(xa_store(&r->stored, i, copy, GFP_KERNEL))) {
@@ -413,11 +590,8 @@ static long ebb_prefetch(struct ebb_region *r, void __user *arg)
 	if (rg.flags || rg.reserved || !ebb_range_ok(r, rg.first, rg.count))
 		return -EINVAL;
 	mutex_lock(&r->lock);
-	for (i = rg.first; i < rg.first + rg.count; i++) {
-		if (!ebb_fill(r, i, &r->c.prefetched)) {
-			err = -ENOMEM;
-			break;
-		}
+	for (i = rg.first; i < rg.first + rg.count && !err; i += EBB_RDMA_MAX_PAGES) {
+		err = ebb_fill(r, i, min_t(u64, rg.first + rg.count - i, EBB_RDMA_MAX_PAGES), &r->c.prefetched);
 		if (need_resched()) {
 			mutex_unlock(&r->lock);
 			cond_resched();
@@ -474,6 +648,49 @@ static long ebb_counters_read(struct ebb_region *r, void __user *arg)
 	return copy_to_user(arg, &c, sizeof(c)) ? -EFAULT : 0;
 }
 
+/* EBB_IOC_RDMA_*: the RDMA backend's connection and remote. */
+static long ebb_rdma_ioctl(struct ebb_region *r, unsigned int cmd, void __user *p)
+{
+	struct ebb_rdma_remote remote;
+	struct ebb_rdma_peer peer;
+	struct ebb_rdma_qp qp;
+	long err;
+
+	if (r->backend != EBB_BACKEND_RDMA)
+		return -EINVAL;
+	switch (cmd) {
+	case EBB_IOC_RDMA_QP:
+		if (copy_from_user(&qp, p, sizeof(qp)))
+			return -EFAULT;
+		mutex_lock(&r->lock);
+		err = r->rdma ? -EBUSY : ebb_rdma_create(&r->rdma, &qp);
+		mutex_unlock(&r->lock);
+		if (!err && copy_to_user(p, &qp, sizeof(qp)))
+			err = -EFAULT;
+		return err;
+	case EBB_IOC_RDMA_CONNECT:
+		if (copy_from_user(&peer, p, sizeof(peer)))
+			return -EFAULT;
+		mutex_lock(&r->lock);
+		err = r->rdma ? ebb_rdma_connect(r->rdma, &peer) : -ENOTCONN;
+		mutex_unlock(&r->lock);
+		return err;
+	default:
+		if (copy_from_user(&remote, p, sizeof(remote)))
+			return -EFAULT;
+		mutex_lock(&r->lock);
+		err = r->rdma ? ebb_rdma_remote(r->rdma, &remote) : -ENOTCONN;
+		if (!err && (remote.flags & EBB_RDMA_POPULATED)) {
+			u64 n = min_t(u64, r->pages, remote.len / EBB_PAGE_SIZE);
+
+			bitmap_set(r->held, 0, n);
+			r->c.stored = bitmap_weight(r->held, r->pages);
+		}
+		mutex_unlock(&r->lock);
+		return err;
+	}
+}
+
 static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct ebb_region *r = file->private_data;
@@ -493,6 +710,9 @@ static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case EBB_IOC_PREFETCH:
 	case EBB_IOC_ACCESSED:
 	case EBB_IOC_DIRTY:
+	case EBB_IOC_RDMA_QP:
+	case EBB_IOC_RDMA_CONNECT:
+	case EBB_IOC_RDMA_REMOTE:
 		break;
 	default:
 		return -ENOTTY;
@@ -500,6 +720,10 @@ static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	if (!READ_ONCE(r->created))
 		return -EBADFD;
 	switch (cmd) {
+	case EBB_IOC_RDMA_QP:
+	case EBB_IOC_RDMA_CONNECT:
+	case EBB_IOC_RDMA_REMOTE:
+		return ebb_rdma_ioctl(r, cmd, p);
 	case EBB_IOC_STORE_WRITE:
 		return ebb_store_io(r, p, true);
 	case EBB_IOC_STORE_READ:

@@ -15,8 +15,9 @@
  * fault handler returns its page locked (VM_FAULT_LOCKED) and the fault core unlocks it only once
  * the PTE is set; eviction takes each page's lock before it drops the page, and unmaps it once
  * more if a fault mapped it meanwhile — so no PTE outlives the page's place in the region.
- * Dirty tracking: the mapping is shared with ->page_mkwrite, so the kernel maps pages read-only
- * and the first write of each calls page_mkwrite, which marks the page dirty.
+ * Dirty tracking costs a write nothing: there is no ->page_mkwrite (so no write notification),
+ * pages are mapped writable, and a write sets its PTE's dirty bit; unmapping a page moves that bit
+ * to the page's PG_dirty flag, which ebb_collect_dirty() and eviction fold into the dirty set.
  *
  * The RDMA backend (rdma.c) keeps no copies: a region's `held` bitmap says which pages the
  * memnode holds, and a fault reads the faulting page and its read-around neighbours that the
@@ -118,10 +119,23 @@ static int ebb_fill_local(struct ebb_region *r, u64 i, u64 *counter)
 	return ebb_make_resident(r, i, page, counter);
 }
 
-/* Frees the pages of a failed transfer, unless the device may still be using them. */
-static void ebb_transfer_failed(struct ebb_region *r, struct page **pages, unsigned int n, bool in_use)
+/*
+ * One transfer with the memnode (ebb_rdma_io), a failure counted as a backend error. The device
+ * may still use the pages after a failure that sets *in_use: they must then never be freed or
+ * reused. Called with the lock held (it serialises the region's connection).
+ */
+static int ebb_remote_io(struct ebb_region *r, u64 first, struct page **pages, unsigned int n, bool write, bool *in_use)
 {
-	r->c.backend_errors++;
+	int err = ebb_rdma_io(r->rdma, first, pages, n, write, in_use);
+
+	if (err)
+		r->c.backend_errors++;
+	return err;
+}
+
+/* Drops the module's reference to n pages, unless a failed transfer left them to the device. */
+static void ebb_put_pages(struct page **pages, unsigned int n, bool in_use)
+{
 	while (!in_use && n--)
 		ebb_put_page(pages[n]);
 }
@@ -136,14 +150,13 @@ static int ebb_fill_remote(struct ebb_region *r, u64 i, unsigned int n, u64 *cou
 	for (k = 0; k < n; k++) {
 		r->batch[k] = ebb_alloc_page(false);
 		if (!r->batch[k]) {
-			while (k--)
-				ebb_put_page(r->batch[k]);
+			ebb_put_pages(r->batch, k, false);
 			return -ENOMEM;
 		}
 	}
-	err = ebb_rdma_io(r->rdma, i, r->batch, n, false, &in_use);
+	err = ebb_remote_io(r, i, r->batch, n, false, &in_use);
 	if (err) {
-		ebb_transfer_failed(r, r->batch, n, in_use);
+		ebb_put_pages(r->batch, n, in_use);
 		return err;
 	}
 	for (k = 0; k < n; k++) {
@@ -228,24 +241,21 @@ static vm_fault_t ebb_fault(struct vm_fault *vmf)
 	return VM_FAULT_LOCKED;
 }
 
-static vm_fault_t ebb_page_mkwrite(struct vm_fault *vmf)
+/*
+ * Fault-around maps nothing: every page's first access must reach ebb_fault, or the accessed set
+ * would miss it. Having the method at all matters: since 6.7 the fault core calls ->fault under
+ * the per-VMA lock only for mappings that have it (it takes that as the sign that ->fault needs
+ * no mmap_lock, which ours does not); without it every fault was begun under the VMA lock,
+ * abandoned, and begun again under mmap_lock.
+ */
+static vm_fault_t ebb_map_pages(struct vm_fault *vmf, pgoff_t start, pgoff_t end)
 {
-	struct ebb_region *r = vmf->vma->vm_file->private_data;
-	struct page *page = vmf->page;
-
-	lock_page(page);
-	/* An eviction may have taken the page out of the region meanwhile: fault again. */
-	if (vmf->pgoff >= r->pages || xa_load(&r->resident, vmf->pgoff) != page) {
-		unlock_page(page);
-		return VM_FAULT_NOPAGE;
-	}
-	set_bit(vmf->pgoff, r->dirty);
-	return VM_FAULT_LOCKED;
+	return 0;
 }
 
 static const struct vm_operations_struct ebb_vm_ops = {
 	.fault = ebb_fault,
-	.page_mkwrite = ebb_page_mkwrite,
+	.map_pages = ebb_map_pages,
 };
 
 static int ebb_mmap(struct file *file, struct vm_area_struct *vma)
@@ -325,6 +335,27 @@ static void ebb_unmap(struct ebb_region *r, u64 first, u64 count)
 {
 	if (count)
 		unmap_mapping_range(r->inode->i_mapping, (loff_t)first << PAGE_SHIFT, (loff_t)count << PAGE_SHIFT, 1);
+}
+
+/*
+ * Moves what was written to the resident pages first .. first + count - 1 into the dirty set.
+ * There is no write notification (a write costs no fault: a page is mapped writable from its
+ * first fault), so a write shows only as its PTE's dirty bit, which unmapping moves to the page's
+ * PG_dirty flag: the range is unmapped first (its pages stay resident and refault at their next
+ * access). A fault racing with this maps its page only after the check below, and its write is
+ * collected the next time. Called with the lock held.
+ */
+static void ebb_collect_dirty(struct ebb_region *r, u64 first, u64 count)
+{
+	struct page *page;
+	unsigned long i;
+
+	if (!count)
+		return;
+	ebb_unmap(r, first, count);
+	xa_for_each_range(&r->resident, i, page, first, first + count - 1)
+		if (TestClearPageDirty(page))
+			set_bit(i, r->dirty);
 }
 
 static long ebb_create(struct ebb_region *r, void __user *arg)
@@ -412,11 +443,8 @@ static long ebb_store_io_remote(struct ebb_region *r, struct ebb_pages_io *io, b
 		mutex_lock(&r->lock);
 		for (k = 0; !write && k < n; k++)
 			any |= test_bit(i + k, r->held);
-		if (any) {
-			err = ebb_rdma_io(r->rdma, i, bounce, n, write, &in_use);
-			if (err)
-				r->c.backend_errors++;
-		}
+		if (any)
+			err = ebb_remote_io(r, i, bounce, n, write, &in_use);
 		for (k = 0; !err && k < n; k++) {
 			if (write)
 				ebb_hold(r, i + k);
@@ -429,8 +457,7 @@ static long ebb_store_io_remote(struct ebb_region *r, struct ebb_pages_io *io, b
 				err = -EFAULT;
 	}
 out:
-	while (!in_use && nb--)
-		ebb_put_page(bounce[nb]);
+	ebb_put_pages(bounce, nb, in_use);
 	return err;
 }
 
@@ -507,9 +534,8 @@ static int ebb_writeback(struct ebb_region *r, u64 i, struct page *page)
 	int err;
 
 	if (r->backend == EBB_BACKEND_RDMA) {
-		err = ebb_rdma_io(r->rdma, i, &page, 1, true, &in_use);
+		err = ebb_remote_io(r, i, &page, 1, true, &in_use);
 		if (err) {
-			r->c.backend_errors++;
 			if (in_use) {
 				/* The device may still read it: it must outlive the region. */
 				get_page(page);
@@ -559,6 +585,8 @@ static long ebb_evict(struct ebb_region *r, void __user *arg)
 		lock_page(page);
 		if (page_mapped(page))
 			ebb_unmap(r, i, 1);
+		if (TestClearPageDirty(page))
+			set_bit(i, r->dirty);
 		if ((rg.flags & EBB_EVICT_WRITEBACK) && test_bit(i, r->dirty)) {
 			err = ebb_writeback(r, i, page);
 			if (err) {
@@ -619,14 +647,18 @@ static long ebb_bitmap_read(struct ebb_region *r, void __user *arg, bool dirty)
 	if (!out)
 		return -ENOMEM;
 	mutex_lock(&r->lock);
+	if (dirty)
+		ebb_collect_dirty(r, b.first, b.count);
 	set = dirty ? r->dirty : r->accessed;
 	for (k = 0; k < b.count; k++)
 		if (test_bit(b.first + k, set))
 			out[k / 64] |= 1ULL << (k % 64);
 	if (b.flags & EBB_BITMAP_RESET) {
 		/* Unmapped, the pages refault (cheaply: they stay resident) at their next access,
-		 * or for a dirty set at their next write, which is how the set sees them again. */
-		ebb_unmap(r, b.first, b.count);
+		 * which is how the accessed set sees them again; a write after it sets a dirty bit
+		 * that the next collection finds. (A dirty set's range is unmapped already.) */
+		if (!dirty)
+			ebb_unmap(r, b.first, b.count);
 		bitmap_clear(set, b.first, b.count);
 	}
 	mutex_unlock(&r->lock);

@@ -262,7 +262,9 @@ int ebb_rdma_connect(struct ebb_rdma *q, const struct ebb_rdma_peer *peer)
 	attr.retry_cnt = 7;
 	attr.rnr_retry = 7;
 	attr.sq_psn = q->psn;
-	attr.max_rd_atomic = 1;
+	/* Every request of one transfer may be an outstanding READ at once (the memnode's queue
+	 * pair takes up to 16: memnode/src/rdma/verbs.rs). */
+	attr.max_rd_atomic = clamp_t(u32, q->dev->attrs.max_qp_init_rd_atom, 1, EBB_RDMA_WRS);
 	err = ib_modify_qp(q->qp, &attr,
 			   IB_QP_STATE | IB_QP_TIMEOUT | IB_QP_RETRY_CNT | IB_QP_RNR_RETRY | IB_QP_SQ_PSN |
 				   IB_QP_MAX_QP_RD_ATOMIC);

@@ -7,14 +7,18 @@
 #      its 64 MiB offloaded and faulted back three times, verified byte for byte by the module;
 #   0. in a guest of its own, Ebb's kernel module: kmod/ebb.ko is built here against the guest
 #      kernel's own Debian headers (warnings are errors), insmod'ed in the guest, its device tests
-#      run (ebb-runtime's `tests::kmod_`, ignored elsewhere), then the pager's own tests
-#      (tests/paged_memory.rs, tests/call_isolation.rs) and a `runtime run` on --fault-path kmod,
-#      rmmod'ed; the kernel log must show no BUG/Oops/WARNING/refcount/leak and the module no page
-#      held at unload.
+#      run (ebb-runtime's `tests::kmod_`, ignored elsewhere), then the pager's, isolation and
+#      platform tests (tests/paged_memory.rs, call_isolation.rs, platform.rs) and `runtime run`
+#      on --fault-path kmod — on the module's DRAM backend, then on its RDMA backend against
+#      memnode processes on rxe0 — rmmod'ed; the kernel log must show
+#      no BUG/Oops/WARNING/refcount/leak and the module no page held at unload;
+#   3. with `two`, after the user-space run across the link, the module in the runtime's guest
+#      against the memnode in the other: `runtime run` and the platform tests on --fault-path
+#      kmod, then the same unload and kernel-log checks.
 #
 #   scripts/softroce.sh [single|two|kmod|all|bench]
 #       single: one guest (default); kmod: the kernel module's guest; two: memnode and runtime in two guests linked by two taps on a
-#       bridge in a network namespace of the run's own (deep queues: see below); all: both; bench: the
+#       bridge in a network namespace of the run's own (deep queues: see below); all: all three; bench: the
 #       rdma criterion benches (release build) in one guest, printed as `guest: EBB-BENCH ...` lines
 #       (soft-RoCE under TCG: correctness only, not speed)
 #   EBB_SKIP_SOFTROCE=1                     skip (printed loudly; RDMA then is NOT tested)
@@ -183,25 +187,57 @@ counters() {
   for f in /sys/class/net/eth0/statistics/*; do printf '%s=%s ' "$(basename "$f")" "$(cat "$f")"; done | sed "s/^/EBB-LOG $1 eth0: /"; echo
 }
 result() { if [ "$2" = 0 ]; then echo "EBB-RESULT PASS $1"; else echo "EBB-RESULT FAIL $1"; sed 's/^/EBB-LOG /' "/tmp/$1.log"; counters "$1"; fi; }
+# A test executable's run as one result: NAME, then the command (environment assignments first).
+# Some test must have run and none failed (a filter that matches nothing is a failure).
+suite() {
+  name=$1
+  shift
+  env "$@" >"/tmp/$name.log" 2>&1
+  rc=$?
+  grep -q "test result: ok. [1-9]" "/tmp/$name.log" || rc=1
+  echo "EBB-LOG $name: $(grep 'test result' "/tmp/$name.log" | tr '\n' ' ')"
+  result "$name" $rc
+}
 wait_port() { i=0; while ! (echo -n | nc -w 1 "$1" 7070) 2>/dev/null && [ $i -lt 300 ]; do sleep 0.5; i=$((i + 1)); done; }
+# runtime_over_rdma ADDR NAME [runtime run options]: the pattern module's memory offloaded to the
+# memnode at ADDR and faulted back by RDMA, $repeat times.
 runtime_over_rdma() {
+  addr_=$1
+  name=$2
+  shift 2
   # Both ends are emulated (TCG) and share the host's cores with each other and with whatever
   # else runs: a 64 KiB READ that a real device serves in microseconds took over a second here
   # while another core was busy. The bound on a silent memnode (1 s by default, tested on the
   # host) is set for that here, not for hardware.
-  runtime run /pattern.wat --memnode "rdma://$1:7070" --memnode-timeout-ms "$timeout_ms" --repeat "$repeat" --offload-every-call --stats >"/tmp/$2.log" 2>&1
+  runtime run /pattern.wat --memnode "rdma://$addr_:7070" --memnode-timeout-ms "$timeout_ms" --repeat "$repeat" --offload-every-call --stats "$@" >"/tmp/$name.log" 2>&1
   rc=$?
   # The module verifies every byte it wrote on every run after the first (exit code); the stats say
   # pages went by RDMA.
-  [ $rc = 0 ] && grep -q "pages sent to the rdma memnode" "/tmp/$2.log" || rc=1
-  result "$2" $rc
+  [ $rc = 0 ] && grep -q "pages sent to the rdma memnode" "/tmp/$name.log" || rc=1
+  grep -E "fault|sent|fetched" "/tmp/$name.log" | head -n 8 | sed "s/^/EBB-LOG $name: /"
+  result "$name" $rc
+}
+# kmod_load PREFIX / kmod_unload PREFIX: ebb.ko in and out; after it is out, the kernel log must
+# be clean and the module must have held no page at unload.
+kmod_load() {
+  dmesg -c >/dev/null
+  insmod /ebb.ko >"/tmp/$1_load.log" 2>&1
+  rc=$?
+  result "$1_load" $rc
+  return $rc
+}
+kmod_unload() {
+  rmmod ebb >"/tmp/$1_unload.log" 2>&1
+  result "$1_unload" $?
+  dmesg >"/tmp/$1_kernel_log.log"
+  ! grep -E -q "BUG|Oops|WARNING|refcount|leak|Bad page|general protection" "/tmp/$1_kernel_log.log" &&
+    grep -q "ebb: unloaded, no pages held" "/tmp/$1_kernel_log.log"
+  result "$1_kernel_log" $?
 }
 # Ebb's kernel module: loaded, its device tests run (behaviour, misuse, concurrent faults, a killed
 # process), unloaded; the kernel log must stay clean and the module must hold no page at unload.
 kmod_suite() {
-  dmesg -c >/dev/null
-  if ! insmod /ebb.ko 2>/tmp/kmod_load.log; then result kmod_load 1; return; fi
-  result kmod_load 0
+  kmod_load kmod || return
   runtime-tests --include-ignored --test-threads=1 tests::kmod_ >/tmp/kmod_tests.log 2>&1
   rc=$?
   # All of them ran (none filtered out by a rename): ten device tests, four of them on the RDMA
@@ -213,21 +249,22 @@ kmod_suite() {
   # late read-around, a crashing fetch) — with the DRAM backend the module fills every fault from
   # its own store — and lending, not built on this path yet.
   for t in paged_memory call_isolation; do
-    EBB_FAULT_PATH=kmod "$t-tests" --test-threads=1 --skip killed_memnode --skip silent_memnode --skip a_poisoned_memory \
-      --skip a_late_readaround --skip readaround_is_bounded --skip a_crashing_fault_handler --skip a_memory_lent >"/tmp/kmod_$t.log" 2>&1
-    rc=$?
-    grep -q "test result: ok" "/tmp/kmod_$t.log" || rc=1
-    echo "EBB-LOG kmod_$t: $(grep 'test result' "/tmp/kmod_$t.log")"
-    result "kmod_$t" $rc
+    suite "kmod_$t" EBB_FAULT_PATH=kmod "$t-tests" --test-threads=1 --skip killed_memnode --skip silent_memnode --skip a_poisoned_memory \
+      --skip a_late_readaround --skip readaround_is_bounded --skip a_crashing_fault_handler --skip a_memory_lent
   done
-  # The killed-memnode test on the RDMA backend (a memnode process on rxe0): the module cannot read
-  # a dead memnode's pages, and its SIGBUS must become the call's error within the bound. (Not the
-  # silent one: a stopped memnode process still answers one-sided READs — its device does.)
-  EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 paged_memory-tests --exact killed_memnode_fails_the_call_quickly \
-    >/tmp/kmod_rdma_lost_memnode.log 2>&1
-  rc=$?
-  [ $rc = 0 ] && grep -q "test result: ok. 1 passed" /tmp/kmod_rdma_lost_memnode.log || rc=1
-  result kmod_rdma_lost_memnode $rc
+  # The same suites on the module's RDMA backend: every memnode a test starts serves RDMA on rxe0
+  # and is reached by rdma:// (tests/support: EBB_TEST_RDMA_DEVICE), so each memory's store is a
+  # memnode region that the module reads with its own queue pair. Only the tests that page to a
+  # memnode process (the others ran above), including a killed memnode (the module's failed READ,
+  # a SIGBUS, must become the call's error within the bound); not a stopped one (its device still
+  # answers one-sided READs: nothing fails, by design) nor lending (not on this path).
+  # Their clients' bound is the guests' (sixteen memories that each set up a queue pair of their
+  # own kept an emulated memnode busy past 1 s); the killed-memnode test keeps the default, which
+  # it checks.
+  suite kmod_rdma_paged_memory EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" \
+    paged_memory-tests --test-threads=1 from_a_memnode_process instances_dropped_while_others_fault killed_memnode
+  suite kmod_rdma_call_isolation EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" \
+    call_isolation-tests --test-threads=1 from_a_memnode_process
   # A real function on --fault-path kmod: its 64 MiB offloaded and faulted back three times,
   # verified byte for byte by the module itself.
   runtime run /pattern.wat --fault-path kmod --repeat 3 --offload-every-call --stats >/tmp/kmod_runtime_run.log 2>&1
@@ -240,12 +277,7 @@ kmod_suite() {
   memnode --listen "$addr:7070" --capacity 1G --rdma-device rxe0 >/tmp/memnode.log 2>&1 &
   mpid=$!
   wait_port "$addr"
-  runtime run /pattern.wat --fault-path kmod --memnode "rdma://$addr:7070" --memnode-timeout-ms "$timeout_ms" --repeat 3 \
-    --offload-every-call --stats >/tmp/kmod_rdma_runtime_run.log 2>&1
-  rc=$?
-  [ $rc = 0 ] && grep -q "pages sent to the rdma memnode" /tmp/kmod_rdma_runtime_run.log || rc=1
-  grep -E "fault|sent|fetched" /tmp/kmod_rdma_runtime_run.log | head -n 8 | sed 's/^/EBB-LOG kmod_rdma_runtime_run: /'
-  result kmod_rdma_runtime_run $rc
+  runtime_over_rdma "$addr" kmod_rdma_runtime_run --fault-path kmod
   # The memnode killed under a running function: the run must end by itself with an error (the
   # module's transfers fail within the memnode timeout, its SIGBUS poisons the memory and fails the
   # call; the process does not die of it), never hang; the kernel log check below
@@ -277,24 +309,26 @@ kmod_suite() {
   result kmod_rdma_killed_memnode $rc
   # The platform's tests over HTTP, with real runtime processes on --fault-path kmod. Skipped by
   # name: a dead memnode failing calls — with the DRAM backend each memory's initial state stays
-  # in the module's store, and no fault reaches the memnode. (tests/keep_alive.rs is
-  # not run here for the same reason: semi-warm savings come from pages leaving the host, which
-  # on this path needs the RDMA backend.)
-  EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod platform-tests --test-threads=1 \
-    --skip a_dead_memnode_fails_calls >/tmp/kmod_platform.log 2>&1
-  rc=$?
-  echo "EBB-LOG kmod_platform: $(grep 'test result' /tmp/kmod_platform.log)"
-  result kmod_platform $rc
+  # in the module's store, and no fault reaches the memnode.
+  suite kmod_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod platform-tests --test-threads=1 --skip a_dead_memnode_fails_calls
+  # Again on the RDMA backend: each runtime the tests start pages to a memnode process of its own
+  # on rxe0 (and the dead-memnode test's memnode is one: its death must fail the calls with 503,
+  # within the default bound). Not tests/keep_alive.rs: its figures assume instances that share
+  # their function's image, which kmod memories do not (docs/kmod.md).
+  suite kmod_rdma_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 platform-tests --test-threads=1
   # The runtime's own unit tests (the platform, workflows, the executor) on --fault-path kmod.
-  EBB_FAULT_PATH=kmod runtime-tests --skip tests::kmod_ --skip uapi_matches_the_header >/tmp/kmod_runtime_unit.log 2>&1
-  rc=$?
-  echo "EBB-LOG kmod_runtime_unit: $(grep 'test result' /tmp/kmod_runtime_unit.log)"
-  result kmod_runtime_unit $rc
-  rmmod ebb >/tmp/kmod_unload.log 2>&1; result kmod_unload $?
-  dmesg >/tmp/kmod_kernel_log.log
-  ! grep -E -q "BUG|Oops|WARNING|refcount|leak|Bad page|general protection" /tmp/kmod_kernel_log.log &&
-    grep -q "ebb: unloaded, no pages held" /tmp/kmod_kernel_log.log
-  result kmod_kernel_log $?
+  suite kmod_runtime_unit EBB_FAULT_PATH=kmod runtime-tests --skip tests::kmod_ --skip uapi_matches_the_header
+  kmod_unload kmod
+}
+# The module in this guest against the memnode in the other (the two-guest run): a function's
+# memory faulted back by the module's own READs across the link, then the platform's tests with
+# every runtime paging to that memnode (not the dead-memnode test: that memnode is shared).
+kmod_remote_suite() {
+  kmod_load two_guest_kmod || return
+  runtime_over_rdma "$1" two_guest_kmod_runtime_run --fault-path kmod
+  suite two_guest_kmod_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_MEMNODE="rdma://$1:7070" \
+    EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" platform-tests --test-threads=1 --skip a_dead_memnode_fails_calls
+  kmod_unload two_guest_kmod
 }
 echo "EBB-GUEST-UP role=$role"
 case "$role" in
@@ -319,6 +353,7 @@ case "$role" in
   runtime)
     wait_port "$peer"
     runtime_over_rdma "$peer" two_guest_runtime_run_over_rdma
+    kmod_remote_suite "$peer"
     ;;
   bench)
     cd /tmp
@@ -349,7 +384,7 @@ boot() {
   # the two-guest run (3 in 43 runs on 2026-12-02, with 2 vCPUs and with 1: rxe or the network
   # softirq, corrupted slab lists, impossible saved EFLAGS); an e1000 link instead of virtio-net
   # did, so far (44 of 44). docs/rdma.md; EBB_SOFTROCE_SMP and EBB_SOFTROCE_NIC are the knobs.
-  "${in_ns[@]}" timeout --kill-after=10 "${EBB_SOFTROCE_TIMEOUT:-420}" "${qemu[@]}" -accel "tcg,thread=${EBB_SOFTROCE_TCG_THREAD:-single}" -cpu qemu64 -m 2G -smp "${EBB_SOFTROCE_SMP:-2}" \
+  "${in_ns[@]}" timeout --kill-after=10 "${EBB_SOFTROCE_TIMEOUT:-420}" "${qemu[@]}" -accel "tcg,thread=${EBB_SOFTROCE_TCG_THREAD:-single}" -cpu qemu64 -m "${EBB_SOFTROCE_MEM:-2G}" -smp "${EBB_SOFTROCE_SMP:-2}" \
     -kernel "$vmlinuz" -initrd "$work/initramfs.gz" -nographic -no-reboot "$@" \
     -append "console=ttyS0 quiet panic=-1 ebb.role=$role ebb.addr=$addr ebb.peer=$peer ebb.timeout_ms=${EBB_SOFTROCE_MEMNODE_TIMEOUT_MS:-15000} ebb.repeat=${EBB_SOFTROCE_REPEAT:-3}" >"$work/$name.log" 2>&1 || true
 }
@@ -384,9 +419,12 @@ check() {
 status=0
 start=$(date +%s)
 if [[ $mode == kmod || $mode == all ]]; then
-  EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_KMOD_TIMEOUT:-1200} boot kmod kmod 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
-  check "$work/kmod.log" kmod_load kmod_tests kmod_paged_memory kmod_call_isolation kmod_rdma_lost_memnode kmod_runtime_run kmod_rdma_runtime_run \
-    kmod_rdma_killed_memnode kmod_platform kmod_runtime_unit kmod_unload kmod_kernel_log ||
+  # 4 GiB: on the RDMA backend sixteen memories' regions (each registered, so resident, on the
+  # memnode: the offloaded pages and the module's store) outgrew 2 GiB beside the test process.
+  EBB_SOFTROCE_MEM=4G EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_KMOD_TIMEOUT:-1200} boot kmod kmod 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
+  check "$work/kmod.log" kmod_load kmod_tests kmod_paged_memory kmod_call_isolation kmod_rdma_paged_memory kmod_rdma_call_isolation \
+    kmod_runtime_run kmod_rdma_runtime_run kmod_rdma_killed_memnode kmod_platform kmod_rdma_platform kmod_runtime_unit \
+    kmod_unload kmod_kernel_log ||
     { status=1; tail -n 60 "$work/kmod.log" >&2; }
 fi
 if [[ $mode == single || $mode == all ]]; then
@@ -410,6 +448,7 @@ if [[ $mode == two || $mode == all ]]; then
   ip -n "$netns" link set br0 up
   link() { echo "-netdev tap,id=n0,ifname=$1,script=no,downscript=no -device ${EBB_SOFTROCE_NIC:-e1000},netdev=n0,mac=52:54:00:12:34:$2"; }
   # shellcheck disable=SC2046 # the link arguments are meant to split
+  export EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_TWO_TIMEOUT:-1200}
   boot memnode memnode 10.0.3.1 - $(link tap0 01) &
   mem_pid=$!
   # shellcheck disable=SC2046
@@ -421,7 +460,8 @@ if [[ $mode == two || $mode == all ]]; then
   ip netns del "$netns" 2>/dev/null || true
   netns=
   kernel_died "$work/memnode.log" && status=1
-  check "$work/runtime.log" two_guest_runtime_run_over_rdma || { status=1; tail -n 60 "$work/runtime.log" "$work/memnode.log" "$work/links.txt" >&2; }
+  check "$work/runtime.log" two_guest_runtime_run_over_rdma two_guest_kmod_load two_guest_kmod_runtime_run two_guest_kmod_platform \
+    two_guest_kmod_unload two_guest_kmod_kernel_log || { status=1; tail -n 60 "$work/runtime.log" "$work/memnode.log" "$work/links.txt" >&2; }
 fi
 if [[ $mode == bench ]]; then
   boot bench bench 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ebb::Memnode;
-use ebb_memnode::{LocalTransport, TcpConfig, Transport};
+use ebb_memnode::{LocalTransport, Transport};
 use ebb_runtime::exec::{Entry, Executor, Function, Stdout};
 use ebb_runtime::pager::{FaultPath, Pager, PagerConfig};
 
@@ -112,9 +112,9 @@ fn every_call_starts_from_the_initial_state_embedded() {
 }
 
 #[test]
-fn every_call_starts_from_the_initial_state_over_tcp() {
+fn every_call_starts_from_the_initial_state_from_a_memnode_process() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    scenario(ebb_memnode::connect(&memnode.addr, TcpConfig::default()).unwrap(), true);
+    scenario(memnode.transport(ebb::memnode_config()).unwrap(), true);
 }
 
 #[test]
@@ -123,9 +123,9 @@ fn every_call_starts_from_the_initial_state_with_copied_images() {
 }
 
 #[test]
-fn every_call_starts_from_the_initial_state_with_copied_images_over_tcp() {
+fn every_call_starts_from_the_initial_state_with_copied_images_from_a_memnode_process() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    scenario(ebb_memnode::connect(&memnode.addr, TcpConfig::default()).unwrap(), false);
+    scenario(memnode.transport(ebb::memnode_config()).unwrap(), false);
 }
 
 /// Copy-on-write images: instances of one function share the image's pages, never each other's

@@ -389,7 +389,7 @@ fn crashed_runtimes_leave_no_regions_behind() {
     std::fs::write(&file, "rt rt-token\nops ops-token operator\n").unwrap();
     let memnode = Memnode::start(&["--token-file", file.to_str().unwrap(), "--lease", "500ms", "--grace", "1500ms"]).unwrap();
     let data = TempDir::new("hard-crash");
-    let args = ["--memnode", memnode.addr.as_str(), "--token", "rt-token"];
+    let args = ["--memnode", memnode.url.as_str(), "--token", "rt-token"];
     let mut rt = Runtime::start(&data.0, &args).unwrap();
     assert_eq!(upload(&rt, "demo", "bigtable", None).status, 200);
     assert_eq!(call(&rt, "demo", "bigtable", b"", None).status, 200);
@@ -411,7 +411,7 @@ fn crashed_runtimes_leave_no_regions_behind() {
 fn declared_memory_does_not_fill_the_memnode() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
     let data = TempDir::new("hard-declared");
-    let rt = Runtime::start(&data.0, &["--memnode", memnode.addr.as_str()]).unwrap();
+    let rt = Runtime::start(&data.0, &["--memnode", memnode.url.as_str()]).unwrap();
     // Five tiny modules declaring 250 MiB memories each: far more than the memnode holds.
     let tiny = r#"(module (memory (export "memory") 4000) (data (i32.const 0) "tiny") (func (export "_start")))"#;
     for i in 0..5 {
@@ -421,7 +421,7 @@ fn declared_memory_does_not_fill_the_memnode() {
     // Another tenant's 64 MiB still fits.
     // (Held to the end: a temporary would remove the directory before the runtime fills it.)
     let other_data = TempDir::new("hard-declared2");
-    let other = Runtime::start(&other_data.0, &["--memnode", memnode.addr.as_str()]).unwrap();
+    let other = Runtime::start(&other_data.0, &["--memnode", memnode.url.as_str()]).unwrap();
     assert_eq!(upload(&other, "demo", "bigtable", None).status, 200);
     let r = call(&other, "demo", "bigtable", b"", None);
     assert_eq!(r.status, 200, "{}", r.body);

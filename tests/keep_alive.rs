@@ -182,7 +182,7 @@ fn keep_alive_frees_drained_instances() {
 fn a_down_memnode_pauses_offloading_and_warm_instances_stay_resident() {
     let mut memnode = Memnode::start(&[]).unwrap();
     let data = TempDir::new("ka-down");
-    let args = ["--memnode", memnode.addr.as_str(), "--policy", "ebb", "--semi-warm-after", "400ms", "--policy-tick-ms", "20"];
+    let args = ["--memnode", memnode.url.as_str(), "--policy", "ebb", "--semi-warm-after", "400ms", "--policy-tick-ms", "20"];
     let rt = Runtime::start(&data.0, &args).unwrap();
     assert_eq!(upload(&rt, "demo", "bigtable", None).status, 200);
     let checksum = invoke(&rt, "demo", "bigtable", "").body;

@@ -1,5 +1,5 @@
 //! Paged linear memory end to end: a real wasm instance whose memory is offloaded to a memnode
-//! (embedded, or a real `memnode` process over TCP) and faulted back, verified byte by byte.
+//! (embedded, or a real `memnode` process over TCP — or RDMA with `EBB_TEST_RDMA_DEVICE`) and faulted back, verified byte by byte.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +16,9 @@ fn executor(transport: Arc<dyn Transport>, threads: usize) -> Executor {
     Executor::new(pager).expect("executor")
 }
 
-fn tcp(addr: &str) -> Arc<dyn Transport> {
-    ebb_memnode::connect(addr, TcpConfig::default()).expect("connect to memnode")
+/// A client of `memnode` (over RDMA where the run asks for it, with the run's bound: tests/support).
+fn remote(memnode: &Memnode) -> Arc<dyn Transport> {
+    memnode.transport(ebb::memnode_config()).expect("connect to memnode")
 }
 
 fn pattern_instance(exec: &Executor, seed: u32, len: usize) -> Instance {
@@ -96,16 +97,16 @@ fn zero_pages_never_travel() {
 }
 
 #[test]
-fn fill_64m_offload_fault_back_over_tcp() {
+fn fill_64m_offload_fault_back_from_a_memnode_process() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    let exec = executor(tcp(&memnode.addr), 2);
+    let exec = executor(remote(&memnode), 2);
     fill_offload_grow(&exec, 0xabcd, 64 * MIB, false);
 }
 
 #[test]
-fn sixteen_instances_fault_concurrently_over_tcp() {
+fn sixteen_instances_fault_concurrently_from_a_memnode_process() {
     let memnode = Memnode::start(&["--capacity", "2G"]).unwrap();
-    let exec = Arc::new(executor(tcp(&memnode.addr), 4));
+    let exec = Arc::new(executor(remote(&memnode), 4));
     let threads: Vec<_> = (0..16u32)
         .map(|i| {
             let exec = exec.clone();
@@ -118,21 +119,13 @@ fn sixteen_instances_fault_concurrently_over_tcp() {
     assert_eq!(exec.pager().stats().faults_failed, 0);
 }
 
-/// With `EBB_TEST_RDMA_DEVICE` the memnode serves RDMA on that device and is reached by `rdma://`:
-/// the kmod guest of `scripts/softroce.sh` runs the killed-memnode test so, on the module's RDMA
-/// backend, where the module's failed READ (a SIGBUS) must become the call's error.
+/// With `EBB_TEST_RDMA_DEVICE` the memnode serves RDMA on that device and is reached by `rdma://`
+/// (tests/support): on the module's RDMA backend (the kmod guest of `scripts/softroce.sh`) the
+/// module's failed READ (a SIGBUS) must become the call's error.
 fn lost_memnode(stop: impl FnOnce(&mut Memnode)) -> (anyhow::Error, Duration) {
-    let rdma = std::env::var("EBB_TEST_RDMA_DEVICE").ok();
-    let mut args = vec!["--capacity", "1G"];
-    args.extend(rdma.iter().flat_map(|d| ["--rdma-device", d.as_str()]));
-    let mut memnode = Memnode::start(&args).unwrap();
-    let transport = match &rdma {
-        Some(device) => {
-            let config = TcpConfig { rdma_device: Some(device.clone()), ..Default::default() };
-            ebb_memnode::connect(&format!("rdma://{}", memnode.addr), config).expect("connect to memnode by rdma")
-        }
-        None => tcp(&memnode.addr),
-    };
+    let mut memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    // The default bound, whatever the run sets: it is what these tests check.
+    let transport = memnode.transport(TcpConfig::default()).expect("connect to memnode");
     let exec = executor(transport, 2);
     let mut inst = pattern_instance(&exec, 7, 16 * MIB);
     assert_eq!(inst.run().unwrap(), 0);
@@ -172,7 +165,7 @@ fn silent_memnode_fails_the_call_within_the_bound() {
 #[test]
 fn a_poisoned_memory_still_frees_its_region_on_a_healthy_memnode() {
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    let transport = tcp(&memnode.addr);
+    let transport = remote(&memnode);
     let exec = executor(transport.clone(), 2);
     let mut inst = pattern_instance(&exec, 11, 4 * MIB);
     assert_eq!(inst.run().unwrap(), 0);
@@ -193,7 +186,7 @@ fn instances_dropped_while_others_fault() {
     // Memories come and go (their regions freed, their address ranges reused) while other
     // instances fault over the same connection pool; every surviving byte must still be right.
     let memnode = Memnode::start(&["--capacity", "2G"]).unwrap();
-    let exec = Arc::new(executor(tcp(&memnode.addr), 4));
+    let exec = Arc::new(executor(remote(&memnode), 4));
     let threads: Vec<_> = (0..16u32)
         .map(|i| {
             let exec = exec.clone();
@@ -395,7 +388,7 @@ fn a_memory_lent_to_another_identity_follows_by_pages_and_resets_to_its_initial_
     // Two runtimes: each its own pager and memnode identity (a random token each).
     let memnode = Memnode::start(&[]).unwrap();
     let pager = |t| Pager::new(PagerConfig::default(), t).expect("pager");
-    let (lender, borrower) = (pager(tcp(&memnode.addr)), pager(tcp(&memnode.addr)));
+    let (lender, borrower) = (pager(remote(&memnode)), pager(remote(&memnode)));
     const PAGES: usize = 64;
     let a = ebb::PagedBuffer::new(&lender, PAGES * 4096);
     let initial = |p: usize| if p.is_multiple_of(3) { 0 } else { 0x10 + p.to_le_bytes()[0] };
@@ -445,7 +438,7 @@ fn a_memory_lent_to_another_identity_follows_by_pages_and_resets_to_its_initial_
         assert!(page(&a, p).iter().all(|&x| x == initial(p)), "page {p} after offload and fault back");
     }
     // The tickets are gone: a third client cannot attach them.
-    let other = tcp(&memnode.addr);
+    let other = remote(&memnode);
     assert!(other.attach(lent.region, &lent.region_ticket).is_err());
     drop(snap);
 }

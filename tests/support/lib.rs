@@ -54,20 +54,59 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A real `memnode` process on a free loopback port, killed on drop.
+/// The RDMA device the tests' memnodes serve on and their clients reach them by
+/// (`EBB_TEST_RDMA_DEVICE`, e.g. `rxe0` in the soft-RoCE guests), or None: plain TCP.
+pub fn test_rdma_device() -> Option<String> {
+    std::env::var("EBB_TEST_RDMA_DEVICE").ok().filter(|d| !d.is_empty())
+}
+
+/// The bound on one memnode operation that the tests' clients and runtimes use when the run
+/// sets one (`EBB_TEST_MEMNODE_TIMEOUT_MS`: emulated RDMA under load is slower than the 1 s
+/// default allows), else None: the default.
+pub fn test_memnode_timeout_ms() -> Option<u64> {
+    std::env::var("EBB_TEST_MEMNODE_TIMEOUT_MS").ok().map(|ms| ms.parse().expect("EBB_TEST_MEMNODE_TIMEOUT_MS is milliseconds"))
+}
+
+/// A memnode client's settings for tests that do not test the bound itself: the defaults, with
+/// [`test_memnode_timeout_ms`].
+pub fn memnode_config() -> ebb_memnode::TcpConfig {
+    let mut config = ebb_memnode::TcpConfig::default();
+    if let Some(ms) = test_memnode_timeout_ms() {
+        config.timeout = Duration::from_millis(ms);
+    }
+    config
+}
+
+/// A real `memnode` process on a free loopback port, killed on drop. With
+/// [`test_rdma_device`] it serves RDMA on that device too, and [`Memnode::url`] says `rdma://`.
 #[derive(Debug)]
 pub struct Memnode {
     pub child: Child,
+    /// HOST:PORT of its control plane (what raw-protocol tests connect a socket to).
     pub addr: String,
+    /// What a runtime's `--memnode` and [`Memnode::transport`] take: `rdma://HOST:PORT` when it
+    /// serves RDMA, else HOST:PORT.
+    pub url: String,
 }
 
 impl Memnode {
     /// Starts `memnode --listen 127.0.0.1:0` with extra flags and waits for its listening line.
     pub fn start(extra: &[&str]) -> anyhow::Result<Memnode> {
+        let rdma = test_rdma_device();
         let mut cmd = Command::new(binary("memnode"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::null());
+        if let Some(device) = &rdma {
+            cmd.args(["--rdma-device", device]);
+        }
         let (child, addr) = spawn_listening(cmd, "memnode listening on ")?;
-        Ok(Memnode { addr, child })
+        let url = if rdma.is_some() { format!("rdma://{addr}") } else { addr.clone() };
+        Ok(Memnode { addr, url, child })
+    }
+
+    /// A client of this memnode (by RDMA when it serves it), with `config`'s token and timeouts.
+    pub fn transport(&self, config: ebb_memnode::TcpConfig) -> Result<std::sync::Arc<dyn ebb_memnode::Transport>, ebb_memnode::TransportError> {
+        let config = ebb_memnode::TcpConfig { rdma_device: test_rdma_device(), ..config };
+        ebb_memnode::connect(&self.url, config)
     }
 
     /// Kills the process (SIGKILL) and reaps it.
@@ -238,15 +277,41 @@ impl Drop for TempDir {
 pub struct Runtime {
     pub child: Child,
     pub url: String,
+    /// The memnode this runtime pages to when the test gave it none but the run asks for one.
+    _memnode: Option<Memnode>,
 }
 
 impl Runtime {
     /// Starts `runtime serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` and waits for it.
+    ///
+    /// Without `--memnode` in `extra` the runtime runs its embedded memnode — unless the run
+    /// names one for every runtime (`EBB_TEST_MEMNODE=URL`: another guest's, in the two-guest
+    /// soft-RoCE run) or serves RDMA ([`test_rdma_device`]: then a memnode process of its own on
+    /// that device, reached by `rdma://`), so that the same tests run on a remote memnode.
+    /// [`test_memnode_timeout_ms`] sets the runtime's memnode bound unless `extra` does.
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Runtime> {
         let mut cmd = Command::new(binary("runtime"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(extra);
+        let mut memnode = None;
+        let rdma = test_rdma_device();
+        if !extra.contains(&"--memnode") {
+            let shared = std::env::var("EBB_TEST_MEMNODE").ok().filter(|m| !m.is_empty());
+            if let Some(url) = shared {
+                cmd.args(["--memnode", &url]);
+            } else if rdma.is_some() {
+                let m = Memnode::start(&["--capacity", "2G"])?;
+                cmd.args(["--memnode", &m.url]);
+                memnode = Some(m);
+            }
+        }
+        if let Some(device) = &rdma {
+            cmd.args(["--rdma-device", device]);
+        }
+        if let Some(ms) = test_memnode_timeout_ms().filter(|_| !extra.contains(&"--memnode-timeout-ms")) {
+            cmd.args(["--memnode-timeout-ms", &ms.to_string()]);
+        }
         let (child, addr) = spawn_listening(cmd, "runtime listening on ")?;
-        Ok(Runtime { url: format!("http://{addr}"), child })
+        Ok(Runtime { url: format!("http://{addr}"), child, _memnode: memnode })
     }
 
     pub fn kill(&mut self) {

@@ -81,7 +81,9 @@ struct ebb_pages_io {
 /* EBB_IOC_ACCESSED / EBB_IOC_DIRTY: bit i of `bitmap` (an array of ceil(count / 64) __u64s at
  * that user address) tells whether page first + i was accessed (faulted in: read or written) or
  * written since the set was last reset. With EBB_BITMAP_RESET the set is cleared and the pages
- * are unmapped (they stay resident), so that later accesses refault and are seen again. */
+ * are unmapped (they stay resident), so that later accesses refault and are seen again. Reading
+ * the dirty set unmaps the range's pages either way: a write costs no fault, and is seen by the
+ * dirty bit of its page-table entry, which unmapping collects. */
 struct ebb_bitmap {
 	__u64 first;
 	__u64 count;

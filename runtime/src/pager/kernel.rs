@@ -71,9 +71,9 @@ pub(super) struct KernelMemory {
 #[derive(Debug)]
 struct RemoteStore {
     transport: Arc<dyn Transport>,
-    /// The region and its size in pages: allocated at the first store write, grown (doubling,
+    /// The region and its size in bytes: allocated at the first store write, grown (doubling,
     /// up to the memory's capacity) as writes reach further.
-    region: Mutex<Option<(RegionId, usize)>>,
+    region: Mutex<Option<(RegionId, u64)>>,
     capacity: usize,
     _qp: RemoteQp,
 }
@@ -119,25 +119,21 @@ impl KernelMemory {
     fn cover(&self, end: usize) -> Result<(), PagerError> {
         let Some(remote) = &self.remote else { return Ok(()) };
         let mut region = remote.region.lock().unwrap_or_else(|e| e.into_inner());
-        let want = |have: usize| end.max(have * 2).max(REMOTE_STORE_MIN_PAGES).min(remote.capacity.max(end));
-        let id = match *region {
-            Some((_, have)) if have >= end => return Ok(()),
-            Some((id, have)) => {
-                let pages = want(have);
-                remote.transport.resize(id, (pages * PAGE_SIZE) as u64)?;
-                *region = Some((id, pages));
-                id
-            }
-            None => {
-                let pages = want(0);
-                let id = remote.transport.alloc((pages * PAGE_SIZE) as u64)?;
-                *region = Some((id, pages));
-                id
-            }
-        };
+        let page = PAGE_SIZE as u64;
+        let (end, capacity) = (end as u64 * page, remote.capacity as u64 * page);
+        let size = |have: u64| end.max(have * 2).max(REMOTE_STORE_MIN_PAGES as u64 * page).min(capacity.max(end));
+        let (id, changed) = super::offload::cover_region(&*remote.transport, &mut region, end, size)?;
+        if !changed {
+            return Ok(());
+        }
         let rdma = remote.transport.as_rdma().ok_or(PagerError::Config("the RDMA backend needs an rdma transport".into()))?;
         let key = rdma.region_key(id)?;
         self.dev.rdma_remote(&key, false).map_err(kmod_err)
+    }
+
+    /// Whether the store is a memnode region (the RDMA backend), not the module's DRAM.
+    pub(super) fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// Checks that this host can run the kmod path: the module is loaded and speaks our ABI.

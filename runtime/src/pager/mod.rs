@@ -282,13 +282,17 @@ pub enum Poison {
     Handler(String),
     #[error("{0}")]
     Inconsistent(&'static str),
+    /// The kernel module (`--fault-path kmod`, RDMA backend) could not read a page from the
+    /// memnode (failed, or no answer within the bound): the page's address.
+    #[error("the kernel module could not fill the page at {0:#x}: its transfer with the memnode failed")]
+    KernelFill(usize),
 }
 
 impl Poison {
     /// The memnode did not answer, or the connection to it failed (not a refusal by a healthy
     /// memnode, nor a local failure).
     pub fn memnode_unavailable(&self) -> bool {
-        matches!(self, Poison::Transport(e) if !e.is_refusal())
+        matches!(self, Poison::Transport(e) if !e.is_refusal()) || matches!(self, Poison::KernelFill(_))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use ebb_memnode::{PAGE_SIZE, RegionId};
+use ebb_memnode::{PAGE_SIZE, RegionId, Transport, TransportError};
 
 use super::{MemoryHandle, OFFLOAD_BATCH, PageState, PagerError, sys};
 
@@ -49,19 +49,7 @@ impl MemoryHandle {
     pub(super) fn ensure_region(&self) -> Result<RegionId, PagerError> {
         let size = (self.state.accessible_pages() * PAGE_SIZE) as u64;
         let mut region = self.state.region.lock().unwrap_or_else(|e| e.into_inner());
-        match *region {
-            Some((id, have)) if have >= size => Ok(id),
-            Some((id, _)) => {
-                self.shared.transport.resize(id, size)?;
-                *region = Some((id, size));
-                Ok(id)
-            }
-            None => {
-                let id = self.shared.transport.alloc(size)?;
-                *region = Some((id, size));
-                Ok(id)
-            }
-        }
+        Ok(cover_region(&*self.shared.transport, &mut region, size, |_| size)?.0)
     }
 
     /// Sends every resident non-zero page to the memnode and drops all resident pages locally;
@@ -165,4 +153,31 @@ impl MemoryHandle {
         Ok(report)
     }
 
+}
+
+/// Makes a memnode region — `region`: its id and size in bytes, or None before its first use —
+/// hold at least `need` bytes: allocates it, or resizes it, to `size(have)` bytes (`have` is 0
+/// before the allocation). Returns its id and whether it was allocated or resized (which re-keys
+/// an RDMA region).
+pub(super) fn cover_region(
+    transport: &dyn Transport,
+    region: &mut Option<(RegionId, u64)>,
+    need: u64,
+    size: impl FnOnce(u64) -> u64,
+) -> Result<(RegionId, bool), TransportError> {
+    match *region {
+        Some((id, have)) if have >= need => Ok((id, false)),
+        Some((id, have)) => {
+            let bytes = size(have);
+            transport.resize(id, bytes)?;
+            *region = Some((id, bytes));
+            Ok((id, true))
+        }
+        None => {
+            let bytes = size(0);
+            let id = transport.alloc(bytes)?;
+            *region = Some((id, bytes));
+            Ok((id, true))
+        }
+    }
 }

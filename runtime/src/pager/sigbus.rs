@@ -78,7 +78,9 @@ pub(super) struct InThread {
     slot: usize,
     // Kept alive as long as the memory, so the handler's `shared` is always valid.
     shared: Arc<Shared>,
-    buf: Mutex<FaultBuf>,
+    /// The read-around scratch buffer; none for a memory the kernel module fills (its SIGBUS is
+    /// a failed fill, answered without one).
+    buf: Option<Mutex<FaultBuf>>,
 }
 
 /// Installs the process's SIGBUS handler (once; later calls return the first outcome).
@@ -111,7 +113,7 @@ pub(super) fn register(state: &Arc<MemoryState>, shared: Arc<Shared>) -> Result<
         .iter()
         .position(|s| s.claimed.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok())
         .ok_or_else(|| PagerError::Config(format!("more than {MAX_MEMORIES} paged memories on the sigbus fault path in one process")))?;
-    let buf = Mutex::new(FaultBuf::new(shared.config.readaround));
+    let buf = state.kernel.is_none().then(|| Mutex::new(FaultBuf::new(shared.config.readaround)));
     if state.in_thread.set(InThread { slot, shared, buf }).is_err() {
         SLOTS[slot].claimed.store(false, Ordering::Release);
         return Err(PagerError::Config("a memory was registered twice".into()));
@@ -205,12 +207,16 @@ fn serve_on(mem: &MemoryState, addr: usize, write: bool) -> bool {
         // that is not accessible. Not ours to hide.
         return false;
     }
-    if mem.kernel.is_some() {
-        t.shared.fail(mem, Poison::Handler(format!("the kernel module could not fill the page at {addr:#x}: its memnode transfer failed")));
+    if let Some(k) = &mem.kernel {
+        // The module answers a fault with SIGBUS only when its backend failed: on the DRAM
+        // backend that cannot happen (a page it cannot allocate is an OOM, not a SIGBUS).
+        let why = if k.is_remote() { Poison::KernelFill(addr) } else { Poison::Inconsistent("the kernel module refused a fault on its DRAM store") };
+        t.shared.fail(mem, why);
         t.shared.release_with_zero(mem, addr);
         return true;
     }
-    let mut buf = t.buf.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(buf) = &t.buf else { return false };
+    let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| t.shared.resolve(mem, addr, write, &mut buf)));
     if outcome.is_err() {
         // The faulting thread cannot be released by anyone else: release it here with a zero

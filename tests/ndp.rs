@@ -29,7 +29,7 @@ fn cluster(tag: &str, storage_args: &[&str], compute_args: &[&str]) -> Cluster {
     let secret = dc.0.join("cluster.txt");
     std::fs::write(&secret, CLUSTER).unwrap();
     let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
-    let m = format!("tcp://{}", memnode.addr);
+    let m = memnode.url.clone();
     let (t, c) = (tokens.to_str().unwrap(), secret.to_str().unwrap());
     // Admission by CPU and memory is off (these machines are shared: the load is the other
     // tests'); the in-flight bound is tested on its own.

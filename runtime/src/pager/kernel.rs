@@ -24,10 +24,10 @@
 //! into it, and every reset of the dirty set (a snapshot's tracking, a reset) comes with a store
 //! write or an eviction of the pages it clears.
 //!
-//! Not on this path yet: lending a memory to another node (near-data offload), and
-//! copy-on-write images (each memory's store holds its own copy of the initial state, filled at
-//! adoption). On the RDMA backend an offloaded page is on the memnode twice (the memory's region
-//! and the store's).
+//! Not on this path yet: copy-on-write images (each memory's store holds its own copy of the
+//! initial state, filled at adoption), and a borrowed memory that follows by pages (a borrower's
+//! store reads the lent pages when it borrows: `share.rs`). On the RDMA backend an offloaded
+//! page is on the memnode twice (the memory's region and the store's).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -194,7 +194,10 @@ impl KernelMemory {
             PageState::Zero | PageState::Resident => Held::Other,
         };
         self.store(first, bytes, what)?;
-        self.dev.prefetch(first as u64, (bytes.len() / PAGE_SIZE) as u64).map_err(kmod_err)
+        // A copy the module filled earlier (by read-around) goes first: prefetch keeps what it holds.
+        let n = (bytes.len() / PAGE_SIZE) as u64;
+        self.dev.evict(first as u64, n, false).map_err(kmod_err)?;
+        self.dev.prefetch(first as u64, n).map_err(kmod_err)
     }
 
     /// Notes that the memory's region now holds `bytes` for pages `first..` (an offload sent
@@ -311,7 +314,10 @@ impl MemoryHandle {
 
     /// Brings the store in step with the page table for `pages` (ascending, none Resident): each
     /// gets the bytes of its state where the store holds others — zeros, its initial state (from
-    /// the snapshot's image, or its memnode region), or what the memory's region holds.
+    /// the snapshot's image, or its memnode region), or what the memory's region holds — and the
+    /// module drops any copy it holds of those: pages the table does not list as resident can
+    /// still be the module's, filled by read-around beside a faulting page from what the store
+    /// held then.
     fn kernel_settle(&self, k: &KernelMemory, pages: &[usize]) -> Result<(), PagerError> {
         let mut zero = Vec::new();
         let mut initial = Vec::new();
@@ -342,7 +348,23 @@ impl MemoryHandle {
             let region = self.state.region().ok_or(PagerError::Snapshot("an offloaded page needs the memory's region"))?;
             self.kernel_fetch_into_store(k, region, &sent, Held::Sent)?;
         }
+        let mut rewritten = [zero, initial, sent].concat();
+        rewritten.sort_unstable();
+        for run in runs(&rewritten) {
+            k.dev.evict(run[0] as u64, run.len() as u64, false).map_err(kmod_err)?;
+        }
         Ok(())
+    }
+
+    /// `pages` (ascending, all Remote) whose bytes in the memory's region another node wrote
+    /// (a borrower's): the store's copies of them no longer hold, and it takes the region's now;
+    /// the module drops what it holds of them (the table's resident pages too), so their next
+    /// touch reads the new bytes.
+    pub(super) fn kernel_rewritten(&self, k: &KernelMemory, pages: &[usize]) -> Result<(), PagerError> {
+        for run in runs(pages) {
+            k.set_held(run[0]..run[0] + run.len(), Held::Other);
+        }
+        self.kernel_settle(k, pages)
     }
 
     /// Reads `pages` (ascending) of a memnode region into the store.

@@ -17,6 +17,10 @@
 //! A page the lent call or the borrower changed is *lent dirty*: R holds a version the initial
 //! state does not, so the next reset restores it (whether it faulted back or not) and never takes
 //! it for a clean copy.
+//!
+//! On `--fault-path kmod` the module serves every fault from its store, so what the store holds
+//! must follow: a borrower's store takes the lent pages when it borrows (read at once, not on
+//! touch), and the lender's takes the pages the borrower changed when they are taken back.
 
 use ebb_memnode::{PAGE_SIZE, RegionId, Ticket};
 
@@ -98,7 +102,6 @@ impl MemoryHandle {
         if let Some(why) = self.poisoned() {
             return Err(PagerError::Poisoned(why));
         }
-        refuse_on_kmod(self)?;
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("lending a memory needs its initial state (a captured snapshot)"))?;
         if !state.shared_maps.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
@@ -190,12 +193,20 @@ impl MemoryHandle {
         // The borrower may have grown the region: the owner's view of its size (and an RDMA
         // registration) is renewed.
         self.ensure_region()?;
+        // On the kmod path the table learns what was faulted in since (a page the module holds
+        // must be dropped like any resident one).
+        self.sync_faults()?;
+        let _dropping = self.kernel_drop_guard();
         let mut resident = Vec::new();
         for &p in changed {
             if state.table.get(p) == PageState::Resident {
                 resident.push(p);
             }
             state.table.set_backed(p, PageState::Remote);
+        }
+        if let Some(k) = self.kernel() {
+            // The module's store holds the region's old copies of them: it takes the new ones.
+            self.kernel_rewritten(k, changed)?;
         }
         self.discard_pages(&resident);
         self.note_lent_dirty(changed);
@@ -234,7 +245,6 @@ impl MemoryHandle {
     /// each page faults in from where the lender said it is. The regions stay the lender's (never
     /// freed here). Fails — before anything is read — when the tickets do not open them.
     pub fn borrow(&self, lent: &LentMemory) -> Result<(), PagerError> {
-        refuse_on_kmod(self)?;
         let state = &self.state;
         if state.accessible_pages() != lent.pages {
             return Err(PagerError::Snapshot("a borrowed memory must have the lent memory's size"));
@@ -248,6 +258,10 @@ impl MemoryHandle {
             return Err(PagerError::Snapshot("the lent memory's region was granted read-only"));
         }
         state.fence();
+        // On the kmod path the table learns first what instantiation wrote (data segments): the
+        // module holds those pages, and they must go like any resident one.
+        self.sync_faults()?;
+        let _dropping = self.kernel_drop_guard();
         let mut resident = Vec::new();
         state.table.for_each_in(0..lent.pages, PageState::Resident, |p| resident.push(p));
         for &p in &resident {
@@ -273,7 +287,18 @@ impl MemoryHandle {
         state.region_borrowed.store(true, std::sync::atomic::Ordering::Relaxed);
         *state.region.lock().unwrap_or_else(|e| e.into_inner()) = Some((lent.region, (lent.pages * PAGE_SIZE) as u64));
         let snap = Snapshot::borrowed(lent.pages * PAGE_SIZE, in_snapshot, lent.snapshot, transport.clone());
-        self.track(&std::sync::Arc::new(snap))
+        self.track(&std::sync::Arc::new(snap))?;
+        if let Some(k) = self.kernel() {
+            // The module serves every fault from its store, which tracking filled with the
+            // initial state: the pages the lender's region holds go in too (read now, not on
+            // touch), and the pages the module still holds (read-around beside the
+            // instantiation's writes) go, so that every page reads the lent memory next.
+            let mut remote = Vec::new();
+            state.table.for_each_in(0..lent.pages, PageState::Remote, |p| remote.push(p));
+            self.kernel_rewritten(k, &remote)?;
+            k.evict_all(lent.pages)?;
+        }
+        Ok(())
     }
 
     /// On the borrower, after the call: writes the pages the call wrote (not files it mapped in)
@@ -321,16 +346,5 @@ impl MemoryHandle {
         let back = returned.iter().filter(|&&p| self.state.table.get(p) == PageState::Resident).count();
         self.shared.stats.lent_faulted_back.fetch_add(back as u64, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut *self.state.lent_dirty.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Lending is not built on the kmod path yet: a borrower's pages would have to reach the module's
-/// store, and a lender's region copy its faults.
-fn refuse_on_kmod(memory: &MemoryHandle) -> Result<(), PagerError> {
-    match memory.kernel() {
-        Some(_) => Err(PagerError::Config(
-            "near-data offload (lending a memory) is not available on --fault-path kmod yet: run this runtime on uffd-sigbus".into(),
-        )),
-        None => Ok(()),
     }
 }

@@ -486,6 +486,8 @@ impl MemoryHandle {
         }
         // Pages a lent call changed through the memory's region count as written: resident ones
         // lose their region copy (it is the call's), the others take their initial state again.
+        // (On the kmod path the table learns what the call faulted back first.)
+        self.sync_faults()?;
         let lent_dirty = self.take_lent_dirty();
         let scan = |reprotect| -> Result<Vec<usize>, PagerError> {
             let mut pages = self.written_resident(reprotect)?;

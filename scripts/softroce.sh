@@ -24,6 +24,8 @@
 #   EBB_SKIP_SOFTROCE=1                     skip (printed loudly; RDMA then is NOT tested)
 #   EBB_SOFTROCE_CACHE=DIR                  where downloads and unpacked pieces are kept between runs
 #   EBB_SOFTROCE_MEMNODE_TIMEOUT_MS=N       the guest runtime's memnode timeout (15000: both ends emulated)
+#   EBB_SOFTROCE_ICOUNT=1                   the guests' clocks count instructions (bench: deterministic
+#                                           instruction counts instead of noisy TCG wall-clock times)
 #
 # Fetches the kernel and qemu with `apt-get download` (nothing is installed from them); needs the
 # packages scripts/setup.sh installs. Results come back over the serial console as lines
@@ -373,6 +375,12 @@ case "$role" in
       sed 's/^/EBB-BENCH /' "/tmp/bench_$b.log"
       result "bench_$b" $rc
     done
+    # Criterion's medians (what docs/PERFORMANCE.md records; its printed line is the mean's
+    # interval), from its estimates, in nanoseconds per iteration.
+    find /tmp/target/criterion -path '*/new/estimates.json' | sort | while read -r f; do
+      id=${f#/tmp/target/criterion/}
+      echo "EBB-BENCH-MEDIAN ${id%/new/estimates.json} $(sed -n 's/.*"median":{"confidence_interval":{[^}]*},"point_estimate":\([0-9.e+-]*\).*/\1/p' "$f") ns"
+    done
     rmmod ebb 2>/dev/null
     ;;
 esac
@@ -392,7 +400,12 @@ boot() {
   # the two-guest run (3 in 43 runs on 2026-12-02, with 2 vCPUs and with 1: rxe or the network
   # softirq, corrupted slab lists, impossible saved EFLAGS); an e1000 link instead of virtio-net
   # did, so far (44 of 44). docs/rdma.md; EBB_SOFTROCE_SMP and EBB_SOFTROCE_NIC are the knobs.
-  "${in_ns[@]}" timeout --kill-after=10 "${EBB_SOFTROCE_TIMEOUT:-420}" "${qemu[@]}" -accel "tcg,thread=${EBB_SOFTROCE_TCG_THREAD:-single}" -cpu qemu64 -m "${EBB_SOFTROCE_MEM:-2G}" -smp "${EBB_SOFTROCE_SMP:-2}" \
+  # EBB_SOFTROCE_ICOUNT=1: the guest's clock counts instructions (1 ns each), so a bench run's
+  # figures are instruction counts, the same whatever else the host runs (a cost model without
+  # caches or TLBs: a companion to the wall-clock run, not a replacement).
+  local icount=()
+  [[ "${EBB_SOFTROCE_ICOUNT:-}" == 1 ]] && icount=(-icount shift=0,sleep=off)
+  "${in_ns[@]}" timeout --kill-after=10 "${EBB_SOFTROCE_TIMEOUT:-420}" "${qemu[@]}" -accel "tcg,thread=${EBB_SOFTROCE_TCG_THREAD:-single}" "${icount[@]}" -cpu qemu64 -m "${EBB_SOFTROCE_MEM:-2G}" -smp "${EBB_SOFTROCE_SMP:-2}" \
     -kernel "$vmlinuz" -initrd "$work/initramfs.gz" -nographic -no-reboot "$@" \
     -append "console=ttyS0 quiet panic=-1 ebb.role=$role ebb.addr=$addr ebb.peer=$peer ebb.timeout_ms=${EBB_SOFTROCE_MEMNODE_TIMEOUT_MS:-15000} ebb.repeat=${EBB_SOFTROCE_REPEAT:-3}" >"$work/$name.log" 2>&1 || true
 }

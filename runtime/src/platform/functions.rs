@@ -154,16 +154,20 @@ impl Pooled {
     /// [`POLICY_WAIT`] for one to come back rather than start a new instance (instantiation and
     /// a restore of the whole initial state: far longer).
     pub fn pop_idle(&self) -> Option<Idle> {
+        let i = self.wait_for_policy(POLICY_WAIT, |idle| !idle.is_empty()).pop()?;
+        self.count(i.phase, -1);
+        Some(i)
+    }
+
+    /// The idle list once `ready(list)` holds, no instance is out for the policy's work, or
+    /// `wait` has passed, whichever comes first.
+    fn wait_for_policy(&self, wait: Duration, ready: impl Fn(&[Idle]) -> bool) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         let mut idle = self.idle();
-        let deadline = Instant::now() + POLICY_WAIT;
+        let deadline = Instant::now() + wait;
         loop {
-            if let Some(i) = idle.pop() {
-                self.count(i.phase, -1);
-                return Some(i);
-            }
             let now = Instant::now();
-            if self.out.load(Ordering::Relaxed) == 0 || now >= deadline {
-                return None;
+            if ready(&idle) || self.out.load(Ordering::Relaxed) == 0 || now >= deadline {
+                return idle;
             }
             idle = self.given_back.wait_timeout(idle, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
@@ -186,17 +190,18 @@ impl Pooled {
     pub fn give_back(&self, i: Idle, max: usize) {
         let mut idle = self.idle();
         self.out.fetch_sub(1, Ordering::Relaxed);
-        if idle.len() < max && !i.instance.must_discard() {
+        let kept = idle.len() < max && !i.instance.must_discard();
+        if kept {
             idle.push(i);
             drop(idle);
-            self.given_back.notify_one();
         } else {
             drop(idle);
-            // Waiting calls look again: with nothing left out they start an instance at once.
-            self.given_back.notify_all();
             self.count(i.phase, -1);
             self.forget(&i.instance);
         }
+        // Every waiter looks again: a call takes the instance (or, with nothing left out,
+        // starts one at once), an offload goes on once none is out.
+        self.given_back.notify_all();
     }
 
     /// The policy's look at the idle list: sets each instance's phase to `phase_of(it)`, takes
@@ -235,7 +240,14 @@ impl Pooled {
     /// Takes every idle instance out of the list (to work on them without holding it; no call can
     /// take them meanwhile). Give them back with [`Pooled::give_back`].
     pub fn take_all_idle(&self) -> Vec<Idle> {
-        let mut idle = self.idle();
+        self.take_all_idle_within(Duration::ZERO)
+    }
+
+    /// [`Pooled::take_all_idle`] once the instances out for the policy's work are back (or
+    /// `wait` has passed): an offload asked for must reach the instance a policy tick was
+    /// working on (it found none and left it resident).
+    pub fn take_all_idle_within(&self, wait: Duration) -> Vec<Idle> {
+        let mut idle = self.wait_for_policy(wait, |_| false);
         self.out.fetch_add(idle.len(), Ordering::Relaxed);
         std::mem::take(&mut *idle)
     }
@@ -309,6 +321,35 @@ mod tests {
             }
             assert!(caller.join().unwrap());
         });
+    }
+
+    #[test]
+    fn an_offload_waits_for_the_instances_the_policy_has_out() {
+        let p = pool(2, Instant::now());
+        let taken = p.take_all_idle();
+        std::thread::scope(|s| {
+            let offload = s.spawn(|| p.take_all_idle_within(Duration::from_secs(30)).len());
+            std::thread::sleep(Duration::from_millis(30));
+            for i in taken {
+                p.give_back(i, 8);
+            }
+            assert_eq!(offload.join().unwrap(), 2, "the offload got both instances, once back");
+        });
+        // Out for longer than it waits: it takes what is idle, and the instance out is not lost.
+        let p = pool(2, Instant::now());
+        let one = p.pop_idle().unwrap();
+        p.push_idle(one, 8);
+        let out: Vec<Idle> = p.sweep(|i| i.phase, {
+            let first = std::cell::Cell::new(true);
+            move |_| first.replace(false)
+        })
+        .0;
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.take_all_idle_within(Duration::from_millis(20)).len(), 1, "the one idle, without the one out");
+        for i in out {
+            p.give_back(i, 8);
+        }
+        assert!(p.pop_idle().is_some(), "the one out is back in the list");
     }
 
     #[test]

@@ -48,6 +48,10 @@ use pool::CallPool;
 
 const PAGE: u64 = ebb_memnode::PAGE_SIZE as u64;
 
+/// How long an offload asked for waits for the idle instances the policy has out (a drain step:
+/// milliseconds; a busy or emulated host: more) before it offloads the others without them.
+const OFFLOAD_WAIT: Duration = Duration::from_secs(10);
+
 /// Where an object is.
 enum Holder<'a> {
     Here(&'a ObjectStore),
@@ -634,7 +638,7 @@ impl Platform {
         // policy's next tick, which would undo the offload before any call asked for it).
         p.metrics.calls_since_image_drop.store(0, Ordering::Relaxed);
         let mut failed = None;
-        for i in p.take_all_idle() {
+        for i in p.take_all_idle_within(OFFLOAD_WAIT) {
             if let Some(m) = i.instance.memory()
                 && failed.is_none()
             {

@@ -13,8 +13,8 @@
 #      memnode processes on rxe0 — rmmod'ed; the kernel log must show
 #      no BUG/Oops/WARNING/refcount/leak and the module no page held at unload;
 #   3. with `two`, after the user-space run across the link, the module in the runtime's guest
-#      against the memnode in the other: `runtime run` and the platform tests on --fault-path
-#      kmod, then the same unload and kernel-log checks.
+#      against the memnode in the other: `runtime run`, the pager's, isolation and platform tests
+#      on --fault-path kmod, then the same unload and kernel-log checks.
 #
 #   scripts/softroce.sh [single|two|kmod|all|bench]
 #       single: one guest (default); kmod: the kernel module's guest; two: memnode and runtime in two guests linked by two taps on a
@@ -336,6 +336,13 @@ kmod_suite() {
 kmod_remote_suite() {
   kmod_load two_guest_kmod || return
   runtime_over_rdma "$1" two_guest_kmod_runtime_run --fault-path kmod
+  # The pager's and isolation tests that page to a memnode process, each memnode they would start
+  # being the other guest's (tests/support: EBB_TEST_MEMNODE; not a killed or stopped memnode:
+  # that one is shared), so every page the module reads crosses the link.
+  suite two_guest_kmod_paged_memory EBB_FAULT_PATH=kmod EBB_TEST_MEMNODE="rdma://$1:7070" EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" \
+    paged_memory-tests --test-threads=1 from_a_memnode_process instances_dropped_while_others_fault a_memory_lent
+  suite two_guest_kmod_call_isolation EBB_FAULT_PATH=kmod EBB_TEST_MEMNODE="rdma://$1:7070" EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" \
+    call_isolation-tests --test-threads=1 from_a_memnode_process
   suite two_guest_kmod_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_MEMNODE="rdma://$1:7070" \
     EBB_TEST_MEMNODE_TIMEOUT_MS="$timeout_ms" platform-tests --test-threads=1 --skip a_dead_memnode_fails_calls
   kmod_unload two_guest_kmod
@@ -355,7 +362,9 @@ case "$role" in
     ;;
   memnode)
     # Its log goes to the console, so a failed run shows what the memnode saw.
-    memnode --listen "$addr:7070" --capacity 1G --rdma-device rxe0 2>&1 | while read -r l; do echo "EBB-LOG memnode: $l"; done &
+    # 3 GiB in a 4 GiB guest: the runtime guest's tests on the module's RDMA backend register
+    # (so keep resident) a region per memory beside its offloaded pages.
+    memnode --listen "$addr:7070" --capacity 3G --rdma-device rxe0 2>&1 | while read -r l; do echo "EBB-LOG memnode: $l"; done &
     echo "EBB-MEMNODE-READY"
     # Every 10 s, the device's counters: what the memnode's side saw if the runtime's run fails.
     while sleep 10; do counters memnode; done
@@ -469,8 +478,8 @@ if [[ $mode == two || $mode == all ]]; then
   ip -n "$netns" link set br0 up
   link() { echo "-netdev tap,id=n0,ifname=$1,script=no,downscript=no -device ${EBB_SOFTROCE_NIC:-e1000},netdev=n0,mac=52:54:00:12:34:$2"; }
   # shellcheck disable=SC2046 # the link arguments are meant to split
-  export EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_TWO_TIMEOUT:-1200}
-  boot memnode memnode 10.0.3.1 - $(link tap0 01) &
+  export EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_TWO_TIMEOUT:-2400}
+  EBB_SOFTROCE_MEM=4G boot memnode memnode 10.0.3.1 - $(link tap0 01) &
   mem_pid=$!
   # shellcheck disable=SC2046
   boot runtime runtime 10.0.3.2 10.0.3.1 $(link tap1 02)
@@ -481,7 +490,8 @@ if [[ $mode == two || $mode == all ]]; then
   ip netns del "$netns" 2>/dev/null || true
   netns=
   kernel_died "$work/memnode.log" && status=1
-  check "$work/runtime.log" two_guest_runtime_run_over_rdma two_guest_kmod_load two_guest_kmod_runtime_run two_guest_kmod_platform \
+  check "$work/runtime.log" two_guest_runtime_run_over_rdma two_guest_kmod_load two_guest_kmod_runtime_run two_guest_kmod_paged_memory \
+    two_guest_kmod_call_isolation two_guest_kmod_platform \
     two_guest_kmod_unload two_guest_kmod_kernel_log || { status=1; tail -n 60 "$work/runtime.log" "$work/memnode.log" "$work/links.txt" >&2; }
 fi
 if [[ $mode == bench ]]; then

@@ -187,7 +187,7 @@ fn ten_thousand_hostile_frames_then_normal_service() {
         sent += 1;
     }
     assert_eq!(sent, 10_000);
-    assert!(memnode.child.try_wait().unwrap().is_none(), "memnode died");
+    assert!(memnode.process().try_wait().unwrap().is_none(), "memnode died");
 
     // Normal service continues, and the rejected checksum writes changed nothing.
     let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i * 13 % 256) as u8).collect();
@@ -389,8 +389,8 @@ fn threads(pid: u32) -> usize {
 
 #[test]
 fn idle_and_slow_sockets_cannot_lock_clients_out() {
-    let memnode = Memnode::start(&["--max-connections", "64", "--handshake-timeout", "500ms", "--idle-timeout", "1s"]).unwrap();
-    let pid = memnode.child.id();
+    let mut memnode = Memnode::start(&["--max-connections", "64", "--handshake-timeout", "500ms", "--idle-timeout", "1s"]).unwrap();
+    let pid = memnode.process().id();
     let base = threads(pid);
     // 300 sockets that never say a word: the limit holds before any thread is spawned for them.
     let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&memnode.addr).unwrap()).collect();

@@ -164,7 +164,7 @@ fn silent_memnode_fails_the_call_within_the_bound() {
 
 #[test]
 fn a_poisoned_memory_still_frees_its_region_on_a_healthy_memnode() {
-    let memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
+    let mut memnode = Memnode::start(&["--capacity", "1G"]).unwrap();
     let transport = remote(&memnode);
     let exec = executor(transport.clone(), 2);
     let mut inst = pattern_instance(&exec, 11, 4 * MIB);

@@ -77,11 +77,18 @@ pub fn memnode_config() -> ebb_memnode::TcpConfig {
     config
 }
 
+/// The memnode every test of the run pages to (`EBB_TEST_MEMNODE=URL`: another guest's, in the
+/// two-guest soft-RoCE run), if the run names one.
+pub fn shared_memnode() -> Option<String> {
+    std::env::var("EBB_TEST_MEMNODE").ok().filter(|m| !m.is_empty())
+}
+
 /// A real `memnode` process on a free loopback port, killed on drop. With
 /// [`test_rdma_device`] it serves RDMA on that device too, and [`Memnode::url`] says `rdma://`.
 #[derive(Debug)]
 pub struct Memnode {
-    pub child: Child,
+    /// The process; None for the run's [`shared_memnode`].
+    child: Option<Child>,
     /// HOST:PORT of its control plane (what raw-protocol tests connect a socket to).
     pub addr: String,
     /// What a runtime's `--memnode` and [`Memnode::transport`] take: `rdma://HOST:PORT` when it
@@ -90,8 +97,14 @@ pub struct Memnode {
 }
 
 impl Memnode {
-    /// Starts `memnode --listen 127.0.0.1:0` with extra flags and waits for its listening line.
+    /// Starts `memnode --listen 127.0.0.1:0` with extra flags and waits for its listening line —
+    /// or, when the run names a [`shared_memnode`] and `extra` asks for nothing but a capacity,
+    /// stands for that one.
     pub fn start(extra: &[&str]) -> anyhow::Result<Memnode> {
+        if let Some(url) = shared_memnode().filter(|_| extra.chunks(2).all(|flag| flag[0] == "--capacity")) {
+            let addr = url.split_once("://").map_or(url.as_str(), |(_, a)| a).to_string();
+            return Ok(Memnode { child: None, addr, url });
+        }
         let rdma = test_rdma_device();
         let mut cmd = Command::new(binary("memnode"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::null());
@@ -100,7 +113,7 @@ impl Memnode {
         }
         let (child, addr) = spawn_listening(cmd, "memnode listening on ")?;
         let url = if rdma.is_some() { format!("rdma://{addr}") } else { addr.clone() };
-        Ok(Memnode { addr, url, child })
+        Ok(Memnode { addr, url, child: Some(child) })
     }
 
     /// A client of this memnode (by RDMA when it serves it), with `config`'s token and timeouts.
@@ -109,15 +122,22 @@ impl Memnode {
         ebb_memnode::connect(&self.url, config)
     }
 
+    /// The process. Panics for the run's shared memnode, which is no test's to stop: a test that
+    /// needs this cannot run against one.
+    pub fn process(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the run's shared memnode (EBB_TEST_MEMNODE) is not a test's to stop: skip this test in such a run")
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.process();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends a signal (e.g. SIGSTOP to make it silent).
-    pub fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits");
+    pub fn signal(&mut self, sig: i32) {
+        let pid = i32::try_from(self.process().id()).expect("pid fits");
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         unsafe { libc::kill(pid, sig) };
     }
@@ -125,8 +145,10 @@ impl Memnode {
 
 impl Drop for Memnode {
     fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.kill();
+        if self.child.is_some() {
+            self.signal(libc::SIGCONT);
+            self.kill();
+        }
     }
 }
 
@@ -295,8 +317,7 @@ impl Runtime {
         let mut memnode = None;
         let rdma = test_rdma_device();
         if !extra.contains(&"--memnode") {
-            let shared = std::env::var("EBB_TEST_MEMNODE").ok().filter(|m| !m.is_empty());
-            if let Some(url) = shared {
+            if let Some(url) = shared_memnode() {
                 cmd.args(["--memnode", &url]);
             } else if rdma.is_some() {
                 let m = Memnode::start(&["--capacity", "2G"])?;

@@ -56,6 +56,14 @@ fn fill_offload_grow(exec: &Executor, seed: u32, len: usize, shared_pager: bool)
     if !shared_pager {
         assert_eq!(after.pages_fetched - before.pages_fetched, (len / 4096) as u64, "each page fetched once");
         assert!(after.faults_remote > before.faults_remote);
+        // Bytes in: each page once from the memnode; on the kmod path's DRAM backend the
+        // module's store served them and nothing crossed (its RDMA backend READs them).
+        let bytes_in = after.bytes_in - before.bytes_in;
+        if exec.pager().fault_path() == FaultPath::Kmod && exec.pager().transport().as_rdma().is_none() {
+            assert_eq!(bytes_in, 0, "the module's DRAM store served the faults");
+        } else {
+            assert!(bytes_in >= len as u64, "{bytes_in} bytes in for {len} bytes faulted back");
+        }
     }
     mem.offload().unwrap();
     // Run 2 verifies A in the guest (faulting it back), grows the memory and fills area B.

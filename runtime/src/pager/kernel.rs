@@ -76,6 +76,9 @@ struct RemoteStore {
     region: Mutex<Option<(RegionId, u64)>>,
     capacity: usize,
     _qp: RemoteQp,
+    /// The module's `fills_backend` and `written_back` counts already added to the pager's
+    /// bytes in and out (the module's own transfers with the memnode; changed under `syncing`).
+    counted: Mutex<(u64, u64)>,
 }
 
 impl Drop for RemoteStore {
@@ -110,7 +113,7 @@ impl KernelMemory {
         let local = dev.rdma_qp(rdma.device(), 1).map_err(kmod_err)?;
         let qp = rdma.connect_remote_qp(&local)?;
         dev.rdma_connect(&qp.info, rdma.control().timeout()).map_err(kmod_err)?;
-        let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp };
+        let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp, counted: Mutex::new((0, 0)) };
         Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: Some(remote) })
     }
 
@@ -247,6 +250,16 @@ impl MemoryHandle {
             } else {
                 state.table.set(p, PageState::Resident);
             }
+        }
+        if let Some(remote) = &k.remote {
+            // What the module's READs brought (faults, read-around, prefetch) and its write-backs
+            // sent, in the pager's byte counts as the other paths' transfers are.
+            let c = k.dev.counters().map_err(kmod_err)?;
+            let mut counted = remote.counted.lock().unwrap_or_else(|e| e.into_inner());
+            let page = PAGE_SIZE as u64;
+            stats.bytes_in.fetch_add(c.fills_backend.saturating_sub(counted.0) * page, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(c.written_back.saturating_sub(counted.1) * page, Ordering::Relaxed);
+            *counted = (c.fills_backend, c.written_back);
         }
         if state.logging.load(Ordering::Relaxed) {
             // Unlike the other paths' log (faults only), every page the call touched.

@@ -29,7 +29,7 @@
 //! store reads the lent pages when it borrows: `share.rs`). On the RDMA backend an offloaded
 //! page is on the memnode twice (the memory's region and the store's).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ebb_memnode::rdma::RemoteQp;
@@ -79,6 +79,8 @@ struct RemoteStore {
     /// The module's `fills_backend` and `written_back` counts already added to the pager's
     /// bytes in and out (the module's own transfers with the memnode; changed under `syncing`).
     counted: Mutex<(u64, u64)>,
+    /// Bytes the store ioctls wrote to the memnode since the last sync (added to bytes out there).
+    stored: AtomicU64,
 }
 
 impl Drop for RemoteStore {
@@ -113,7 +115,7 @@ impl KernelMemory {
         let local = dev.rdma_qp(rdma.device(), 1).map_err(kmod_err)?;
         let qp = rdma.connect_remote_qp(&local)?;
         dev.rdma_connect(&qp.info, rdma.control().timeout()).map_err(kmod_err)?;
-        let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp, counted: Mutex::new((0, 0)) };
+        let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp, counted: Mutex::new((0, 0)), stored: Default::default() };
         Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: Some(remote) })
     }
 
@@ -184,6 +186,9 @@ impl KernelMemory {
     fn store(&self, first: usize, bytes: &[u8], what: Held) -> Result<(), PagerError> {
         self.cover(first + bytes.len() / PAGE_SIZE)?;
         self.dev.store_write(first as u64, bytes).map_err(kmod_err)?;
+        if let Some(remote) = &self.remote {
+            remote.stored.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
         self.set_held(first..first + bytes.len() / PAGE_SIZE, what);
         Ok(())
     }
@@ -252,13 +257,15 @@ impl MemoryHandle {
             }
         }
         if let Some(remote) = &k.remote {
-            // What the module's READs brought (faults, read-around, prefetch) and its write-backs
-            // sent, in the pager's byte counts as the other paths' transfers are.
+            // What the module's READs brought (faults, read-around, prefetch), and what its
+            // write-backs and the store writes sent, in the pager's byte counts as the other
+            // paths' transfers are.
             let c = k.dev.counters().map_err(kmod_err)?;
             let mut counted = remote.counted.lock().unwrap_or_else(|e| e.into_inner());
             let page = PAGE_SIZE as u64;
             stats.bytes_in.fetch_add(c.fills_backend.saturating_sub(counted.0) * page, Ordering::Relaxed);
-            stats.bytes_out.fetch_add(c.written_back.saturating_sub(counted.1) * page, Ordering::Relaxed);
+            let stored = remote.stored.swap(0, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(c.written_back.saturating_sub(counted.1) * page + stored, Ordering::Relaxed);
             *counted = (c.fills_backend, c.written_back);
         }
         if state.logging.load(Ordering::Relaxed) {

@@ -25,9 +25,19 @@
  *
  * Each region has an inode of its own (a pseudo file system) so that unmap_mapping_range() reaches
  * only that region's mappings: every open of a misc device shares the device's inode otherwise.
+ *
+ * Images and bases (see the header). An image's stored pages never change and are never dropped
+ * while it is open, and a based region holds its base's file, so a base's page looked up without
+ * the base's lock stays valid. A based region keeps the base's pages it maps in its resident
+ * array too, marked EBB_SHARED, with one plain reference each (they are the image's, counted in
+ * `ebb_pages` once). Such a page is never mapped writable: a based region's mapping has
+ * ->page_mkwrite, so the fault core maps read faults read-only, and a write to a shared page
+ * (at its fault, or in ->page_mkwrite) replaces it with a private copy first. That costs a second
+ * fault at the first write after a read, which is why only based regions have the method.
  */
 
 #include <linux/bitmap.h>
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/miscdevice.h>
@@ -46,9 +56,13 @@
 
 #define EBB_FS_MAGIC 0x45424221 /* "EBB!" */
 
+static const struct file_operations ebb_fops;
 static atomic64_t ebb_pages = ATOMIC64_INIT(0);
 static atomic64_t ebb_regions = ATOMIC64_INIT(0);
 static struct vfsmount *ebb_mnt;
+
+/* The mark of a resident entry that is the base's page, not the region's own. */
+#define EBB_SHARED XA_MARK_1
 
 struct ebb_region {
 	struct mutex lock;
@@ -57,6 +71,9 @@ struct ebb_region {
 	u64 pages;
 	u32 backend;
 	u32 readaround;
+	u32 flags;            /* EBB_CREATE_* */
+	struct file *base_file; /* a based region's base (holding the image open), or NULL */
+	struct ebb_region *base;
 	struct xarray resident;
 	struct xarray stored;
 	unsigned long *accessed; /* bitmaps of `pages` bits */
@@ -89,12 +106,25 @@ static void ebb_put_page(struct page *page)
 	atomic64_dec(&ebb_pages);
 }
 
-/* Puts a filled page in the resident set (or frees it). */
-static int ebb_make_resident(struct ebb_region *r, u64 i, struct page *page, u64 *counter)
+/* Drops a resident entry's reference: the region's own page, or (shared) the base's. */
+static void ebb_put_resident(struct page *page, bool shared)
+{
+	if (shared)
+		put_page(page);
+	else
+		ebb_put_page(page);
+}
+
+/* Puts a filled page in the resident set (or drops it); `shared`: the base's page. */
+static int ebb_make_resident(struct ebb_region *r, u64 i, struct page *page, bool shared, u64 *counter)
 {
 	if (xa_is_err(xa_store(&r->resident, i, page, GFP_KERNEL))) {
-		ebb_put_page(page);
+		ebb_put_resident(page, shared);
 		return -ENOMEM;
+	}
+	if (shared) {
+		xa_set_mark(&r->resident, i, EBB_SHARED);
+		r->c.shared++;
 	}
 	r->c.resident++;
 	if (counter)
@@ -102,21 +132,67 @@ static int ebb_make_resident(struct ebb_region *r, u64 i, struct page *page, u64
 	return 0;
 }
 
-/* Makes page `i` (not resident) resident from the DRAM backend's copy, or as zeros. */
-static int ebb_fill_local(struct ebb_region *r, u64 i, u64 *counter)
+/* The base's copy of page `i`, if the region has a base that holds it (see the top comment). */
+static struct page *ebb_base_page(struct ebb_region *r, u64 i)
 {
-	struct page *copy = xa_load(&r->stored, i);
-	struct page *page = ebb_alloc_page(!copy);
+	return r->base && i < r->base->pages ? xa_load(&r->base->stored, i) : NULL;
+}
 
+/*
+ * Makes page `i` (not resident) resident from the DRAM backend's copy, else from the base (its
+ * page itself, or with `copy` a private copy of it), else as zeros.
+ */
+static int ebb_fill_local(struct ebb_region *r, u64 i, bool copy, u64 *counter)
+{
+	struct page *from = xa_load(&r->stored, i);
+	struct page *base = from ? NULL : ebb_base_page(r, i);
+	struct page *page;
+
+	if (base && !copy) {
+		get_page(base);
+		r->c.fills_base++;
+		return ebb_make_resident(r, i, base, true, counter);
+	}
+	page = ebb_alloc_page(!from && !base);
 	if (!page)
 		return -ENOMEM;
-	if (copy) {
-		copy_highpage(page, copy);
+	if (from) {
+		copy_highpage(page, from);
 		r->c.fills_backend++;
+	} else if (base) {
+		copy_highpage(page, base);
+		r->c.fills_base++;
+		r->c.copied++;
 	} else {
 		r->c.fills_zero++;
 	}
-	return ebb_make_resident(r, i, page, counter);
+	return ebb_make_resident(r, i, page, false, counter);
+}
+
+/*
+ * Replaces the shared resident page `old` at `i` with a private copy, and takes down the
+ * mapping of `old` (a fault that returned it holds its lock until the PTE is set, as in
+ * eviction). Returns the copy, or NULL (out of memory: nothing changed). Called with the lock held.
+ */
+static struct page *ebb_cow(struct ebb_region *r, u64 i, struct page *old)
+{
+	struct page *copy = ebb_alloc_page(false);
+
+	if (!copy)
+		return NULL;
+	copy_highpage(copy, old);
+	if (xa_is_err(xa_store(&r->resident, i, copy, GFP_KERNEL))) {
+		ebb_put_page(copy);
+		return NULL;
+	}
+	xa_clear_mark(&r->resident, i, EBB_SHARED);
+	r->c.shared--;
+	r->c.copied++;
+	lock_page(old);
+	unmap_mapping_range(r->inode->i_mapping, (loff_t)i << PAGE_SHIFT, PAGE_SIZE, 1);
+	unlock_page(old);
+	put_page(old);
+	return copy;
 }
 
 /*
@@ -161,7 +237,7 @@ static int ebb_fill_remote(struct ebb_region *r, u64 i, unsigned int n, u64 *cou
 	}
 	for (k = 0; k < n; k++) {
 		r->c.fills_backend++;
-		err = ebb_make_resident(r, i + k, r->batch[k], counter);
+		err = ebb_make_resident(r, i + k, r->batch[k], false, counter);
 		if (err) {
 			while (++k < n)
 				ebb_put_page(r->batch[k]);
@@ -173,9 +249,10 @@ static int ebb_fill_remote(struct ebb_region *r, u64 i, unsigned int n, u64 *cou
 
 /*
  * Makes the pages of first .. first + count - 1 that are not resident resident, in order, from the
- * backend or as zeros; stops at the first failure. Called with the lock held.
+ * backend, the base or as zeros; stops at the first failure. With `copy_first` the first page
+ * takes a private copy of the base's (it is being written). Called with the lock held.
  */
-static int ebb_fill(struct ebb_region *r, u64 first, u64 count, u64 *counter)
+static int ebb_fill(struct ebb_region *r, u64 first, u64 count, bool copy_first, u64 *counter)
 {
 	u64 i = first, end = first + count, j;
 	int err;
@@ -192,7 +269,7 @@ static int ebb_fill(struct ebb_region *r, u64 first, u64 count, u64 *counter)
 			err = ebb_fill_remote(r, i, j - i, counter);
 			i = j;
 		} else {
-			err = ebb_fill_local(r, i, counter);
+			err = ebb_fill_local(r, i, copy_first && i == first, counter);
 			i++;
 		}
 		if (err)
@@ -204,6 +281,7 @@ static int ebb_fill(struct ebb_region *r, u64 first, u64 count, u64 *counter)
 static vm_fault_t ebb_fault(struct vm_fault *vmf)
 {
 	struct ebb_region *r = vmf->vma->vm_file->private_data;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	u64 i = vmf->pgoff;
 	u64 filled = 0;
 	struct page *page;
@@ -219,10 +297,17 @@ static vm_fault_t ebb_fault(struct vm_fault *vmf)
 	page = xa_load(&r->resident, i);
 	if (page) {
 		r->c.faults_mapped++;
+		if (write && xa_get_mark(&r->resident, i, EBB_SHARED)) {
+			page = ebb_cow(r, i, page);
+			if (!page) {
+				mutex_unlock(&r->lock);
+				return VM_FAULT_OOM;
+			}
+		}
 	} else {
 		/* The faulting page first; its neighbours are best effort (they fault on their own
 		 * later if this stops short of them). */
-		err = ebb_fill(r, i, min_t(u64, r->pages - i, 1 + r->readaround), &filled);
+		err = ebb_fill(r, i, min_t(u64, r->pages - i, 1 + r->readaround), write, &filled);
 		page = xa_load(&r->resident, i);
 		if (!page) {
 			if (err != -ENOMEM)
@@ -258,6 +343,59 @@ static const struct vm_operations_struct ebb_vm_ops = {
 	.map_pages = ebb_map_pages,
 };
 
+/*
+ * A based region's first write to a page mapped read-only (and every write fault, after
+ * ebb_fault): the base's page is replaced by a private copy and the access retried, which faults
+ * the copy in writable; a page of the region's own is made writable as it is.
+ */
+static vm_fault_t ebb_page_mkwrite(struct vm_fault *vmf)
+{
+	struct ebb_region *r = vmf->vma->vm_file->private_data;
+	struct page *page = vmf->page;
+	u64 i = vmf->pgoff;
+
+	mutex_lock(&r->lock);
+	if (xa_load(&r->resident, i) != page) {
+		/* Evicted, or copied, meanwhile (and unmapped under our lock): retry the access. */
+		mutex_unlock(&r->lock);
+		return VM_FAULT_NOPAGE;
+	}
+	if (xa_get_mark(&r->resident, i, EBB_SHARED)) {
+		page = ebb_cow(r, i, page);
+		mutex_unlock(&r->lock);
+		return page ? VM_FAULT_NOPAGE : VM_FAULT_OOM;
+	}
+	lock_page(page);
+	mutex_unlock(&r->lock);
+	return VM_FAULT_LOCKED;
+}
+
+static const struct vm_operations_struct ebb_based_vm_ops = {
+	.fault = ebb_fault,
+	.map_pages = ebb_map_pages,
+	.page_mkwrite = ebb_page_mkwrite,
+};
+
+/* An image's mapping (read-only): its stored pages themselves, which never change or go while
+ * it is open; a page it does not hold is SIGBUS. */
+static vm_fault_t ebb_image_fault(struct vm_fault *vmf)
+{
+	struct ebb_region *r = vmf->vma->vm_file->private_data;
+	struct page *page = vmf->pgoff < r->pages ? xa_load(&r->stored, vmf->pgoff) : NULL;
+
+	if (!page)
+		return VM_FAULT_SIGBUS;
+	get_page(page);
+	lock_page(page);
+	vmf->page = page;
+	return VM_FAULT_LOCKED;
+}
+
+static const struct vm_operations_struct ebb_image_vm_ops = {
+	.fault = ebb_image_fault,
+	.map_pages = ebb_map_pages,
+};
+
 static int ebb_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct ebb_region *r = file->private_data;
@@ -270,7 +408,14 @@ static int ebb_mmap(struct file *file, struct vm_area_struct *vma)
 	if (vma->vm_pgoff > r->pages || len > r->pages - vma->vm_pgoff)
 		return -EINVAL;
 	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
-	vma->vm_ops = &ebb_vm_ops;
+	if (r->flags & EBB_CREATE_IMAGE) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EACCES; /* an image never changes */
+		vm_flags_clear(vma, VM_MAYWRITE);
+		vma->vm_ops = &ebb_image_vm_ops;
+	} else {
+		vma->vm_ops = r->flags & EBB_CREATE_BASED ? &ebb_based_vm_ops : &ebb_vm_ops;
+	}
 	return 0;
 }
 
@@ -302,7 +447,7 @@ static void ebb_free_all(struct xarray *xa)
 	unsigned long i;
 
 	xa_for_each(xa, i, page)
-		ebb_put_page(page);
+		ebb_put_resident(page, xa_get_mark(xa, i, EBB_SHARED));
 	xa_destroy(xa);
 }
 
@@ -315,6 +460,8 @@ static int ebb_release(struct inode *inode, struct file *file)
 	ebb_rdma_destroy(r->rdma);
 	ebb_free_all(&r->resident);
 	ebb_free_all(&r->stored);
+	if (r->base_file)
+		fput(r->base_file);
 	bitmap_free(r->accessed);
 	bitmap_free(r->dirty);
 	bitmap_free(r->held);
@@ -368,9 +515,14 @@ static long ebb_create(struct ebb_region *r, void __user *arg)
 	for (k = 0; k < ARRAY_SIZE(c.reserved); k++)
 		if (c.reserved[k])
 			return -EINVAL;
+	if (c.reserved0 || (c.flags & ~(EBB_CREATE_IMAGE | EBB_CREATE_BASED)))
+		return -EINVAL;
 	if (c.pages == 0 || c.pages > EBB_MAX_PAGES || c.readaround > EBB_MAX_READAROUND)
 		return -EINVAL;
 	if (c.backend != EBB_BACKEND_DRAM && c.backend != EBB_BACKEND_RDMA)
+		return -EINVAL;
+	/* An image is a DRAM store and nothing else. */
+	if ((c.flags & EBB_CREATE_IMAGE) && (c.backend != EBB_BACKEND_DRAM || (c.flags & EBB_CREATE_BASED)))
 		return -EINVAL;
 	mutex_lock(&r->lock);
 	if (r->created) {
@@ -396,6 +548,7 @@ static long ebb_create(struct ebb_region *r, void __user *arg)
 	r->pages = c.pages;
 	r->backend = c.backend;
 	r->readaround = c.readaround;
+	r->flags = c.flags;
 	WRITE_ONCE(r->created, true);
 	mutex_unlock(&r->lock);
 	return 0;
@@ -446,10 +599,18 @@ static long ebb_store_io_remote(struct ebb_region *r, struct ebb_pages_io *io, b
 		if (any)
 			err = ebb_remote_io(r, i, bounce, n, write, &in_use);
 		for (k = 0; !err && k < n; k++) {
-			if (write)
+			struct page *base;
+
+			if (write) {
 				ebb_hold(r, i + k);
-			else if (!test_bit(i + k, r->held))
-				clear_highpage(bounce[k]); /* what a page the memnode lacks reads as */
+			} else if (!test_bit(i + k, r->held)) {
+				/* What a page the memnode lacks reads as: the base's, or zeros. */
+				base = ebb_base_page(r, i + k);
+				if (base)
+					copy_highpage(bounce[k], base);
+				else
+					clear_highpage(bounce[k]);
+			}
 		}
 		mutex_unlock(&r->lock);
 		for (k = 0; !write && !err && k < n; k++)
@@ -495,24 +656,31 @@ static long ebb_store_io(struct ebb_region *r, void __user *arg, bool write)
 			}
 			mutex_lock(&r->lock);
 			page = xa_load(&r->stored, i);
-			if (!page) {
+			if (page) {
+				/* An image's pages never change: based regions map them. */
+				if (!(r->flags & EBB_CREATE_IMAGE))
+					memcpy_to_page(page, 0, bounce, PAGE_SIZE);
+			} else {
+				/* Filled before it is published: based regions look it up unlocked. */
 				page = ebb_alloc_page(false);
 				if (!page) {
 					err = -ENOMEM;
-				} else if (xa_is_err(xa_store(&r->stored, i, page, GFP_KERNEL))) {
-					ebb_put_page(page);
-					page = NULL;
-					err = -ENOMEM;
 				} else {
-					r->c.stored++;
+					memcpy_to_page(page, 0, bounce, PAGE_SIZE);
+					if (xa_is_err(xa_store(&r->stored, i, page, GFP_KERNEL))) {
+						ebb_put_page(page);
+						err = -ENOMEM;
+					} else {
+						r->c.stored++;
+					}
 				}
 			}
-			if (page)
-				memcpy_to_page(page, 0, bounce, PAGE_SIZE);
 			mutex_unlock(&r->lock);
 		} else {
 			mutex_lock(&r->lock);
 			page = xa_load(&r->stored, i);
+			if (!page)
+				page = ebb_base_page(r, i);
 			if (page)
 				memcpy_from_page(bounce, page, 0, PAGE_SIZE);
 			else
@@ -564,8 +732,30 @@ static int ebb_writeback(struct ebb_region *r, u64 i, struct page *page)
 	return 0;
 }
 
+/* EBB_EVICT_FORGET: drops the backend's copies of pages first .. first + count - 1 (count > 0).
+ * Called with the lock held. */
+static void ebb_forget(struct ebb_region *r, u64 first, u64 count)
+{
+	unsigned long i = first;
+	struct page *page;
+
+	if (r->held) {
+		for_each_set_bit_from(i, r->held, first + count) {
+			clear_bit(i, r->held);
+			r->c.stored--;
+		}
+		return;
+	}
+	xa_for_each_range(&r->stored, i, page, first, first + count - 1) {
+		xa_erase(&r->stored, i);
+		r->c.stored--;
+		ebb_put_page(page);
+	}
+}
+
 static long ebb_evict(struct ebb_region *r, void __user *arg)
 {
+	const u32 both = EBB_EVICT_WRITEBACK | EBB_EVICT_FORGET;
 	struct ebb_range rg;
 	struct page *page;
 	unsigned long i;
@@ -573,19 +763,24 @@ static long ebb_evict(struct ebb_region *r, void __user *arg)
 
 	if (copy_from_user(&rg, arg, sizeof(rg)))
 		return -EFAULT;
-	if (rg.reserved || (rg.flags & ~EBB_EVICT_WRITEBACK) || !ebb_range_ok(r, rg.first, rg.count))
+	if (rg.reserved || (rg.flags & ~both) || (rg.flags & both) == both || !ebb_range_ok(r, rg.first, rg.count))
 		return -EINVAL;
+	if (r->flags & EBB_CREATE_IMAGE)
+		return -EINVAL; /* an image's pages never go while it is open */
 	if (!rg.count)
 		return 0;
 	mutex_lock(&r->lock);
 	ebb_unmap(r, rg.first, rg.count);
 	xa_for_each_range(&r->resident, i, page, rg.first, rg.first + rg.count - 1) {
+		/* The base's page: clean (never mapped writable), and not ours to free. */
+		bool shared = xa_get_mark(&r->resident, i, EBB_SHARED);
+
 		/* A fault that returned this page before we took the lock maps it under the page
 		 * lock: once we hold that lock, the PTE is set, and is taken down here. */
 		lock_page(page);
 		if (page_mapped(page))
 			ebb_unmap(r, i, 1);
-		if (TestClearPageDirty(page))
+		if (!shared && TestClearPageDirty(page))
 			set_bit(i, r->dirty);
 		if ((rg.flags & EBB_EVICT_WRITEBACK) && test_bit(i, r->dirty)) {
 			err = ebb_writeback(r, i, page);
@@ -599,12 +794,68 @@ static long ebb_evict(struct ebb_region *r, void __user *arg)
 		clear_bit(i, r->accessed);
 		xa_erase(&r->resident, i);
 		r->c.resident--;
+		if (shared)
+			r->c.shared--;
 		unlock_page(page);
-		ebb_put_page(page);
+		ebb_put_resident(page, shared);
 		r->c.evicted++;
 	}
+	if (rg.flags & EBB_EVICT_FORGET)
+		ebb_forget(r, rg.first, rg.count);
 	mutex_unlock(&r->lock);
 	return err;
+}
+
+/* EBB_IOC_SET_BASE; see the header. */
+static long ebb_set_base(struct ebb_region *r, void __user *arg)
+{
+	struct ebb_region *base = NULL;
+	struct file *file = NULL, *old;
+	struct ebb_base b;
+	struct page *page;
+	unsigned long i;
+	bool image = false;
+
+	if (copy_from_user(&b, arg, sizeof(b)))
+		return -EFAULT;
+	if (b.flags || b.reserved || b.fd < -1 || !(r->flags & EBB_CREATE_BASED))
+		return -EINVAL;
+	if (b.fd >= 0) {
+		file = fget(b.fd);
+		if (!file)
+			return -EBADF;
+		base = file->f_op == &ebb_fops ? file->private_data : NULL;
+		if (base) {
+			mutex_lock(&base->lock);
+			image = base->created && (base->flags & EBB_CREATE_IMAGE);
+			mutex_unlock(&base->lock);
+		}
+		if (!base || !image) {
+			fput(file);
+			return -EINVAL;
+		}
+	}
+	mutex_lock(&r->lock);
+	/* The old base's pages go (clean: nothing to keep), as an eviction would drop them. */
+	xa_for_each_marked(&r->resident, i, page, EBB_SHARED) {
+		lock_page(page);
+		ebb_unmap(r, i, 1);
+		unlock_page(page);
+		xa_erase(&r->resident, i);
+		clear_bit(i, r->accessed);
+		clear_bit(i, r->dirty);
+		r->c.resident--;
+		r->c.shared--;
+		r->c.evicted++;
+		put_page(page);
+	}
+	old = r->base_file;
+	r->base_file = file;
+	r->base = base;
+	mutex_unlock(&r->lock);
+	if (old)
+		fput(old);
+	return 0;
 }
 
 static long ebb_prefetch(struct ebb_region *r, void __user *arg)
@@ -615,11 +866,11 @@ static long ebb_prefetch(struct ebb_region *r, void __user *arg)
 
 	if (copy_from_user(&rg, arg, sizeof(rg)))
 		return -EFAULT;
-	if (rg.flags || rg.reserved || !ebb_range_ok(r, rg.first, rg.count))
+	if (rg.flags || rg.reserved || !ebb_range_ok(r, rg.first, rg.count) || (r->flags & EBB_CREATE_IMAGE))
 		return -EINVAL;
 	mutex_lock(&r->lock);
 	for (i = rg.first; i < rg.first + rg.count && !err; i += EBB_RDMA_MAX_PAGES) {
-		err = ebb_fill(r, i, min_t(u64, rg.first + rg.count - i, EBB_RDMA_MAX_PAGES), &r->c.prefetched);
+		err = ebb_fill(r, i, min_t(u64, rg.first + rg.count - i, EBB_RDMA_MAX_PAGES), false, &r->c.prefetched);
 		if (need_resched()) {
 			mutex_unlock(&r->lock);
 			cond_resched();
@@ -745,6 +996,7 @@ static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case EBB_IOC_RDMA_QP:
 	case EBB_IOC_RDMA_CONNECT:
 	case EBB_IOC_RDMA_REMOTE:
+	case EBB_IOC_SET_BASE:
 		break;
 	default:
 		return -ENOTTY;
@@ -764,6 +1016,8 @@ static long ebb_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return ebb_evict(r, p);
 	case EBB_IOC_PREFETCH:
 		return ebb_prefetch(r, p);
+	case EBB_IOC_SET_BASE:
+		return ebb_set_base(r, p);
 	case EBB_IOC_ACCESSED:
 		return ebb_bitmap_read(r, p, false);
 	default:

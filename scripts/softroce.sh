@@ -242,9 +242,9 @@ kmod_suite() {
   kmod_load kmod || return
   runtime-tests --include-ignored --test-threads=1 tests::kmod_ >/tmp/kmod_tests.log 2>&1
   rc=$?
-  # All of them ran (none filtered out by a rename): ten device tests, four of them on the RDMA
+  # All of them ran (none filtered out by a rename): thirteen device tests, four of them on the RDMA
   # backend against an in-process memnode on rxe0.
-  [ $rc = 0 ] && grep -q "test result: ok. 10 passed" /tmp/kmod_tests.log || rc=1
+  [ $rc = 0 ] && grep -q "test result: ok. 13 passed" /tmp/kmod_tests.log || rc=1
   result kmod_tests $rc
   # The pager's own tests on the kernel fault path, unchanged. Skipped by name (and so reported):
   # those whose faults must reach the memnode or a test transport (a killed or silent memnode, a

@@ -37,7 +37,7 @@
 #include <linux/types.h>
 
 #define EBB_DEVICE_NAME "ebb"
-#define EBB_ABI_VERSION 2
+#define EBB_ABI_VERSION 3
 #define EBB_PAGE_SIZE 4096
 /* The largest region: 16 GiB. */
 #define EBB_MAX_PAGES (1ULL << 22)
@@ -53,7 +53,38 @@ struct ebb_create {
 	__u64 pages;      /* 1 .. EBB_MAX_PAGES */
 	__u32 backend;    /* EBB_BACKEND_* */
 	__u32 readaround; /* 0 .. EBB_MAX_READAROUND */
-	__u64 reserved[4]; /* zero */
+	__u32 flags;      /* EBB_CREATE_* */
+	__u32 reserved0;  /* zero */
+	__u64 reserved[3]; /* zero */
+};
+
+/*
+ * Images and bases: one copy of a function's initial state shared by all its instances.
+ *
+ * An *image* (EBB_CREATE_IMAGE, DRAM backend) is a region whose store is written once per page:
+ * EBB_IOC_STORE_WRITE fills the pages it does not hold and leaves the others as they are (a page
+ * of an initial state never changes), and nothing else changes it (EBB_IOC_EVICT and
+ * EBB_IOC_PREFETCH are refused). Its mapping is read-only and shows the stored pages themselves
+ * (no copy); touching a page it does not hold is SIGBUS.
+ *
+ * A *based* region (EBB_CREATE_BASED) may take an image as its base (EBB_IOC_SET_BASE). A fault
+ * on a page that is neither resident nor in the region's own store then reads the base's page
+ * if the base holds it: a read maps the base's page itself, read-only (shared by every region
+ * with that base, counted once); a write, or a later write to such a page, maps a private copy
+ * instead (copy-on-write). The region's own store comes first, so EBB_EVICT_FORGET (drop the
+ * store's copy) is how a page goes back to reading the base. Unlike other regions, a based
+ * region's pages are mapped read-only at a read and made writable by a second fault at the
+ * first write after it.
+ */
+#define EBB_CREATE_IMAGE (1U << 0)
+#define EBB_CREATE_BASED (1U << 1)
+
+/* EBB_IOC_SET_BASE: `fd` (an open image region) becomes the region's base, or none with -1.
+ * The base's pages the region has mapped are dropped first (they are clean); its own are kept. */
+struct ebb_base {
+	__s32 fd;
+	__u32 flags;    /* zero */
+	__u64 reserved; /* zero */
 };
 
 /* A run of pages: EBB_IOC_EVICT, EBB_IOC_PREFETCH. */
@@ -68,6 +99,10 @@ struct ebb_range {
  * are dropped as they are, and the next touch sees the backend's copy (a reset). Either way an
  * evicted page leaves the accessed and dirty sets. */
 #define EBB_EVICT_WRITEBACK (1U << 0)
+/* EBB_IOC_EVICT: the backend's copies of the range's pages are dropped too (DRAM: freed; RDMA:
+ * the memnode's are no longer read), so the pages read as the base's, or as zeros, next.
+ * Not with EBB_EVICT_WRITEBACK. */
+#define EBB_EVICT_FORGET (1U << 1)
 
 /* EBB_IOC_STORE_WRITE / EBB_IOC_STORE_READ: the backend's copy of pages, to and from `buf`
  * (count * EBB_PAGE_SIZE bytes). Resident pages are not changed by a write: they read the new
@@ -109,6 +144,9 @@ struct ebb_counters {
 	__u64 module_pages;  /* pages the whole module holds now; 0 once every region is closed */
 	__u64 module_regions; /* regions open now */
 	__u64 backend_errors; /* transfers with the backend that failed (RDMA: error, timeout) */
+	__u64 shared;        /* of the resident pages: the base's own, mapped read-only */
+	__u64 fills_base;    /* pages made resident from the base (shared or copied) */
+	__u64 copied;        /* base pages copied for a write (copy-on-write) */
 };
 
 /* EBB_IOC_RDMA_QP: creates the region's queue pair (RDMA backend, once) on port `port` of RDMA
@@ -160,5 +198,6 @@ struct ebb_rdma_remote {
 #define EBB_IOC_RDMA_QP _IOWR(EBB_IOC_MAGIC, 9, struct ebb_rdma_qp)
 #define EBB_IOC_RDMA_CONNECT _IOW(EBB_IOC_MAGIC, 10, struct ebb_rdma_peer)
 #define EBB_IOC_RDMA_REMOTE _IOW(EBB_IOC_MAGIC, 11, struct ebb_rdma_remote)
+#define EBB_IOC_SET_BASE _IOW(EBB_IOC_MAGIC, 12, struct ebb_base)
 
 #endif /* _UAPI_LINUX_EBB_H */

@@ -19,13 +19,16 @@ use ebb_memnode::proto::{QpInfo, RegionKey};
 /// The mirror of `kmod/include/uapi/ebb.h`.
 pub mod uapi {
     pub const DEVICE: &str = "/dev/ebb";
-    pub const ABI_VERSION: u32 = 2;
+    pub const ABI_VERSION: u32 = 3;
     pub const PAGE_SIZE: usize = 4096;
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const MAX_READAROUND: u32 = 64;
     pub const BACKEND_DRAM: u32 = 1;
     pub const BACKEND_RDMA: u32 = 2;
     pub const EVICT_WRITEBACK: u32 = 1;
+    pub const EVICT_FORGET: u32 = 2;
+    pub const CREATE_IMAGE: u32 = 1;
+    pub const CREATE_BASED: u32 = 2;
     pub const BITMAP_RESET: u32 = 1;
     pub const RDMA_POPULATED: u32 = 1;
 
@@ -35,7 +38,17 @@ pub mod uapi {
         pub pages: u64,
         pub backend: u32,
         pub readaround: u32,
-        pub reserved: [u64; 4],
+        pub flags: u32,
+        pub reserved0: u32,
+        pub reserved: [u64; 3],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Base {
+        pub fd: i32,
+        pub flags: u32,
+        pub reserved: u64,
     }
 
     #[repr(C)]
@@ -82,6 +95,9 @@ pub mod uapi {
         pub module_pages: u64,
         pub module_regions: u64,
         pub backend_errors: u64,
+        pub shared: u64,
+        pub fills_base: u64,
+        pub copied: u64,
     }
 
     #[repr(C)]
@@ -146,6 +162,20 @@ pub mod uapi {
     pub const IOC_RDMA_QP: u64 = iowr::<RdmaQp>(9);
     pub const IOC_RDMA_CONNECT: u64 = iow::<RdmaPeer>(10);
     pub const IOC_RDMA_REMOTE: u64 = iow::<RdmaRemote>(11);
+    pub const IOC_SET_BASE: u64 = iow::<Base>(12);
+}
+
+/// What a region is for, beyond its backend (`EBB_CREATE_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// A region of its own.
+    #[default]
+    Plain,
+    /// An image: its store is written once per page, its mapping is read-only and shows those
+    /// pages themselves, and based regions share them.
+    Image,
+    /// A region that may take an image as its base (copy-on-write of the base's pages).
+    Based,
 }
 
 /// Where a region's pages live when not resident.
@@ -232,13 +262,30 @@ impl Device {
     }
 
     pub fn create(&self, pages: u64, backend: Backend, readaround: u32) -> Result<(), KmodError> {
+        self.create_kind(pages, backend, readaround, Kind::Plain)
+    }
+
+    pub fn create_kind(&self, pages: u64, backend: Backend, readaround: u32, kind: Kind) -> Result<(), KmodError> {
         let backend = match backend {
             Backend::Dram => uapi::BACKEND_DRAM,
             Backend::Rdma => uapi::BACKEND_RDMA,
         };
-        let mut c = uapi::Create { pages, backend, readaround, reserved: [0; 4] };
+        let flags = match kind {
+            Kind::Plain => 0,
+            Kind::Image => uapi::CREATE_IMAGE,
+            Kind::Based => uapi::CREATE_BASED,
+        };
+        let mut c = uapi::Create { pages, backend, readaround, flags, ..Default::default() };
         // SAFETY: EBB_IOC_CREATE reads one `Create`.
         unsafe { self.ioctl("create", uapi::IOC_CREATE, &mut c) }
+    }
+
+    /// Makes the image region `base` this (based) region's base, or none; the base's pages
+    /// this region maps are dropped first.
+    pub fn set_base(&self, base: Option<&Device>) -> Result<(), KmodError> {
+        let mut b = uapi::Base { fd: base.map_or(-1, |d| d.file.as_raw_fd()), flags: 0, reserved: 0 };
+        // SAFETY: EBB_IOC_SET_BASE reads one `Base`.
+        unsafe { self.ioctl("set base", uapi::IOC_SET_BASE, &mut b) }
     }
 
     pub fn counters(&self) -> Result<uapi::Counters, KmodError> {
@@ -264,7 +311,16 @@ impl Device {
 
     /// Drops the resident pages of a range; with `writeback` dirty ones go to the backend first.
     pub fn evict(&self, first: u64, count: u64, writeback: bool) -> Result<(), KmodError> {
-        let flags = if writeback { uapi::EVICT_WRITEBACK } else { 0 };
+        self.evict_flags(first, count, if writeback { uapi::EVICT_WRITEBACK } else { 0 })
+    }
+
+    /// Drops the resident pages of a range and the backend's copies of them: they read as the
+    /// base's pages (or zeros) next.
+    pub fn forget(&self, first: u64, count: u64) -> Result<(), KmodError> {
+        self.evict_flags(first, count, uapi::EVICT_FORGET)
+    }
+
+    fn evict_flags(&self, first: u64, count: u64, flags: u32) -> Result<(), KmodError> {
         let mut r = uapi::Range { first, count, flags, reserved: 0 };
         // SAFETY: EBB_IOC_EVICT reads one `Range`.
         unsafe { self.ioctl("evict", uapi::IOC_EVICT, &mut r) }
@@ -324,6 +380,15 @@ impl Device {
         let mut r = uapi::RdmaRemote { addr: key.addr.get(), len: key.len.get(), rkey: key.rkey.get(), flags };
         // SAFETY: EBB_IOC_RDMA_REMOTE reads one `RdmaRemote`.
         unsafe { self.ioctl("rdma remote", uapi::IOC_RDMA_REMOTE, &mut r) }
+    }
+
+    /// Maps `pages` pages of an image region from page `first`, read-only (shared): its stored
+    /// pages themselves; touching one it does not hold is SIGBUS.
+    pub fn map_image(&self, first: u64, pages: usize) -> Result<memmap2::Mmap, KmodError> {
+        // SAFETY: a read-only shared mapping of an image region, whose stored pages never change
+        // or go while the file is open (the mapping holds it).
+        unsafe { memmap2::MmapOptions::new().offset(first * uapi::PAGE_SIZE as u64).len(pages * uapi::PAGE_SIZE).map(&self.file) }
+            .map_err(|source| KmodError { op: "mmap", source })
     }
 
     /// Maps `pages` pages of the region from page `first`, shared.

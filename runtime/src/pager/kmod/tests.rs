@@ -39,6 +39,9 @@ int main(void) {
     P("sizeof rdma_remote", sizeof(struct ebb_rdma_remote)); P("offset rdma_qp.gid", offsetof(struct ebb_rdma_qp, gid));
     P("offset rdma_peer.gid", offsetof(struct ebb_rdma_peer, gid)); P("offset rdma_remote.rkey", offsetof(struct ebb_rdma_remote, rkey));
     P("IOC_RDMA_QP", EBB_IOC_RDMA_QP); P("IOC_RDMA_CONNECT", EBB_IOC_RDMA_CONNECT); P("IOC_RDMA_REMOTE", EBB_IOC_RDMA_REMOTE);
+    P("EVICT_FORGET", EBB_EVICT_FORGET); P("CREATE_IMAGE", EBB_CREATE_IMAGE); P("CREATE_BASED", EBB_CREATE_BASED);
+    P("offset create.flags", offsetof(struct ebb_create, flags)); P("sizeof base", sizeof(struct ebb_base));
+    P("offset counters.copied", offsetof(struct ebb_counters, copied)); P("IOC_SET_BASE", EBB_IOC_SET_BASE);
     printf("DEVICE /dev/%s\n", EBB_DEVICE_NAME);
     return 0;
 }
@@ -61,7 +64,7 @@ int main(void) {
     let header: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
     let n = |k: &str| header.get(k).unwrap_or_else(|| panic!("{k} missing")).parse::<u64>().unwrap();
     use std::mem::{offset_of, size_of};
-    let want: [(&str, u64); 36] = [
+    let want: [(&str, u64); 43] = [
         ("ABI_VERSION", ABI_VERSION.into()),
         ("PAGE_SIZE", PAGE_SIZE as u64),
         ("MAX_PAGES", MAX_PAGES),
@@ -98,6 +101,13 @@ int main(void) {
         ("IOC_RDMA_QP", IOC_RDMA_QP),
         ("IOC_RDMA_CONNECT", IOC_RDMA_CONNECT),
         ("IOC_RDMA_REMOTE", IOC_RDMA_REMOTE),
+        ("EVICT_FORGET", EVICT_FORGET.into()),
+        ("CREATE_IMAGE", CREATE_IMAGE.into()),
+        ("CREATE_BASED", CREATE_BASED.into()),
+        ("offset create.flags", offset_of!(Create, flags) as u64),
+        ("sizeof base", size_of::<Base>() as u64),
+        ("offset counters.copied", offset_of!(Counters, copied) as u64),
+        ("IOC_SET_BASE", IOC_SET_BASE),
     ];
     for (k, v) in want {
         assert_eq!(n(k), v, "{k}: header {} against the mirror {v}", n(k));
@@ -109,6 +119,141 @@ fn region(pages: u64, readaround: u32) -> Device {
     let d = Device::open().expect("open /dev/ebb");
     d.create(pages, Backend::Dram, readaround).unwrap();
     d
+}
+
+/// An image region holding `bytes` from page 0.
+fn image_of(bytes: &[u8]) -> Device {
+    let d = Device::open().expect("open /dev/ebb");
+    d.create_kind((bytes.len() / PAGE_SIZE) as u64 * 2, Backend::Dram, 0, Kind::Image).unwrap();
+    d.store_write(0, bytes).unwrap();
+    d
+}
+
+/// A based DRAM region whose base is `image`.
+fn based(pages: u64, readaround: u32, image: &Device) -> Device {
+    let d = Device::open().expect("open /dev/ebb");
+    d.create_kind(pages, Backend::Dram, readaround, Kind::Based).unwrap();
+    d.set_base(Some(image)).unwrap();
+    d
+}
+
+/// Pages `0..n` whose bytes are their index + 1.
+fn numbered(n: usize) -> Vec<u8> {
+    (1..=n).flat_map(|p| page_of(u8::try_from(p).expect("at most 255 pages"))).collect()
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_based_regions_share_their_image_and_copy_on_write() {
+    let before = Device::open().unwrap();
+    before.create(1, Backend::Dram, 0).unwrap();
+    let pages_at_start = before.counters().unwrap().module_pages;
+    {
+        // The image: 32 numbered pages (its size is 64), written once each.
+        let image = image_of(&numbered(32));
+        image.store_write(0, &page_of(0xFF)).unwrap();
+        let mut back = page_of(0);
+        image.store_read(0, &mut back).unwrap();
+        assert_eq!(back[0], 1, "an image's page keeps its first bytes");
+        let im = image.map_image(0, 64).unwrap();
+        assert_eq!((im[0], im[31 * PAGE_SIZE + 7]), (1, 32));
+        assert_eq!(errno(image.map(0, 1)), libc::EACCES, "an image is never mapped writable");
+
+        let a = based(64, 3, &image);
+        let b = based(64, 0, &image);
+        let (mut ma, mb) = (a.map(0, 64).unwrap(), b.map(0, 64).unwrap());
+        let held = |d: &Device| d.counters().unwrap().module_pages;
+        let module_pages = held(&a);
+        // Reads map the image's pages themselves: no page is allocated for them.
+        let sum: u64 = (0..32).map(|p| u64::from(ma[p * PAGE_SIZE]) + u64::from(mb[p * PAGE_SIZE + 9])).sum();
+        assert_eq!(sum, 2 * (1..=32).sum::<u64>());
+        assert_eq!(held(&a), module_pages, "shared, not copied");
+        let c = a.counters().unwrap();
+        assert_eq!((c.shared, c.resident, c.fills_base, c.copied, c.faults), (32, 32, 32, 0, 8));
+        assert_eq!(b.counters().unwrap().shared, 32);
+
+        // A write copies the page first: the image and the other region still read the original.
+        ma[5 * PAGE_SIZE] = 0xAA;
+        ma[10 * PAGE_SIZE + 1] = 0xBB;
+        ma[40 * PAGE_SIZE] = 0xCC; // the image lacks it: a zero page of the region's own
+        assert_eq!((mb[5 * PAGE_SIZE], mb[10 * PAGE_SIZE + 1], im[5 * PAGE_SIZE], im[10 * PAGE_SIZE + 1]), (6, 11, 6, 11));
+        assert_eq!((ma[5 * PAGE_SIZE], ma[5 * PAGE_SIZE + 1], ma[10 * PAGE_SIZE]), (0xAA, 6, 11));
+        let c = a.counters().unwrap();
+        assert_eq!((c.shared, c.copied), (30, 2));
+        assert_eq!(held(&a), module_pages + 2 + 4, "two copies, and page 40 with its read-around");
+        assert_eq!(a.dirty(0, 64, false).unwrap(), vec![5, 10, 40]);
+        assert!(b.dirty(0, 64, false).unwrap().is_empty());
+
+        // An eviction without write-back is a reset to the image's pages.
+        a.evict(0, 64, false).unwrap();
+        assert_eq!(a.counters().unwrap().resident, 0);
+        assert_eq!((ma[5 * PAGE_SIZE], ma[10 * PAGE_SIZE + 1], ma[40 * PAGE_SIZE]), (6, 11, 0));
+        // The region's own store comes first; forgetting its copy goes back to the image's.
+        a.store_write(7, &page_of(0x77)).unwrap();
+        a.evict(7, 1, false).unwrap();
+        assert_eq!(ma[7 * PAGE_SIZE], 0x77);
+        a.forget(7, 1).unwrap();
+        assert_eq!(a.counters().unwrap().stored, 0);
+        assert_eq!(ma[7 * PAGE_SIZE], 8);
+        let mut back = page_of(0);
+        a.store_read(3, &mut back).unwrap();
+        assert_eq!(back[100], 4, "the store reads through to the image");
+        // Write-back of a written copy goes to the region's own store, not the image.
+        ma[12 * PAGE_SIZE] = 0x12;
+        a.evict(0, 64, true).unwrap();
+        assert_eq!((ma[12 * PAGE_SIZE], mb[12 * PAGE_SIZE], im[12 * PAGE_SIZE]), (0x12, 13, 13));
+
+        // Without a base the image's pages go: what the region does not hold reads as zeros.
+        assert_eq!(ma[3 * PAGE_SIZE], 4);
+        a.set_base(None).unwrap();
+        let c = a.counters().unwrap();
+        assert_eq!(c.shared, 0);
+        assert_eq!((ma[3 * PAGE_SIZE], ma[12 * PAGE_SIZE]), (0, 0x12));
+        // The image outlives its own file while a region still has it as base.
+        drop(im);
+        drop(image);
+        assert_eq!(mb[20 * PAGE_SIZE], 21);
+    }
+    assert_eq!(before.counters().unwrap().module_pages, pages_at_start, "every page freed");
+}
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_image_misuse_is_refused_with_an_error() {
+    let image = image_of(&numbered(4));
+    let plain = region(8, 0);
+    let other = image_of(&numbered(1));
+    assert_eq!(errno(plain.set_base(Some(&image))), libc::EINVAL, "only a based region takes a base");
+    let b = Device::open().unwrap();
+    assert_eq!(errno(b.create_kind(8, Backend::Rdma, 0, Kind::Image)), libc::EINVAL, "an image is a DRAM store");
+    let mut c = Create { pages: 8, backend: BACKEND_DRAM, flags: CREATE_IMAGE | CREATE_BASED, ..Create::default() };
+    // SAFETY: EBB_IOC_CREATE reads one `Create`.
+    assert_eq!(errno(unsafe { b.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "an image has no base");
+    let mut c = Create { pages: 8, backend: BACKEND_DRAM, flags: 0x100, ..Create::default() };
+    // SAFETY: as above.
+    assert_eq!(errno(unsafe { b.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "unknown flags");
+    b.create_kind(8, Backend::Dram, 0, Kind::Based).unwrap();
+    assert_eq!(errno(b.set_base(Some(&plain))), libc::EINVAL, "a base must be an image");
+    let null = Device::open_at(Path::new("/dev/null")).unwrap();
+    assert_eq!(errno(b.set_base(Some(&null))), libc::EINVAL, "a base must be a region");
+    let mut bad = Base { fd: 1 << 20, flags: 0, reserved: 0 };
+    // SAFETY: EBB_IOC_SET_BASE reads one `Base`.
+    assert_eq!(errno(unsafe { b.ioctl("set base", IOC_SET_BASE, &mut bad) }), libc::EBADF);
+    let mut bad = Base { fd: -1, flags: 1, reserved: 0 };
+    // SAFETY: as above.
+    assert_eq!(errno(unsafe { b.ioctl("set base", IOC_SET_BASE, &mut bad) }), libc::EINVAL, "flags must be zero");
+    assert_eq!(errno(image.evict(0, 1, false)), libc::EINVAL, "an image's pages never go");
+    assert_eq!(errno(image.forget(0, 1)), libc::EINVAL);
+    assert_eq!(errno(image.prefetch(0, 1)), libc::EINVAL);
+    let mut r = Range { first: 0, count: 1, flags: EVICT_WRITEBACK | EVICT_FORGET, reserved: 0 };
+    // SAFETY: EBB_IOC_EVICT reads one `Range`.
+    assert_eq!(errno(unsafe { b.ioctl("evict", IOC_EVICT, &mut r) }), libc::EINVAL, "write back and forget at once");
+    // Bases may change, and the region works with the new one.
+    b.set_base(Some(&image)).unwrap();
+    let m = b.map(0, 8).unwrap();
+    assert_eq!(m[PAGE_SIZE], 2);
+    b.set_base(Some(&other)).unwrap();
+    assert_eq!((m[0], m[PAGE_SIZE]), (1, 0));
 }
 
 fn page_of(byte: u8) -> Vec<u8> {
@@ -203,7 +348,7 @@ fn kmod_misuse_is_refused_with_an_error() {
     assert_eq!(errno(d.create(16, Backend::Dram, MAX_READAROUND + 1)), libc::EINVAL);
     // RDMA requests on a region that is not created, then not RDMA.
     assert_eq!(errno(d.rdma_qp("rxe0", 1)), libc::EBADFD);
-    let mut c = Create { pages: 16, backend: BACKEND_DRAM, readaround: 0, reserved: [0, 0, 1, 0] };
+    let mut c = Create { pages: 16, backend: BACKEND_DRAM, reserved: [0, 1, 0], ..Create::default() };
     // SAFETY: EBB_IOC_CREATE reads one `Create`.
     assert_eq!(errno(unsafe { d.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "reserved fields must be zero");
     let mut c = Create { backend: 9, ..Create { pages: 16, ..Create::default() } };
@@ -247,8 +392,25 @@ fn kmod_misuse_is_refused_with_an_error() {
 #[test]
 #[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
 fn kmod_concurrent_faults_and_evictions_lose_no_write() {
-    const PAGES: usize = 32;
-    let d = std::sync::Arc::new(region(PAGES as u64, 3));
+    lose_no_write(region(PAGES as u64, 3));
+}
+
+const PAGES: usize = 32;
+
+#[test]
+#[ignore = "needs /dev/ebb (ebb.ko loaded): scripts/softroce.sh runs these in its guest"]
+fn kmod_concurrent_copies_on_write_and_evictions_lose_no_write() {
+    // Every page starts as the base's (zeros it holds): each first write copies it, evictions
+    // drop the copies (written back to the region's own store, which then comes first).
+    let image = image_of(&[0u8; PAGE_SIZE].repeat(PAGES));
+    let d = based(PAGES as u64, 3, &image);
+    lose_no_write(d);
+    let c = image.counters().unwrap();
+    assert_eq!(c.stored, PAGES as u64, "the image is untouched");
+}
+
+fn lose_no_write(d: Device) {
+    let d = std::sync::Arc::new(d);
     let m = d.map(0, PAGES).unwrap();
     let base = m.as_ptr() as usize;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

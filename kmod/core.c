@@ -818,7 +818,7 @@ static long ebb_set_base(struct ebb_region *r, void __user *arg)
 
 	if (copy_from_user(&b, arg, sizeof(b)))
 		return -EFAULT;
-	if (b.flags || b.reserved || b.fd < -1 || !(r->flags & EBB_CREATE_BASED))
+	if ((b.flags & ~EBB_BASE_KEEP) || b.reserved || b.fd < -1 || !(r->flags & EBB_CREATE_BASED))
 		return -EINVAL;
 	if (b.fd >= 0) {
 		file = fget(b.fd);
@@ -836,8 +836,18 @@ static long ebb_set_base(struct ebb_region *r, void __user *arg)
 		}
 	}
 	mutex_lock(&r->lock);
-	/* The old base's pages go (clean: nothing to keep), as an eviction would drop them. */
+	/* The old base's pages become copies of the region's own, or go (clean: nothing is lost),
+	 * as an eviction would drop them. */
 	xa_for_each_marked(&r->resident, i, page, EBB_SHARED) {
+		if (b.flags & EBB_BASE_KEEP) {
+			if (!ebb_cow(r, i, page)) {
+				mutex_unlock(&r->lock);
+				if (file)
+					fput(file);
+				return -ENOMEM; /* the base stays; what was copied is the region's */
+			}
+			continue;
+		}
 		lock_page(page);
 		ebb_unmap(r, i, 1);
 		unlock_page(page);

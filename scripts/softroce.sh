@@ -8,7 +8,8 @@
 #   0. in a guest of its own, Ebb's kernel module: kmod/ebb.ko is built here against the guest
 #      kernel's own Debian headers (warnings are errors), insmod'ed in the guest, its device tests
 #      run (ebb-runtime's `tests::kmod_`, ignored elsewhere), then the pager's, isolation, platform
-#      and near-data tests (tests/paged_memory.rs, call_isolation.rs, platform.rs, ndp.rs) and `runtime run`
+#      near-data and keep-alive tests (tests/paged_memory.rs, call_isolation.rs, platform.rs, ndp.rs,
+#      keep_alive.rs) and `runtime run`
 #      on --fault-path kmod — on the module's DRAM backend, then on its RDMA backend against
 #      memnode processes on rxe0 — rmmod'ed; the kernel log must show
 #      no BUG/Oops/WARNING/refcount/leak and the module no page held at unload;
@@ -133,7 +134,7 @@ for f in target/debug/memnode target/debug/runtime "$(command -v rdma)"; do stri
 strip -o "$rootfs/bin/memnode-tests" "$unit"
 strip -o "$rootfs/bin/runtime-tests" "$runtime_unit"
 # Beside memnode in /bin: the tests start it from their own directory (tests/support).
-for t in paged_memory call_isolation platform ndp; do
+for t in paged_memory call_isolation platform ndp keep_alive; do
   exe=$(test_exe "$t")
   [[ -x "$exe" ]] || { echo "softroce: cannot find the $t test binary" >&2; exit 1; }
   strip -o "$rootfs/bin/$t-tests" "$exe"
@@ -313,6 +314,9 @@ kmod_suite() {
   # name: a dead memnode failing calls — with the DRAM backend each memory's initial state stays
   # in the module's store, and no fault reaches the memnode.
   suite kmod_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod platform-tests --test-threads=1 --skip a_dead_memnode_fails_calls
+  # Semi-warm keep-alive: its figures (a warm instance's resident bytes, what drains, what comes
+  # back) hold because instances share their function's image, here the module's image region.
+  suite kmod_keep_alive EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod keep_alive-tests --test-threads=1
   # Near-data offload (a memnode, a storage node and a compute node, the caller's memory lent to
   # the storage node's instance) on the DRAM backend, then on the RDMA backend. Not the test of a
   # storage node that stops or dies: its first, healthy call has 4 s, which include compiling the
@@ -322,9 +326,9 @@ kmod_suite() {
   suite kmod_ndp EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod ndp-tests --test-threads=1 $ndp_skip
   # Again on the RDMA backend: each runtime the tests start pages to a memnode process of its own
   # on rxe0 (and the dead-memnode test's memnode is one: its death must fail the calls with 503,
-  # within the default bound). Not tests/keep_alive.rs: its figures assume instances that share
-  # their function's image, which kmod memories do not (docs/kmod.md).
+  # within the default bound).
   suite kmod_rdma_platform EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 platform-tests --test-threads=1
+  suite kmod_rdma_keep_alive EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 keep_alive-tests --test-threads=1
   suite kmod_rdma_ndp EBB_FUNCTIONS_DIR=/functions EBB_FAULT_PATH=kmod EBB_TEST_RDMA_DEVICE=rxe0 ndp-tests --test-threads=1 $ndp_skip
   # The runtime's own unit tests (the platform, workflows, the executor) on --fault-path kmod.
   suite kmod_runtime_unit EBB_FAULT_PATH=kmod runtime-tests --skip tests::kmod_ --skip uapi_matches_the_header
@@ -444,6 +448,10 @@ check() {
       failed=1
     fi
   done
+  # A failed check fails the run, named above or not.
+  if grep -aq '^EBB-RESULT FAIL' "$log"; then
+    failed=1
+  fi
   return $failed
 }
 status=0
@@ -453,8 +461,8 @@ if [[ $mode == kmod || $mode == all ]]; then
   # memnode: the offloaded pages and the module's store) outgrew 2 GiB beside the test process.
   EBB_SOFTROCE_MEM=4G EBB_SOFTROCE_TIMEOUT=${EBB_SOFTROCE_KMOD_TIMEOUT:-1200} boot kmod kmod 10.0.2.15 - -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
   check "$work/kmod.log" kmod_load kmod_tests kmod_paged_memory kmod_call_isolation kmod_rdma_paged_memory kmod_rdma_call_isolation \
-    kmod_runtime_run kmod_rdma_runtime_run kmod_rdma_killed_memnode kmod_platform kmod_ndp kmod_rdma_platform kmod_rdma_ndp kmod_runtime_unit \
-    kmod_unload kmod_kernel_log ||
+    kmod_runtime_run kmod_rdma_runtime_run kmod_rdma_killed_memnode kmod_platform kmod_keep_alive kmod_ndp kmod_rdma_platform \
+    kmod_rdma_keep_alive kmod_rdma_ndp kmod_runtime_unit kmod_unload kmod_kernel_log ||
     { status=1; tail -n 60 "$work/kmod.log" >&2; }
 fi
 if [[ $mode == single || $mode == all ]]; then

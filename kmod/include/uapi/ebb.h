@@ -80,12 +80,15 @@ struct ebb_create {
 #define EBB_CREATE_BASED (1U << 1)
 
 /* EBB_IOC_SET_BASE: `fd` (an open image region) becomes the region's base, or none with -1.
- * The base's pages the region has mapped are dropped first (they are clean); its own are kept. */
+ * The old base's pages the region has mapped are dropped (they are clean), or with
+ * EBB_BASE_KEEP replaced by copies of the region's own, resident and clean (counted in `copied`).
+ * The region's own pages stay. */
 struct ebb_base {
 	__s32 fd;
-	__u32 flags;    /* zero */
+	__u32 flags;    /* EBB_BASE_* */
 	__u64 reserved; /* zero */
 };
+#define EBB_BASE_KEEP (1U << 0)
 
 /* A run of pages: EBB_IOC_EVICT, EBB_IOC_PREFETCH. */
 struct ebb_range {
@@ -146,7 +149,7 @@ struct ebb_counters {
 	__u64 backend_errors; /* transfers with the backend that failed (RDMA: error, timeout) */
 	__u64 shared;        /* of the resident pages: the base's own, mapped read-only */
 	__u64 fills_base;    /* pages made resident from the base (shared or copied) */
-	__u64 copied;        /* base pages copied for a write (copy-on-write) */
+	__u64 copied;        /* base pages copied for a write (copy-on-write), or kept (EBB_BASE_KEEP) */
 };
 
 /* EBB_IOC_RDMA_QP: creates the region's queue pair (RDMA backend, once) on port `port` of RDMA

@@ -490,6 +490,9 @@ pub struct CallPages {
     pub faulted: Vec<usize>,
     /// Pages the call wrote (ascending), found by the reset.
     pub written: Vec<usize>,
+    /// Pages the call touched that were resident already (not faults): seen on the kmod path
+    /// only (the module's accessed set), empty elsewhere.
+    pub read: Vec<usize>,
     /// Pages resident when the call ended (ascending), when [`Instance::record_resident`] was
     /// set: with the read-around, what a restore should bring back.
     pub resident: Vec<usize>,
@@ -498,7 +501,7 @@ pub struct CallPages {
 impl CallPages {
     /// Every page seen touched, ascending, without repeats.
     pub fn touched(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.faulted.iter().chain(&self.written).copied().collect();
+        let mut v: Vec<usize> = self.faulted.iter().chain(&self.written).chain(&self.read).copied().collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -687,6 +690,7 @@ impl Instance {
             && handle.poisoned().is_none()
         {
             self.last_call.faulted = handle.take_fault_log();
+            self.last_call.read = handle.take_read_log();
             if std::mem::take(&mut self.record_resident) {
                 self.last_call.resident = handle.resident_pages();
             }

@@ -24,6 +24,11 @@
 //! instance shares one copy of the pages it only reads, and the pages a call read are visible
 //! (mapped in the page table) — which the policy's working sets use.
 //!
+//! On the kmod path an image is a region of Ebb's kernel module instead of a memfd (an *image
+//! region*, [`super::kmod::Kind::Image`]), and a memory takes it as its region's *base* instead of
+//! mapping it: the module maps the image's pages themselves into the memory for reads and copies
+//! one at its first write (see `kernel`). Same sharing, same accounting, no userfaultfd.
+//!
 //! Images only grow: a page, once held, keeps the initial state's bytes (which never change), so
 //! readers need no lock; a dropped image stays alive while a memory still maps it, and each memory
 //! moves to the function's current image at its next reset, eviction or prefetch (or when the
@@ -40,35 +45,67 @@ use ebb_memnode::PAGE_SIZE;
 use memmap2::{Mmap, MmapOptions};
 use userfaultfd::RegisterMode;
 
+use super::kmod::{Backend, Device, Kind};
 use super::{MemoryHandle, MemoryState, PageState, PagerError, sys};
+
+/// Where an image's pages are.
+#[derive(Debug)]
+enum Backing {
+    /// A memfd: memories map it privately.
+    Memfd(File),
+    /// An image region of Ebb's kernel module: memories' regions take it as their base.
+    Kernel(Device),
+}
 
 /// This host's copy of (some of) an initial state's pages.
 pub(super) struct LocalImage {
-    file: File,
+    backing: Backing,
     map: Mmap,
     held: Box<[AtomicBool]>,
     count: AtomicUsize,
 }
 
+impl std::fmt::Debug for LocalImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalImage").field("backing", &self.backing).field("pages", &self.held.len()).field("held", &self.count()).finish()
+    }
+}
+
 impl LocalImage {
-    /// An image of `size` bytes holding nothing yet.
-    pub(super) fn empty(size: usize) -> Result<LocalImage, PagerError> {
+    /// An image of `size` bytes holding nothing yet: a memfd, or with `kernel` an image region
+    /// of the kernel module.
+    pub(super) fn empty(size: usize, kernel: bool) -> Result<LocalImage, PagerError> {
         let setup = |source| PagerError::Setup { len: size, source };
+        let len = size.max(PAGE_SIZE);
+        let held = (0..size / PAGE_SIZE).map(|_| AtomicBool::new(false)).collect();
+        if kernel {
+            let dev = Device::open().map_err(PagerError::Kernel)?;
+            let pages = len / PAGE_SIZE;
+            dev.create_kind(pages as u64, Backend::Dram, 0, Kind::Image).map_err(PagerError::Kernel)?;
+            let map = dev.map_image(0, pages).map_err(PagerError::Kernel)?;
+            return Ok(LocalImage { backing: Backing::Kernel(dev), map, held, count: AtomicUsize::new(0) });
+        }
         let fd = nix::sys::memfd::memfd_create(c"ebb-image", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| setup(e.into()))?;
         let file = File::from(fd);
-        let len = size.max(PAGE_SIZE);
         file.set_len(len as u64).map_err(setup)?;
         // SAFETY: a shared read-only view of our own memfd; its pages change only through
         // `put`, which writes the bytes they already have or fills holes nobody reads yet.
         let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(setup)?;
-        let held = (0..size / PAGE_SIZE).map(|_| AtomicBool::new(false)).collect();
-        Ok(LocalImage { file, map, held, count: AtomicUsize::new(0) })
+        Ok(LocalImage { backing: Backing::Memfd(file), map, held, count: AtomicUsize::new(0) })
+    }
+
+    /// The image region, if this image is one of the kernel module's.
+    pub(super) fn device(&self) -> Option<&Device> {
+        match &self.backing {
+            Backing::Kernel(dev) => Some(dev),
+            Backing::Memfd(_) => None,
+        }
     }
 
     /// An image of `size` bytes holding `pages` (ascending) with the bytes `fill(p)` gives.
-    pub(super) fn build<'a>(size: usize, pages: &[usize], fill: impl Fn(usize) -> &'a [u8]) -> Result<LocalImage, PagerError> {
-        let image = LocalImage::empty(size)?;
+    pub(super) fn build<'a>(size: usize, kernel: bool, pages: &[usize], fill: impl Fn(usize) -> &'a [u8]) -> Result<LocalImage, PagerError> {
+        let image = LocalImage::empty(size, kernel)?;
         for &p in pages {
             image.put(p, fill(p)).map_err(|source| PagerError::Setup { len: size, source })?;
         }
@@ -91,15 +128,24 @@ impl LocalImage {
     }
 
     /// Writes pages `first..` (the initial state's bytes) into the image. Allocation- and
-    /// lock-free: faults fill holes from inside a SIGBUS handler.
+    /// lock-free on a memfd: faults fill holes from inside a SIGBUS handler. (The module's image
+    /// region keeps the bytes of the pages it holds already: they are the same.)
     pub(super) fn put(&self, first: usize, bytes: &[u8]) -> std::io::Result<()> {
         let n = bytes.len() / PAGE_SIZE;
         assert!(first + n <= self.held.len() && bytes.len().is_multiple_of(PAGE_SIZE), "whole pages inside the image");
+        let file = match &self.backing {
+            Backing::Memfd(file) => file,
+            Backing::Kernel(dev) => {
+                dev.store_write(first as u64, bytes).map_err(|e| e.source)?;
+                self.mark_held(first, n);
+                return Ok(());
+            }
+        };
         let mut done = 0;
         while done < bytes.len() {
             let offset = libc::off_t::try_from(first * PAGE_SIZE + done).expect("image offset");
             // SAFETY: writes from `bytes[done..]`, valid for reads, to our own memfd.
-            let r = unsafe { libc::pwrite(self.file.as_raw_fd(), bytes[done..].as_ptr().cast(), bytes.len() - done, offset) };
+            let r = unsafe { libc::pwrite(file.as_raw_fd(), bytes[done..].as_ptr().cast(), bytes.len() - done, offset) };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -109,10 +155,14 @@ impl LocalImage {
             }
             done += usize::try_from(r).expect("non-negative");
         }
-        // Marked after the bytes are in: whoever sees a page held reads its bytes.
+        self.mark_held(first, n);
+        Ok(())
+    }
+
+    /// Marks pages held, after their bytes are in: whoever sees a page held reads its bytes.
+    fn mark_held(&self, first: usize, n: usize) {
         let added = self.held[first..first + n].iter().filter(|h| !h.swap(true, Ordering::AcqRel)).count();
         self.count.fetch_add(added, Ordering::Relaxed);
-        Ok(())
     }
 
 }
@@ -135,7 +185,7 @@ impl MemoryState {
 }
 
 /// Clears a memory's count of pages being moved when the move ends, on every path.
-struct MovingDone<'a>(&'a AtomicUsize);
+pub(super) struct MovingDone<'a>(pub(super) &'a AtomicUsize);
 
 impl Drop for MovingDone<'_> {
     fn drop(&mut self) {
@@ -170,6 +220,17 @@ impl MemoryHandle {
     pub fn private_pages(&self) -> usize {
         self.sync_or_poison();
         let state = &self.state;
+        if let Some(k) = self.kernel() {
+            // What the module holds for this memory (its copies, read-around included), not the
+            // pages of the function's image it maps — unless the function dropped that image:
+            // then they live on for this memory alone (until `sync_image` moves it off them).
+            let current = k.base_is(state.snapshot.get().and_then(|s| s.local()).as_ref());
+            let held = k.private_pages(!current).unwrap_or_else(|e| {
+                tracing::warn!("reading the module's counters: {e}");
+                state.table.count(0..state.accessible_pages(), PageState::Resident)
+            });
+            return held + state.moving.load(Ordering::Relaxed);
+        }
         let from = state.image_pages();
         let current = |m: &Arc<LocalImage>| state.snapshot.get().and_then(|s| s.local()).is_some_and(|l| Arc::ptr_eq(&l, m));
         let mapped = match state.mapped_image() {
@@ -196,6 +257,9 @@ impl MemoryHandle {
     /// were mapped are kept, installed privately (a semi-warm instance's hot pages stay).
     /// Memories with pages on the memnode stay as they are until those are back.
     pub fn sync_image(&self) -> Result<(), PagerError> {
+        if let Some(k) = self.kernel() {
+            return self.kernel_sync_image(k);
+        }
         let state = &self.state;
         let Some(snap) = state.snapshot.get() else { return Ok(()) };
         if !self.shared.config.cow_images {
@@ -213,6 +277,9 @@ impl MemoryHandle {
 
     /// Maps `image` privately over `[0, snapshot size)`; see [`MemoryHandle::sync_image`].
     fn map_image(&self, image: Arc<LocalImage>) -> Result<(), PagerError> {
+        let Backing::Memfd(file) = &image.backing else {
+            return Err(PagerError::Config("a kernel image region is a base, never mapped over a memory".into()));
+        };
         let state = &self.state;
         let snap = state.snapshot.get().ok_or(PagerError::Snapshot("mapping an image needs a snapshot"))?;
         let pages = snap.size() / PAGE_SIZE;
@@ -236,7 +303,7 @@ impl MemoryHandle {
         let mut slot = state.image.write().unwrap_or_else(|e| e.into_inner());
         // From here until the registration the range has no userfaultfd: the memory is idle.
         state.image_pages.store(0, Ordering::Release);
-        let mapped = state.reservation.map_private(0, len, image.file.as_fd(), 0).and_then(|()| {
+        let mapped = state.reservation.map_private(0, len, file.as_fd(), 0).and_then(|()| {
             state
                 .uffd
                 .register_with_mode(state.base() as *mut _, len, RegisterMode::MISSING)

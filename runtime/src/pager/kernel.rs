@@ -24,10 +24,18 @@
 //! into it, and every reset of the dirty set (a snapshot's tracking, a reset) comes with a store
 //! write or an eviction of the pages it clears.
 //!
-//! Not on this path yet: copy-on-write images (each memory's store holds its own copy of the
-//! initial state, filled at adoption), and a borrowed memory that follows by pages (a borrower's
-//! store reads the lent pages when it borrows: `share.rs`). On the RDMA backend an offloaded
-//! page is on the memnode twice (the memory's region and the store's).
+//! Copy-on-write images (the default, `PagerConfig::cow_images`): the function's image is an
+//! image region of the module and each memory's region takes it as its *base*. A page whose
+//! initial state the base holds needs no copy in the memory's store (`Held::Base`): the module
+//! maps the image's page itself for a read and copies it at the first write, so every instance
+//! shares one copy of what it only reads, counted once (the image's). The base follows the
+//! function's image at the same points as a mapped image does on the other paths
+//! ([`MemoryHandle::sync_image`]); pages that read the old base get their bytes into the store
+//! first where the new one lacks them. With `--copy-images` each store holds its own copy.
+//!
+//! Not on this path yet: a borrowed memory that follows by pages (a borrower's store reads the
+//! lent pages when it borrows: `share.rs`). On the RDMA backend an offloaded page is on the
+//! memnode twice (the memory's region and the store's).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +43,8 @@ use std::sync::{Arc, Mutex};
 use ebb_memnode::rdma::RemoteQp;
 use ebb_memnode::{PAGE_SIZE, RegionId, Transport};
 
-use super::kmod::{Backend, Device, KmodError};
+use super::image::LocalImage;
+use super::kmod::{Backend, Device, Kind, KmodError};
 use super::{MemoryHandle, PageState, PagerError, Poison, ZEROS};
 
 /// What the module's store holds of a page.
@@ -49,6 +58,9 @@ enum Held {
     Sent,
     /// Other bytes, which no state's content is known to equal.
     Other,
+    /// Nothing, and the base (the function's image) holds the page's initial state: it reads
+    /// as that, as `Initial` does.
+    Base,
 }
 
 /// A memory's region of the module.
@@ -64,6 +76,8 @@ pub(super) struct KernelMemory {
     syncing: Mutex<()>,
     /// The RDMA backend's memnode side, if on it.
     remote: Option<RemoteStore>,
+    /// The image the region has as its base (copy-on-write images), if any.
+    base: Mutex<Option<Arc<LocalImage>>>,
 }
 
 /// The memnode region holding a memory's store on the RDMA backend, and the memnode's end of
@@ -102,21 +116,24 @@ fn kmod_err(e: KmodError) -> PagerError {
 
 impl KernelMemory {
     /// A region of `pages` pages whose faults fill `readaround` more pages beside the faulting
-    /// one: on the RDMA backend when `transport` is an `rdma` one, else on the DRAM backend.
-    pub(super) fn new(pages: usize, readaround: usize, transport: &Arc<dyn Transport>) -> Result<KernelMemory, PagerError> {
+    /// one: on the RDMA backend when `transport` is an `rdma` one, else on the DRAM backend;
+    /// with `based`, one that takes the function's image as its base.
+    pub(super) fn new(pages: usize, readaround: usize, based: bool, transport: &Arc<dyn Transport>) -> Result<KernelMemory, PagerError> {
         let dev = Device::open().map_err(kmod_err)?;
         let readaround = u32::try_from(readaround).unwrap_or(u32::MAX).min(super::kmod::uapi::MAX_READAROUND);
+        let kind = if based { Kind::Based } else { Kind::Plain };
+        let memory = |dev, remote| KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote, base: Mutex::new(None) };
         let Some(rdma) = transport.as_rdma() else {
-            dev.create(pages as u64, Backend::Dram, readaround).map_err(kmod_err)?;
-            return Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: None });
+            dev.create_kind(pages as u64, Backend::Dram, readaround, kind).map_err(kmod_err)?;
+            return Ok(memory(dev, None));
         };
-        dev.create(pages as u64, Backend::Rdma, readaround).map_err(kmod_err)?;
+        dev.create_kind(pages as u64, Backend::Rdma, readaround, kind).map_err(kmod_err)?;
         // The module's queue pair, on the device and port the transport's own use.
         let local = dev.rdma_qp(rdma.device(), 1).map_err(kmod_err)?;
         let qp = rdma.connect_remote_qp(&local)?;
         dev.rdma_connect(&qp.info, rdma.control().timeout()).map_err(kmod_err)?;
         let remote = RemoteStore { transport: transport.clone(), region: Mutex::new(None), capacity: pages, _qp: qp, counted: Mutex::new((0, 0)), stored: Default::default() };
-        Ok(KernelMemory { dev, held: Mutex::new(Vec::new()), syncing: Mutex::new(()), remote: Some(remote) })
+        Ok(memory(dev, Some(remote)))
     }
 
     /// On the RDMA backend, makes the store's memnode region cover pages `..end` (allocating or
@@ -178,8 +195,46 @@ impl KernelMemory {
         held[pages].fill(what);
     }
 
+    /// Whether page `p` reads as `what` when not resident (`Initial` also where the base holds it).
     fn is_held(&self, p: usize, what: Held) -> bool {
-        self.held().get(p).copied().unwrap_or(Held::Zero) == what
+        let held = self.held().get(p).copied().unwrap_or(Held::Zero);
+        held == what || (what == Held::Initial && held == Held::Base)
+    }
+
+    /// The image the region has as its base.
+    fn base(&self) -> Option<Arc<LocalImage>> {
+        self.base.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the base holds page `p`.
+    fn base_holds(&self, p: usize) -> bool {
+        self.base.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|b| b.holds(p))
+    }
+
+    /// Makes `pages` (ascending, all held by the base, each in its initial state) read as the
+    /// base's: the module drops the store's copies and any page it holds of them.
+    fn to_base(&self, pages: &[usize]) -> Result<(), PagerError> {
+        for run in runs(pages) {
+            self.dev.forget(run[0] as u64, run.len() as u64).map_err(kmod_err)?;
+            self.set_held(run[0]..run[0] + run.len(), Held::Base);
+        }
+        Ok(())
+    }
+
+    /// Whether the region's base is `image` (or it has none and `image` is none).
+    pub(super) fn base_is(&self, image: Option<&Arc<LocalImage>>) -> bool {
+        match (self.base().as_ref(), image) {
+            (Some(b), Some(i)) => Arc::ptr_eq(b, i),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// The resident pages the region holds itself, and with `shared` the base's it maps too.
+    pub(super) fn private_pages(&self, shared: bool) -> Result<usize, PagerError> {
+        let c = self.dev.counters().map_err(kmod_err)?;
+        let n = if shared { c.resident } else { c.resident.saturating_sub(c.shared) };
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Writes whole pages from `first` into the store, and notes what they are.
@@ -239,7 +294,13 @@ impl MemoryHandle {
         let _syncing = k.syncing.lock().unwrap_or_else(|e| e.into_inner());
         let touched = indexes(k.dev.accessed(0, pages as u64, true).map_err(kmod_err)?);
         let stats = &self.shared.stats;
+        let (mut faulted, mut seen) = (Vec::new(), Vec::new());
         for &p in &touched {
+            if state.table.get(p) == PageState::Resident {
+                seen.push(p);
+            } else {
+                faulted.push(p);
+            }
             match state.table.get(p) {
                 PageState::Resident => continue,
                 PageState::Zero => stats.faults_zero.fetch_add(1, Ordering::Relaxed),
@@ -269,8 +330,10 @@ impl MemoryHandle {
             *counted = (c.fills_backend, c.written_back);
         }
         if state.logging.load(Ordering::Relaxed) {
-            // Unlike the other paths' log (faults only), every page the call touched.
-            state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&touched);
+            // The faults, as on the other paths; and, which only the module can see, the pages
+            // the call touched that were resident already (its reads of them too).
+            state.fault_log.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&faulted);
+            state.read_log.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&seen);
         }
         Ok(())
     }
@@ -311,6 +374,18 @@ impl MemoryHandle {
     /// over other bytes — and the dirty set starts empty.
     pub(super) fn kernel_track(&self, k: &KernelMemory, snap: &super::Snapshot) -> Result<(), PagerError> {
         let pages = self.state.accessible_pages();
+        self.kernel_sync_image(k)?;
+        // Pages whose initial state the base holds read it from there: the store's copies go, and
+        // the module's copies of those the memory holds (each equal to its initial state now)
+        // come back as the base's own pages, shared.
+        let held = k.held().clone();
+        let on_base: Vec<usize> =
+            (0..pages).filter(|&p| snap.holds(p) && held.get(p) != Some(&Held::Base) && k.base_holds(p)).collect();
+        let resident: Vec<usize> = on_base.iter().copied().filter(|&p| self.state.table.get(p) == PageState::Resident).collect();
+        k.to_base(&on_base)?;
+        for run in runs(&resident) {
+            k.dev.prefetch(run[0] as u64, run.len() as u64).map_err(kmod_err)?;
+        }
         let todo: Vec<usize> = (0..pages).filter(|&p| snap.holds(p) && !k.is_held(p, Held::Initial)).collect();
         let image = snap.local();
         let (local, rest): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&p| image.as_ref().is_some_and(|i| i.holds(p)));
@@ -354,6 +429,11 @@ impl MemoryHandle {
             k.store(p, &ZEROS, Held::Zero)?;
         }
         if !initial.is_empty() {
+            let (on_base, rest): (Vec<usize>, Vec<usize>) = initial.iter().partition(|&&p| k.base_holds(p));
+            k.to_base(&on_base)?;
+            initial = rest;
+        }
+        if !initial.is_empty() {
             let snap = self.state.snapshot.get().ok_or(PagerError::Snapshot("an initial-state page needs a snapshot"))?;
             let image = snap.local();
             let (local, fetch): (Vec<usize>, Vec<usize>) = initial.iter().partition(|&&p| image.as_ref().is_some_and(|i| i.holds(p)));
@@ -374,6 +454,53 @@ impl MemoryHandle {
             k.dev.evict(run[0] as u64, run.len() as u64, false).map_err(kmod_err)?;
         }
         Ok(())
+    }
+
+    /// [`MemoryHandle::sync_image`] on the kmod path: with copy-on-write images the region's base
+    /// follows the function's current image. The memory is idle and reset (every page equals its
+    /// initial state). The old base's pages the module maps become copies of the memory's own
+    /// (`EBB_BASE_KEEP`: a semi-warm instance keeps its pages, to drain them at the policy's
+    /// rate); the other pages that read the old base and that the new one lacks get their bytes
+    /// into the store first; initial-state copies in the store that the new base makes needless
+    /// go. A kept page the new base lacks has no copy in the store (`Held::Other`): dropping it
+    /// settles the store first, as every drop does.
+    pub(super) fn kernel_sync_image(&self, k: &KernelMemory) -> Result<(), PagerError> {
+        let state = &self.state;
+        let Some(snap) = state.snapshot.get() else { return Ok(()) };
+        if !self.shared.config.cow_images {
+            return Ok(());
+        }
+        let want = snap.local();
+        let have = k.base();
+        if k.base_is(want.as_ref()) {
+            return Ok(());
+        }
+        let device = match &want {
+            Some(w) => Some(w.device().ok_or(PagerError::Snapshot("a kmod memory's base must be an image region"))?),
+            None => None,
+        };
+        let new_holds = |p: usize| want.as_ref().is_some_and(|w| w.holds(p));
+        let based: Vec<usize> = k.held().iter().enumerate().filter(|&(_, h)| *h == Held::Base).map(|(p, _)| p).collect();
+        let (kept, rest): (Vec<usize>, Vec<usize>) = based.iter().partition(|&&p| state.table.get(p) == PageState::Resident);
+        let moving: Vec<usize> = rest.into_iter().filter(|&p| !new_holds(p)).collect();
+        if let Some(old) = &have {
+            for run in runs(&moving) {
+                k.store(run[0], old.pages(run[0], run.len()), Held::Initial)?;
+            }
+        }
+        k.dev.set_base(device, true).map_err(kmod_err)?;
+        *k.base.lock().unwrap_or_else(|e| e.into_inner()) = want.clone();
+        for run in runs(&kept) {
+            // Held::Base stays right where the new base holds the page too.
+            if !run.iter().all(|&p| new_holds(p)) {
+                k.set_held(run[0]..run[0] + run.len(), Held::Other);
+            }
+        }
+        let held = k.held().clone();
+        let to_base: Vec<usize> = (0..state.accessible_pages().min(held.len()))
+            .filter(|&p| held[p] == Held::Initial && state.table.get(p) == PageState::Image && new_holds(p))
+            .collect();
+        k.to_base(&to_base)
     }
 
     /// `pages` (ascending, all Remote) whose bytes in the memory's region another node wrote

@@ -29,6 +29,7 @@ pub mod uapi {
     pub const EVICT_FORGET: u32 = 2;
     pub const CREATE_IMAGE: u32 = 1;
     pub const CREATE_BASED: u32 = 2;
+    pub const BASE_KEEP: u32 = 1;
     pub const BITMAP_RESET: u32 = 1;
     pub const RDMA_POPULATED: u32 = 1;
 
@@ -280,10 +281,11 @@ impl Device {
         unsafe { self.ioctl("create", uapi::IOC_CREATE, &mut c) }
     }
 
-    /// Makes the image region `base` this (based) region's base, or none; the base's pages
-    /// this region maps are dropped first.
-    pub fn set_base(&self, base: Option<&Device>) -> Result<(), KmodError> {
-        let mut b = uapi::Base { fd: base.map_or(-1, |d| d.file.as_raw_fd()), flags: 0, reserved: 0 };
+    /// Makes the image region `base` this (based) region's base, or none; the old base's pages
+    /// this region maps are dropped, or with `keep` replaced by copies of its own.
+    pub fn set_base(&self, base: Option<&Device>, keep: bool) -> Result<(), KmodError> {
+        let flags = if keep { uapi::BASE_KEEP } else { 0 };
+        let mut b = uapi::Base { fd: base.map_or(-1, |d| d.file.as_raw_fd()), flags, reserved: 0 };
         // SAFETY: EBB_IOC_SET_BASE reads one `Base`.
         unsafe { self.ioctl("set base", uapi::IOC_SET_BASE, &mut b) }
     }

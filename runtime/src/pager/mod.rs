@@ -340,14 +340,11 @@ impl Pager {
         // Every memory holds a userfaultfd, also on the kmod path (unregistered there: the module
         // serves the faults), so that the rest of the pager needs no case for its absence.
         new_uffd(config.fault_path).map_err(PagerError::Unavailable)?;
-        let mut config = config;
         match config.fault_path {
             FaultPath::UffdSigbus => sigbus::install_handler()?,
             FaultPath::Uffd => {}
             FaultPath::Kmod => {
                 kernel::KernelMemory::probe()?;
-                // The module's region is the memory: it cannot map a file copy-on-write under it.
-                config.cow_images = false;
                 // A fill the module cannot make (its memnode gone) is a SIGBUS: see `sigbus`.
                 sigbus::install_handler()?;
             }
@@ -455,6 +452,8 @@ struct MemoryState {
     /// While on, the pages every fault installed (with its read-around) are logged here.
     logging: AtomicBool,
     fault_log: Mutex<Vec<usize>>,
+    /// On the kmod path, while logging: pages the call touched that were resident already.
+    read_log: Mutex<Vec<usize>>,
     /// Ranges (byte offset, length) mapped from shared files for the running call
     /// ([`MemoryHandle::map_shared`]), undone when it ends.
     shared_maps: Mutex<Vec<(usize, usize)>>,
@@ -648,7 +647,8 @@ impl PagedMemory {
         let path = pager.shared.config.fault_path;
         let uffd = new_uffd(path).map_err(PagerError::Unavailable)?;
         let kernel = if path == FaultPath::Kmod {
-            let k = kernel::KernelMemory::new(capacity / PAGE_SIZE, pager.shared.config.readaround, &pager.shared.transport)?;
+            let config = &pager.shared.config;
+            let k = kernel::KernelMemory::new(capacity / PAGE_SIZE, config.readaround, config.cow_images, &pager.shared.transport)?;
             k.map_over(&reservation, capacity, minimum).map_err(setup)?;
             Some(k)
         } else {
@@ -674,6 +674,7 @@ impl PagedMemory {
             write_tracking: AtomicBool::new(false),
             logging: AtomicBool::new(false),
             fault_log: Mutex::new(Vec::new()),
+            read_log: Mutex::new(Vec::new()),
             shared_maps: Mutex::new(Vec::new()),
             lent_dirty: Mutex::new(Vec::new()),
             returned: Mutex::new(Vec::new()),
@@ -809,6 +810,7 @@ impl MemoryHandle {
         // allocate (faults may be served in a signal handler).
         log.reserve(self.state.accessible_pages() + MAX_READAROUND + 1);
         drop(log);
+        self.state.read_log.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.state.logging.store(true, Ordering::Relaxed);
     }
 
@@ -900,5 +902,12 @@ impl MemoryHandle {
         self.sync_or_poison();
         self.state.logging.store(false, Ordering::Relaxed);
         std::mem::take(&mut *self.state.fault_log.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The pages logged since [`MemoryHandle::start_fault_log`] that the call touched while they
+    /// were resident (no fault of their own): seen on the kmod path only, where the module's
+    /// accessed set shows reads; empty elsewhere. Call after [`MemoryHandle::take_fault_log`].
+    pub fn take_read_log(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.state.read_log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

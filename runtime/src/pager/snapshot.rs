@@ -40,6 +40,8 @@ pub struct Snapshot {
     /// Memories map the local image copy-on-write (`PagerConfig::cow_images`): images then only
     /// grow, and are never trimmed (instances hold no copies of the pages they read).
     cow: bool,
+    /// The images are image regions of the kernel module (copy-on-write on the kmod path).
+    kernel: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -70,6 +72,8 @@ impl Snapshot {
         owned: bool,
         cow: bool,
     ) -> Snapshot {
+        // Later images are of the same kind as the first.
+        let kernel = local.as_ref().is_some_and(|l| l.device().is_some());
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
         Snapshot {
             working_set: std::sync::Mutex::new(Vec::new()),
@@ -82,6 +86,7 @@ impl Snapshot {
             transport,
             owned,
             cow,
+            kernel,
         }
     }
 
@@ -119,7 +124,7 @@ impl Snapshot {
         if let Some(image) = &*local {
             return Ok(image.clone());
         }
-        let image = Arc::new(LocalImage::empty(self.size)?);
+        let image = Arc::new(LocalImage::empty(self.size, self.kernel)?);
         *local = Some(image.clone());
         Ok(image)
     }
@@ -180,7 +185,7 @@ impl Snapshot {
         if kept.len() == old.count() {
             return Ok(0);
         }
-        let image = LocalImage::build(self.size, &kept, |p| old.pages(p, 1))?;
+        let image = LocalImage::build(self.size, self.kernel, &kept, |p| old.pages(p, 1))?;
         let released = (old.count() - kept.len()) * PAGE_SIZE;
         let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
         // Swapped only if nothing else replaced or dropped the image meanwhile.
@@ -223,7 +228,7 @@ impl Snapshot {
             all.extend((0..self.nonzero.len()).filter(|&p| old.holds(p)));
         }
         all.sort_unstable();
-        let image = LocalImage::build(self.size, &all, |p| match want.binary_search(&p) {
+        let image = LocalImage::build(self.size, self.kernel, &all, |p| match want.binary_search(&p) {
             Ok(i) => &fetched[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
             Err(_) => old.as_ref().expect("held by the old image").pages(p, 1),
         })?;
@@ -368,7 +373,11 @@ impl MemoryHandle {
         let size = pages * PAGE_SIZE;
         let transport = self.shared.transport.clone();
         let region = transport.alloc(size.max(PAGE_SIZE) as u64)?;
-        let image = LocalImage::empty(size)?;
+        // Copy-on-write on the kmod path: the image is a region of the module (memories take it
+        // as their base).
+        let cow = self.shared.config.cow_images;
+        let kernel = cow && self.kernel().is_some();
+        let image = LocalImage::empty(size, kernel)?;
         let mut nonzero = vec![false; pages];
         let mut resident = Vec::new();
         state.table.for_each_in(0..pages, PageState::Resident, |p| resident.push(p));
@@ -407,7 +416,6 @@ impl MemoryHandle {
             return Err(e);
         }
         let nonzero_count = nonzero.iter().filter(|&&n| n).count();
-        let cow = self.shared.config.cow_images;
         let snap = Arc::new(Snapshot::new(size, nonzero, region, Some(image), self.shared.transport.clone(), true, cow));
         self.track(&snap)?;
         self.shared.stats.bytes_out.fetch_add((nonzero_count * PAGE_SIZE) as u64, std::sync::atomic::Ordering::Relaxed);

@@ -42,6 +42,7 @@ int main(void) {
     P("EVICT_FORGET", EBB_EVICT_FORGET); P("CREATE_IMAGE", EBB_CREATE_IMAGE); P("CREATE_BASED", EBB_CREATE_BASED);
     P("offset create.flags", offsetof(struct ebb_create, flags)); P("sizeof base", sizeof(struct ebb_base));
     P("offset counters.copied", offsetof(struct ebb_counters, copied)); P("IOC_SET_BASE", EBB_IOC_SET_BASE);
+    P("BASE_KEEP", EBB_BASE_KEEP);
     printf("DEVICE /dev/%s\n", EBB_DEVICE_NAME);
     return 0;
 }
@@ -64,7 +65,7 @@ int main(void) {
     let header: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
     let n = |k: &str| header.get(k).unwrap_or_else(|| panic!("{k} missing")).parse::<u64>().unwrap();
     use std::mem::{offset_of, size_of};
-    let want: [(&str, u64); 43] = [
+    let want: [(&str, u64); 44] = [
         ("ABI_VERSION", ABI_VERSION.into()),
         ("PAGE_SIZE", PAGE_SIZE as u64),
         ("MAX_PAGES", MAX_PAGES),
@@ -108,6 +109,7 @@ int main(void) {
         ("sizeof base", size_of::<Base>() as u64),
         ("offset counters.copied", offset_of!(Counters, copied) as u64),
         ("IOC_SET_BASE", IOC_SET_BASE),
+        ("BASE_KEEP", BASE_KEEP.into()),
     ];
     for (k, v) in want {
         assert_eq!(n(k), v, "{k}: header {} against the mirror {v}", n(k));
@@ -133,7 +135,7 @@ fn image_of(bytes: &[u8]) -> Device {
 fn based(pages: u64, readaround: u32, image: &Device) -> Device {
     let d = Device::open().expect("open /dev/ebb");
     d.create_kind(pages, Backend::Dram, readaround, Kind::Based).unwrap();
-    d.set_base(Some(image)).unwrap();
+    d.set_base(Some(image), false).unwrap();
     d
 }
 
@@ -205,7 +207,7 @@ fn kmod_based_regions_share_their_image_and_copy_on_write() {
 
         // Without a base the image's pages go: what the region does not hold reads as zeros.
         assert_eq!(ma[3 * PAGE_SIZE], 4);
-        a.set_base(None).unwrap();
+        a.set_base(None, false).unwrap();
         let c = a.counters().unwrap();
         assert_eq!(c.shared, 0);
         assert_eq!((ma[3 * PAGE_SIZE], ma[12 * PAGE_SIZE]), (0, 0x12));
@@ -213,6 +215,13 @@ fn kmod_based_regions_share_their_image_and_copy_on_write() {
         drop(im);
         drop(image);
         assert_eq!(mb[20 * PAGE_SIZE], 21);
+        // Kept: the image's pages the other region maps become copies of its own, resident.
+        let before = b.counters().unwrap();
+        assert!(before.shared >= 32);
+        b.set_base(None, true).unwrap();
+        let c = b.counters().unwrap();
+        assert_eq!((c.shared, c.copied, c.resident), (0, before.copied + before.shared, before.resident));
+        assert_eq!((mb[20 * PAGE_SIZE], mb[31 * PAGE_SIZE + 9], mb[40 * PAGE_SIZE]), (21, 32, 0));
     }
     assert_eq!(before.counters().unwrap().module_pages, pages_at_start, "every page freed");
 }
@@ -223,7 +232,7 @@ fn kmod_image_misuse_is_refused_with_an_error() {
     let image = image_of(&numbered(4));
     let plain = region(8, 0);
     let other = image_of(&numbered(1));
-    assert_eq!(errno(plain.set_base(Some(&image))), libc::EINVAL, "only a based region takes a base");
+    assert_eq!(errno(plain.set_base(Some(&image), false)), libc::EINVAL, "only a based region takes a base");
     let b = Device::open().unwrap();
     assert_eq!(errno(b.create_kind(8, Backend::Rdma, 0, Kind::Image)), libc::EINVAL, "an image is a DRAM store");
     let mut c = Create { pages: 8, backend: BACKEND_DRAM, flags: CREATE_IMAGE | CREATE_BASED, ..Create::default() };
@@ -233,13 +242,13 @@ fn kmod_image_misuse_is_refused_with_an_error() {
     // SAFETY: as above.
     assert_eq!(errno(unsafe { b.ioctl("create", IOC_CREATE, &mut c) }), libc::EINVAL, "unknown flags");
     b.create_kind(8, Backend::Dram, 0, Kind::Based).unwrap();
-    assert_eq!(errno(b.set_base(Some(&plain))), libc::EINVAL, "a base must be an image");
+    assert_eq!(errno(b.set_base(Some(&plain), false)), libc::EINVAL, "a base must be an image");
     let null = Device::open_at(Path::new("/dev/null")).unwrap();
-    assert_eq!(errno(b.set_base(Some(&null))), libc::EINVAL, "a base must be a region");
+    assert_eq!(errno(b.set_base(Some(&null), false)), libc::EINVAL, "a base must be a region");
     let mut bad = Base { fd: 1 << 20, flags: 0, reserved: 0 };
     // SAFETY: EBB_IOC_SET_BASE reads one `Base`.
     assert_eq!(errno(unsafe { b.ioctl("set base", IOC_SET_BASE, &mut bad) }), libc::EBADF);
-    let mut bad = Base { fd: -1, flags: 1, reserved: 0 };
+    let mut bad = Base { fd: -1, flags: 2, reserved: 0 };
     // SAFETY: as above.
     assert_eq!(errno(unsafe { b.ioctl("set base", IOC_SET_BASE, &mut bad) }), libc::EINVAL, "flags must be zero");
     assert_eq!(errno(image.evict(0, 1, false)), libc::EINVAL, "an image's pages never go");
@@ -249,10 +258,10 @@ fn kmod_image_misuse_is_refused_with_an_error() {
     // SAFETY: EBB_IOC_EVICT reads one `Range`.
     assert_eq!(errno(unsafe { b.ioctl("evict", IOC_EVICT, &mut r) }), libc::EINVAL, "write back and forget at once");
     // Bases may change, and the region works with the new one.
-    b.set_base(Some(&image)).unwrap();
+    b.set_base(Some(&image), false).unwrap();
     let m = b.map(0, 8).unwrap();
     assert_eq!(m[PAGE_SIZE], 2);
-    b.set_base(Some(&other)).unwrap();
+    b.set_base(Some(&other), false).unwrap();
     assert_eq!((m[0], m[PAGE_SIZE]), (1, 0));
 }
 

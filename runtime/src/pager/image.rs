@@ -257,15 +257,15 @@ impl MemoryHandle {
     /// were mapped are kept, installed privately (a semi-warm instance's hot pages stay).
     /// Memories with pages on the memnode stay as they are until those are back.
     pub fn sync_image(&self) -> Result<(), PagerError> {
-        if let Some(k) = self.kernel() {
-            return self.kernel_sync_image(k);
-        }
         let state = &self.state;
         let Some(snap) = state.snapshot.get() else { return Ok(()) };
         if !self.shared.config.cow_images {
             return Ok(());
         }
         let want = snap.local();
+        if let Some(k) = self.kernel() {
+            return self.kernel_sync_image(k, want);
+        }
         let have = state.mapped_image();
         match (&want, &have) {
             (Some(w), Some(h)) if Arc::ptr_eq(w, h) => Ok(()),

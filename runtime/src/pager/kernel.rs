@@ -374,7 +374,7 @@ impl MemoryHandle {
     /// over other bytes — and the dirty set starts empty.
     pub(super) fn kernel_track(&self, k: &KernelMemory, snap: &super::Snapshot) -> Result<(), PagerError> {
         let pages = self.state.accessible_pages();
-        self.kernel_sync_image(k)?;
+        self.sync_image()?;
         // Pages whose initial state the base holds read it from there: the store's copies go, and
         // the module's copies of those the memory holds (each equal to its initial state now)
         // come back as the base's own pages, shared.
@@ -457,20 +457,15 @@ impl MemoryHandle {
     }
 
     /// [`MemoryHandle::sync_image`] on the kmod path: with copy-on-write images the region's base
-    /// follows the function's current image. The memory is idle and reset (every page equals its
+    /// follows the function's current image, `want`. The memory is idle and reset (every page equals its
     /// initial state). The old base's pages the module maps become copies of the memory's own
     /// (`EBB_BASE_KEEP`: a semi-warm instance keeps its pages, to drain them at the policy's
     /// rate); the other pages that read the old base and that the new one lacks get their bytes
     /// into the store first; initial-state copies in the store that the new base makes needless
     /// go. A kept page the new base lacks has no copy in the store (`Held::Other`): dropping it
     /// settles the store first, as every drop does.
-    pub(super) fn kernel_sync_image(&self, k: &KernelMemory) -> Result<(), PagerError> {
+    pub(super) fn kernel_sync_image(&self, k: &KernelMemory, want: Option<Arc<LocalImage>>) -> Result<(), PagerError> {
         let state = &self.state;
-        let Some(snap) = state.snapshot.get() else { return Ok(()) };
-        if !self.shared.config.cow_images {
-            return Ok(());
-        }
-        let want = snap.local();
         let have = k.base();
         if k.base_is(want.as_ref()) {
             return Ok(());

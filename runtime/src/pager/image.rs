@@ -241,6 +241,22 @@ impl MemoryHandle {
         mapped + state.table.count(from..state.accessible_pages(), PageState::Resident) + state.moving.load(Ordering::Relaxed)
     }
 
+    /// Of `pages` (ascending), those the memory holds of its own: with a mapped image, not the
+    /// image's pages it maps unchanged (they cost it nothing: the image is counted once).
+    pub fn own_pages(&self, pages: &[usize]) -> Vec<usize> {
+        let from = self.state.image_pages();
+        if from == 0 {
+            return pages.to_vec();
+        }
+        match self.written_in_image() {
+            Ok(private) => pages.iter().copied().filter(|&p| p >= from || private.binary_search(&p).is_ok()).collect(),
+            Err(e) => {
+                tracing::warn!("PAGEMAP_SCAN failed; taking every page as the memory's own: {e}");
+                pages.to_vec()
+            }
+        }
+    }
+
     /// Whether nothing of the memory is resident (an evicted or never-touched instance): no
     /// private page, and no page of the mapped image mapped.
     pub fn is_drained(&self) -> bool {

@@ -128,7 +128,14 @@ fn advance(policy: &PolicyConfig, i: &mut Idle, now: Instant, working_set: &[usi
     let pages = match i.phase {
         Phase::Warm if !i.warm_offloaded => {
             i.warm_offloaded = true;
-            i.segments.warm_offload(&memory.resident_pages(), policy, now)
+            let mut resident = memory.resident_pages();
+            if !policy.kind.dirty_tracking() {
+                // Written back, pages leave the function's image (`offload_pages` first turns the
+                // memory into anonymous memory, copying every image page it maps): only the
+                // pages a warm instance holds of its own are worth that.
+                resident = memory.own_pages(&resident);
+            }
+            i.segments.warm_offload(&resident, policy, now)
         }
         Phase::SemiWarm if !i.drained => {
             let budget = i.drain.pages(policy.drain_rate, now);

@@ -7,7 +7,9 @@
 //! fault over rdma on each path; with Ebb's module loaded (`/dev/ebb`, the soft-RoCE guest's
 //! bench run), a fault the module serves in-kernel from its DRAM store, one it fills with zeros,
 //! and one it reads from the memnode with its own queue pair (`kmod_rdma_4k`, beside
-//! `remote_rdma_4k`). Needs root (userfaultfd).
+//! `remote_rdma_4k`); and copy-on-write images on kmod: a read that maps the image's page, a write
+//! that copies it, and a read then a write of the same page (`kmod_based_*`). Needs root
+//! (userfaultfd).
 //!
 //! cargo bench --bench fault_latency
 //! scripts/softroce.sh bench            (in the guest: rdma and kmod ids, TCG: ratios only)
@@ -19,7 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ebb::{PagedBuffer, loopback_memnode, rdma_memnode, rdma_only};
 use ebb_memnode::Transport;
 use ebb_memnode::rdma::RdmaTransport;
-use ebb_runtime::pager::kmod::{Backend, Device};
+use ebb_runtime::pager::kmod::{Backend, Device, Kind};
 use ebb_runtime::pager::{FaultPath, Pager, PagerConfig};
 
 const CHUNK: usize = 16 << 20; // pages touched per setup: 16 MiB
@@ -101,6 +103,34 @@ fn kmod(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>)
             b.iter_custom(|iters| faults(iters, || kmod_region(stored.then_some(&pattern[..])), |(_, m), p| touch_mapped(m, p)))
         });
     }
+    // Copy-on-write images on kmod: a based region whose base (an image region, made once) holds
+    // every page. A read maps the image's page itself; a write fault copies it; a write after a
+    // read takes a second fault (->page_mkwrite), which copies it then.
+    let image = Device::open().expect("open /dev/ebb");
+    image.create_kind((CHUNK / 4096) as u64, Backend::Dram, 0, Kind::Image).expect("create an image");
+    image.store_write(0, &pattern).expect("store write");
+    let based = || {
+        let d = Device::open().expect("open /dev/ebb");
+        d.create_kind((CHUNK / 4096) as u64, Backend::Dram, 0, Kind::Based).expect("create a based region");
+        d.set_base(Some(&image), false).expect("set the base");
+        let m = d.map(0, CHUNK / 4096).expect("map the region");
+        (d, m)
+    };
+    g.bench_function("kmod_based_read_4k", |b| b.iter_custom(|iters| faults(iters, based, |(_, m), p| read_mapped(m, p))));
+    g.bench_function("kmod_based_write_4k", |b| b.iter_custom(|iters| faults(iters, based, |(_, m), p| touch_mapped(m, p))));
+    g.bench_function("kmod_based_read_write_4k", |b| {
+        b.iter_custom(|iters| {
+            faults(iters, based, |(_, m), p| {
+                read_mapped(m, p);
+                touch_mapped(m, p);
+            })
+        })
+    });
+}
+
+fn read_mapped(m: &memmap2::MmapMut, p: usize) {
+    // SAFETY: in bounds of the mapping, which lives for the loop.
+    std::hint::black_box(unsafe { m.as_ptr().add(p * 4096).read_volatile() });
 }
 
 /// `kmod_rdma_4k`: a fault the module fills by one RDMA READ of its own (read-around off), from

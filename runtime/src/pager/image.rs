@@ -185,7 +185,7 @@ impl MemoryState {
 }
 
 /// Clears a memory's count of pages being moved when the move ends, on every path.
-pub(super) struct MovingDone<'a>(pub(super) &'a AtomicUsize);
+struct MovingDone<'a>(&'a AtomicUsize);
 
 impl Drop for MovingDone<'_> {
     fn drop(&mut self) {
@@ -225,11 +225,10 @@ impl MemoryHandle {
             // pages of the function's image it maps — unless the function dropped that image:
             // then they live on for this memory alone (until `sync_image` moves it off them).
             let current = k.base_is(state.snapshot.get().and_then(|s| s.local()).as_ref());
-            let held = k.private_pages(!current).unwrap_or_else(|e| {
+            return k.private_pages(!current).unwrap_or_else(|e| {
                 tracing::warn!("reading the module's counters: {e}");
                 state.table.count(0..state.accessible_pages(), PageState::Resident)
             });
-            return held + state.moving.load(Ordering::Relaxed);
         }
         let from = state.image_pages();
         let current = |m: &Arc<LocalImage>| state.snapshot.get().and_then(|s| s.local()).is_some_and(|l| Arc::ptr_eq(&l, m));

@@ -476,7 +476,7 @@ impl MemoryHandle {
         };
         let new_holds = |p: usize| want.as_ref().is_some_and(|w| w.holds(p));
         let based: Vec<usize> = k.held().iter().enumerate().filter(|&(_, h)| *h == Held::Base).map(|(p, _)| p).collect();
-        let (kept, rest): (Vec<usize>, Vec<usize>) = based.iter().partition(|&&p| state.table.get(p) == PageState::Resident);
+        let (kept, rest): (Vec<usize>, Vec<usize>) = based.into_iter().partition(|&p| state.table.get(p) == PageState::Resident);
         let moving: Vec<usize> = rest.into_iter().filter(|&p| !new_holds(p)).collect();
         if let Some(old) = &have {
             for run in runs(&moving) {

@@ -189,16 +189,27 @@ counters() {
   for f in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do printf '%s=%s ' "$(basename "$f")" "$(cat "$f")"; done | sed "s/^/EBB-LOG $1 rxe: /"; echo
   for f in /sys/class/net/eth0/statistics/*; do printf '%s=%s ' "$(basename "$f")" "$(cat "$f")"; done | sed "s/^/EBB-LOG $1 eth0: /"; echo
 }
-result() { if [ "$2" = 0 ]; then echo "EBB-RESULT PASS $1"; else echo "EBB-RESULT FAIL $1"; sed 's/^/EBB-LOG /' "/tmp/$1.log"; counters "$1"; fi; }
+# A failed result prints its log and the counters now — after those at its start, if it noted them
+# (the counters count from boot: what the failed part did is the difference).
+result() {
+  if [ "$2" = 0 ]; then echo "EBB-RESULT PASS $1"; else
+    echo "EBB-RESULT FAIL $1"
+    sed 's/^/EBB-LOG /' "/tmp/$1.log"
+    [ -f "/tmp/$1.counters" ] && cat "/tmp/$1.counters"
+    counters "$1"
+  fi
+}
 # A test executable's run as one result: NAME, then the command (environment assignments first).
 # Some test must have run and none failed (a filter that matches nothing is a failure).
 suite() {
   name=$1
   shift
+  counters "$name (at its start)" >"/tmp/$name.counters"
+  t0=$(date +%s)
   env "$@" >"/tmp/$name.log" 2>&1
   rc=$?
   grep -q "test result: ok. [1-9]" "/tmp/$name.log" || rc=1
-  echo "EBB-LOG $name: $(grep 'test result' "/tmp/$name.log" | tr '\n' ' ')"
+  echo "EBB-LOG $name: $(grep 'test result' "/tmp/$name.log" | tr '\n' ' ')(the suite took $(($(date +%s) - t0)) s)"
   result "$name" $rc
 }
 wait_port() { i=0; while ! (echo -n | nc -w 1 "$1" 7070) 2>/dev/null && [ $i -lt 300 ]; do sleep 0.5; i=$((i + 1)); done; }

@@ -485,11 +485,11 @@ impl MemoryHandle {
         }
         k.dev.set_base(device, true).map_err(kmod_err)?;
         *k.base.lock().unwrap_or_else(|e| e.into_inner()) = want.clone();
-        for run in runs(&kept) {
-            // Held::Base stays right where the new base holds the page too.
-            if !run.iter().all(|&p| new_holds(p)) {
-                k.set_held(run[0]..run[0] + run.len(), Held::Other);
-            }
+        // Held::Base stays right where the new base holds the page too; elsewhere the kept page
+        // is the only copy of its bytes.
+        let lacking: Vec<usize> = kept.into_iter().filter(|&p| !new_holds(p)).collect();
+        for run in runs(&lacking) {
+            k.set_held(run[0]..run[0] + run.len(), Held::Other);
         }
         let held = k.held().clone();
         let to_base: Vec<usize> = (0..state.accessible_pages().min(held.len()))

@@ -419,27 +419,35 @@ fn kmod_concurrent_copies_on_write_and_evictions_lose_no_write() {
 }
 
 fn lose_no_write(d: Device) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROUNDS: u64 = 2000;
+    // Evictions that must have overlapped the writes: the writers go on past ROUNDS until the
+    // evictor has done this many (under TCG a thread can wait its turn until the others are done,
+    // and a fixed amount of writing then raced nothing).
+    const EVICTIONS: u64 = 50;
     let d = std::sync::Arc::new(d);
     let m = d.map(0, PAGES).unwrap();
     let base = m.as_ptr() as usize;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let evicted = std::sync::Arc::new(AtomicU64::new(0));
     // One evicting thread (with write-back, so nothing written may be lost) against writers that
     // each own a word of every page and count it up; readers on the same pages meanwhile.
     let evictor = {
-        let (d, stop) = (d.clone(), stop.clone());
+        let (d, stop, evicted) = (d.clone(), stop.clone(), evicted.clone());
         std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 d.evict(0, PAGES as u64, true).unwrap();
-                n += 1;
+                evicted.fetch_add(1, Ordering::Relaxed);
             }
-            n
         })
     };
     let writers: Vec<_> = (0..4)
         .map(|w| {
+            let evicted = evicted.clone();
             std::thread::spawn(move || {
-                for round in 1..=2000u64 {
+                let mut round = 0u64;
+                while round < ROUNDS || evicted.load(Ordering::Relaxed) < EVICTIONS {
+                    round += 1;
                     for p in 0..PAGES {
                         let word = (base + p * PAGE_SIZE + w * 8) as *mut u64;
                         // SAFETY: inside the mapping, which lives until the threads are joined; each
@@ -450,18 +458,17 @@ fn lose_no_write(d: Device) {
                         }
                     }
                 }
+                round
             })
         })
         .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let evictions = evictor.join().unwrap();
-    assert!(evictions > 0);
+    let rounds: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    evictor.join().unwrap();
+    assert!(evicted.load(Ordering::Relaxed) >= EVICTIONS);
     for p in 0..PAGES {
-        for w in 0..4 {
-            assert_eq!(u64::from_ne_bytes(m[p * PAGE_SIZE + w * 8..][..8].try_into().unwrap()), 2000);
+        for (w, &n) in rounds.iter().enumerate() {
+            assert_eq!(u64::from_ne_bytes(m[p * PAGE_SIZE + w * 8..][..8].try_into().unwrap()), n, "writer {w} page {p}");
         }
     }
 }

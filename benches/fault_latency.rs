@@ -100,7 +100,7 @@ fn kmod(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>)
     let pattern = vec![5u8; CHUNK];
     for (id, stored) in [("kmod_dram_4k", true), ("kmod_zero_4k", false)] {
         g.bench_function(id, |b| {
-            b.iter_custom(|iters| faults(iters, || kmod_region(stored.then_some(&pattern[..])), |(_, m), p| touch_mapped(m, p)))
+            b.iter_custom(|iters| faults(iters, || kmod_region(stored.then_some(&pattern[..]), None), |(_, m), p| touch_mapped(m, p)))
         });
     }
     // Copy-on-write images on kmod: a based region whose base (an image region, made once) holds
@@ -109,13 +109,7 @@ fn kmod(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>)
     let image = Device::open().expect("open /dev/ebb");
     image.create_kind((CHUNK / 4096) as u64, Backend::Dram, 0, Kind::Image).expect("create an image");
     image.store_write(0, &pattern).expect("store write");
-    let based = || {
-        let d = Device::open().expect("open /dev/ebb");
-        d.create_kind((CHUNK / 4096) as u64, Backend::Dram, 0, Kind::Based).expect("create a based region");
-        d.set_base(Some(&image), false).expect("set the base");
-        let m = d.map(0, CHUNK / 4096).expect("map the region");
-        (d, m)
-    };
+    let based = || kmod_region(None, Some(&image));
     g.bench_function("kmod_based_read_4k", |b| b.iter_custom(|iters| faults(iters, based, |(_, m), p| read_mapped(m, p))));
     g.bench_function("kmod_based_write_4k", |b| b.iter_custom(|iters| faults(iters, based, |(_, m), p| touch_mapped(m, p))));
     g.bench_function("kmod_based_read_write_4k", |b| {
@@ -183,12 +177,17 @@ fn anon_chunk(huge: bool) -> memmap2::MmapMut {
     m
 }
 
-/// A fresh DRAM region of `CHUNK` bytes, mapped, its store holding `stored` if given.
-fn kmod_region(stored: Option<&[u8]>) -> (Device, memmap2::MmapMut) {
+/// A fresh DRAM region of `CHUNK` bytes, mapped, its store holding `stored` if given; with
+/// `base` (an image region), a based region that reads it.
+fn kmod_region(stored: Option<&[u8]>, base: Option<&Device>) -> (Device, memmap2::MmapMut) {
     let d = Device::open().expect("open /dev/ebb");
-    d.create((CHUNK / 4096) as u64, Backend::Dram, 0).expect("create a region");
+    let kind = if base.is_some() { Kind::Based } else { Kind::Plain };
+    d.create_kind((CHUNK / 4096) as u64, Backend::Dram, 0, kind).expect("create a region");
     if let Some(bytes) = stored {
         d.store_write(0, bytes).expect("store write");
+    }
+    if base.is_some() {
+        d.set_base(base, false).expect("set the base");
     }
     let m = d.map(0, CHUNK / 4096).expect("map the region");
     (d, m)

@@ -431,7 +431,7 @@ fn lose_no_write(d: Device) {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let evicted = std::sync::Arc::new(AtomicU64::new(0));
     // One evicting thread (with write-back, so nothing written may be lost) against writers that
-    // each own a word of every page and count it up; readers on the same pages meanwhile.
+    // each own a word of every page, check it and count it up.
     let evictor = {
         let (d, stop, evicted) = (d.clone(), stop.clone(), evicted.clone());
         std::thread::spawn(move || {
